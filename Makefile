@@ -1,0 +1,30 @@
+# Plain runner: `make study` runs the study, `make test` runs the tests.
+# Both create .venv and install everything first (once; again when requirements change).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PARAMS ?= notebooks/params/default.yaml
+NAME ?= study
+
+.PHONY: setup study test report bench clean-notebooks
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed
+
+study: setup
+	$(PY) -m fl_lib report --params $(PARAMS) --name $(NAME)
+
+report: study
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m fl_lib bench

@@ -1,0 +1,130 @@
+"""`python -m fl_lib {run,traffic,bench,report}`: flags made from `Config`'s fields."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from .config import FIELD_NAMES, PRESETS, RULES, Config, parse_value, preset
+from .errors import ConfigError, DataError, FLError
+
+_FIELD_HELP = {}  # field name -> trailing comment of its line in Config (its unit and meaning)
+
+
+def _field_help() -> dict[str, str]:
+    if not _FIELD_HELP:
+        import inspect
+        for line in inspect.getsource(Config).splitlines():
+            name, _, rest = line.strip().partition(":")
+            if name in FIELD_NAMES and "#" in rest:
+                _FIELD_HELP[name] = rest.split("#", 1)[1].strip()
+    return _FIELD_HELP
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (exit 2), not a usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="paper", help=f"starting point, one of {', '.join(PRESETS)} (default paper)")
+    defaults = Config()
+    for f in dataclasses.fields(Config):
+        rule = RULES[f.name]
+        default = getattr(defaults, f.name)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, metavar="V", default=None,
+                       help=f"{_field_help().get(f.name, '')}; {rule.describe()} (paper: {default})")
+
+
+def config_from_args(args) -> Config:
+    """The preset with every flag the user gave applied on top, checked."""
+    overrides = {name: parse_value(name, getattr(args, name)) for name in FIELD_NAMES
+                 if getattr(args, name, None) is not None}
+    return preset(args.preset, **overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m fl_lib", description="Federated learning with quantized uploads.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run one experiment (cached by its config)",
+                       description="Run FedAvg/FedSGD; writes config.json, metrics.csv, timings.csv, summary.json.")
+    _add_config_flags(p)
+    p.add_argument("--out", default=None, help="results folder (default: data/runs/<config hash>)")
+    p.add_argument("--force", action="store_true", help="rerun even if a finished run is stored")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("traffic", help="upload bytes per round for each bit width (the paper's Table 1)")
+    p.add_argument("--model", default="squeezenet1_0", help="model name")
+    p.add_argument("--num-clients", type=int, default=10, help="clients uploading per round")
+    p.add_argument("--num-classes", type=int, default=10, help="output classes")
+    p.add_argument("--bits", type=int, nargs="+", default=[32, 16, 8, 4, 2], help="bit widths")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("bench", help="speed and memory benchmarks, each a side-by-side ratio")
+    try:
+        from . import bench
+        bench.add_arguments(p)
+    except ImportError:
+        pass
+
+    p = sub.add_parser("report", help="run the notebooks with papermill into an HTML report")
+    try:
+        from . import report
+        report.add_arguments(p)
+    except ImportError:
+        pass
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "traffic":
+            return _traffic(args)
+        if args.command == "bench":
+            from . import bench
+            return bench.main(args)
+        from . import report
+        return report.main(args)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from . import results
+
+    cfg = config_from_args(args)
+    out = args.out or results.run_dir(cfg)
+    r = results.run(cfg, out, force=args.force, progress=not args.no_progress,
+                    log=lambda msg: print(msg, file=sys.stderr))
+    s = r.summary
+    acc = "n/a" if s["final_test_acc"] is None else f"{s['final_test_acc']:.4f}"
+    print(f"{r.dir}: {s['rounds']} rounds, final test accuracy {acc}, "
+          f"uploaded {s['total_upload_mb']:.2f} MB, {s['seconds_total']:.1f} s")
+    return 0
+
+
+def _traffic(args) -> int:
+    from .quant import check_bits
+    from .traffic import format_table, traffic_table
+
+    if args.num_clients < 1:
+        raise ConfigError(f"num_clients={args.num_clients} is not allowed: must be int in [1, 100000]")
+    for b in args.bits:
+        check_bits(b)
+    rows = traffic_table(args.model, args.num_clients, tuple(args.bits), args.num_classes)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
