@@ -81,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad command line (already reported in one line)
+        return e.code
     try:
         if args.command == "run":
             return _run(args)

@@ -1,0 +1,99 @@
+"""Every config field refuses bad values with one line naming the field, the value and the range."""
+import dataclasses
+
+import pytest
+
+from fl_lib.config import FIELD_NAMES, PRESETS, RULES, Config, parse_value, preset
+from fl_lib.errors import ConfigError
+
+BAD = {
+    "dataset": ["imagenet", "", 3],
+    "data_root": [None, 1],
+    "model": ["resnet50", None],
+    "num_clients": [0, -3, 2.5, True, "10", 10**6],
+    "partition": ["pathological", 1],
+    "alpha": [0, 0.0, -0.5, float("nan"), float("inf"), "0.5", True, 1e7],
+    "shards_per_client": [0, -1, 1.5],
+    "min_size": [-1, 0.5],
+    "client_fraction": [0, 0.0, -0.1, 1.5, float("nan")],
+    "local_epochs": [0, -1, 1.0],
+    "batch_size": [0, -64, 64.0, "64"],
+    "lr": [0, -0.1, float("nan"), float("inf"), 1000],
+    "momentum": [-0.1, 1.0, 5],
+    "weight_decay": [-1e-4, 2],
+    "num_rounds": [0, -5, 3.0],
+    "algorithm": ["fedprox", None],
+    "bits": [0, 1, 17, 31, 33, 64, 8.0, True, "16"],
+    "upload": ["gradients", None],
+    "rounding": ["floor", None],
+    "augment": [1, "yes", None],
+    "seed": [-1, 2**31, 1.5],
+    "device": ["tpu", "cuda:x", ""],
+    "engine": ["parallel"],
+    "channels_last": [True, "yes"],
+    "precision": ["fp16", "int8"],
+    "eval_every": [0, -1],
+    "checkpoint_every": [-1, 0.5],
+}
+
+
+def test_every_field_has_a_rule_and_bad_values():
+    assert set(RULES) == set(FIELD_NAMES) == set(BAD)
+
+
+@pytest.mark.parametrize("field,value", [(f, v) for f, vs in BAD.items() for v in vs])
+def test_bad_value_gets_one_line_naming_field_value_and_range(field, value):
+    with pytest.raises(ConfigError) as err:
+        Config(**{field: value})
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{field}=")
+    assert repr(value) in msg
+    assert RULES[field].describe() in msg
+
+
+def test_presets_are_valid_and_sized_as_documented():
+    assert set(PRESETS) == {"paper", "quick", "smoke", "fedavg-mnist-cnn", "fedavg-mnist-2nn"}
+    p = PRESETS["paper"]
+    assert (p.dataset, p.model, p.num_clients, p.partition, p.alpha, p.client_fraction, p.local_epochs,
+            p.num_rounds) == ("cifar10", "squeezenet1_0", 10, "dirichlet", 0.5, 1.0, 5, 300)
+    for name in ("fedavg-mnist-cnn", "fedavg-mnist-2nn"):
+        m = PRESETS[name]
+        assert (m.dataset, m.num_clients, m.client_fraction, m.partition) == ("mnist", 100, 0.1, "shards")
+        assert m.clients_per_round == 10
+
+
+def test_preset_overrides_are_checked():
+    assert preset("quick", alpha=0.1).alpha == 0.1
+    with pytest.raises(ConfigError, match="alpha=0"):
+        preset("quick", alpha=0)
+    with pytest.raises(ConfigError, match="preset='nope'"):
+        preset("nope")
+
+
+def test_parse_value_reads_cli_strings():
+    assert parse_value("batch_size", "full") is None
+    assert parse_value("batch_size", "32") == 32
+    assert parse_value("augment", "false") is False
+    assert parse_value("alpha", "1e-2") == 0.01
+    with pytest.raises(ConfigError, match="num_rounds='ten'"):
+        parse_value("num_rounds", "ten")
+    with pytest.raises(ConfigError, match="unknown config field"):
+        parse_value("colour", "red")
+
+
+def test_from_dict_refuses_unknown_fields():
+    with pytest.raises(ConfigError, match="colour"):
+        Config.from_dict({"colour": "red"})
+
+
+def test_key_ignores_where_things_run_but_not_what_is_run(tmp_path):
+    base = Config()
+    assert base.key() == base.replace(device="cpu", checkpoint_every=3, data_root="elsewhere").key()
+    assert base.key() != base.replace(bits=16).key()
+    assert base.key() != base.replace(seed=1).key()
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().alpha = 3
