@@ -1,0 +1,74 @@
+"""Numbers read off finished runs: rounds to a target accuracy, and quantization error per layer."""
+from __future__ import annotations
+
+import math
+
+
+def rounds_to_target(acc_by_round, target: float) -> float | None:
+    """Rounds until test accuracy first reaches `target`, measured as McMahan et al. (2017) do.
+
+    The curve is first made monotone (the best accuracy so far), then the crossing is found
+    by linear interpolation between the two evaluated rounds around it, so the answer can
+    be fractional. `acc_by_round` is a {round: accuracy} mapping, a pandas Series indexed
+    by round, or a sequence whose i-th entry is round i + 1. Rounds without an evaluation
+    (None or NaN) are skipped. Returns None if the target is never reached.
+    """
+    if hasattr(acc_by_round, "items"):
+        points = list(acc_by_round.items())
+    else:
+        points = list(enumerate(acc_by_round, start=1))
+    points = sorted((float(r), float(a)) for r, a in points if a is not None and not math.isnan(a))
+    prev_round, best = None, -math.inf  # the last evaluated round and the best accuracy up to it
+    for r, a in points:
+        if a >= target:  # first crossing: a > best, since best < target
+            if prev_round is None:  # reached at the very first evaluation
+                return r
+            return prev_round + (target - best) / (a - best) * (r - prev_round)
+        best, prev_round = max(best, a), r
+    return None
+
+
+def quantization_errors(state_dict, bits_list, min_numel: int = 1):
+    """Relative error ||w_hat - w|| / ||w|| of every float tensor, per channel vs per tensor.
+
+    Per channel is the paper's quantizer (one scale s_c per output channel, equations (1)-(3));
+    per tensor uses one scale for the whole tensor (the tensor seen as a single channel).
+    Returns a DataFrame with columns layer, numel, channels, bits, per_channel, per_tensor.
+    """
+    import pandas as pd
+
+    from .quant import fake_quantize, num_channels, relative_error
+
+    rows = []
+    for name, w in state_dict.items():
+        if not w.is_floating_point() or w.numel() < min_numel:
+            continue
+        for bits in bits_list:
+            per_channel = fake_quantize(w, bits)
+            per_tensor = fake_quantize(w.reshape(1, -1), bits).reshape(w.shape)
+            rows.append({"layer": name, "numel": w.numel(), "channels": num_channels(w.shape), "bits": bits,
+                         "per_channel": relative_error(w, per_channel),
+                         "per_tensor": relative_error(w, per_tensor)})
+    return pd.DataFrame(rows)
+
+
+def whole_model_error(state_dict, bits: int, per_channel: bool = True) -> float:
+    """Relative error over all float tensors of a state dict together (what an upload loses)."""
+    from .quant import fake_quantize
+
+    num = den = 0.0
+    for w in state_dict.values():
+        if not w.is_floating_point():
+            continue
+        w = w.detach().float()
+        w_hat = fake_quantize(w, bits) if per_channel else fake_quantize(w.reshape(1, -1), bits).reshape(w.shape)
+        num += float((w_hat - w).double().pow(2).sum())
+        den += float(w.double().pow(2).sum())
+    return math.sqrt(num / den) if den > 0 else 0.0
+
+
+def local_updates(local_epochs: int, batch_size, num_samples: int, num_clients: int) -> float:
+    """u = E n / (K B), McMahan et al.'s local updates per client per round; B = None (full batch) gives u = E."""
+    if batch_size is None:
+        return float(local_epochs)
+    return local_epochs * num_samples / (num_clients * batch_size)

@@ -1,0 +1,240 @@
+"""The notebooks: clean in git, each runs under papermill on tiny synthetic data, the report's HTML is offline.
+
+One report run (`report.main` with notebooks/params/smoke.yaml, datasets swapped for tiny
+synthetic .npz files) executes every notebook once; the tests below read its outputs.
+"""
+import argparse
+import ast
+import re
+
+import nbformat
+import numpy as np
+import papermill as pm
+import pytest
+import torch
+import yaml
+
+from fl_lib import report
+from fl_lib.data import synthetic
+from fl_lib.errors import ConfigError, DataError
+from fl_lib.widgets import PartitionExplorer, QuantExplorer, channel_quant_stats
+
+NOTEBOOKS = report.notebook_paths()
+STEMS = [p.stem for p in NOTEBOOKS]
+SMOKE = report.NOTEBOOKS_DIR / "params" / "smoke.yaml"
+
+
+def test_the_five_notebooks_are_there():
+    assert STEMS == ["01_fedsgd_to_fedavg", "02_non_iid_partitions", "03_channelwise_quantization",
+                     "04_quantized_fedavg", "05_what_if_report"]
+
+
+# -- clean sources ----------------------------------------------------------------------------
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_notebook_is_committed_without_outputs(path):
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: a cell carries outputs"
+            assert cell.execution_count is None, f"{path.name}: a cell carries an execution count"
+    assert "widgets" not in nb.metadata and "papermill" not in nb.metadata
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_parameters_cell_holds_only_commented_annotated_scalars(path):
+    nb = nbformat.read(str(path), as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert "parameters" in first_code.metadata.get("tags", []), "the first code cell must be tagged parameters"
+    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
+    names = []
+    for stmt in ast.parse(first_code.source).body:
+        assert isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name), ast.unparse(stmt)
+        kind = stmt.annotation.id
+        assert kind in ("int", "float", "str", "bool")
+        value = ast.literal_eval(stmt.value)  # a literal: nothing derived from other parameters
+        assert type(value) is {"int": int, "float": float, "str": str, "bool": bool}[kind], ast.unparse(stmt)
+        names.append(stmt.target.id)
+    for line in first_code.source.splitlines():
+        code, sep, comment = line.partition("  # ")
+        assert sep and comment.strip(), f"no trailing comment: {line}"
+        assert "=" not in comment, f"papermill cannot parse a comment holding '=': {line}"
+    assert list(pm.inspect_notebook(str(path))) == names  # so `papermill --help-notebook` documents them all
+    for common in ("dataset", "data_root", "figures_dir"):
+        assert common in names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_every_code_cell_compiles(path):
+    for i, cell in enumerate(nbformat.read(str(path), as_version=4).cells):
+        if cell.cell_type == "code":
+            source = "\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
+            compile(source, f"{path.name}, cell {i}", "exec")
+
+
+def test_generator_and_notebooks_agree(tmp_path, monkeypatch):
+    """notebooks/make_notebooks.py writes exactly the committed notebooks."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebooks", report.NOTEBOOKS_DIR / "make_notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "HERE", tmp_path)
+    for path in NOTEBOOKS:
+        mod.write(path.stem, getattr(mod, "NB" + path.stem[:2]))
+        assert (tmp_path / path.name).read_text() == path.read_text(), f"rerun notebooks/make_notebooks.py"
+
+
+# -- one smoke report ---------------------------------------------------------------------------
+def _save_npz(path, ds):
+    np.savez(path, x_train=ds.x_train.numpy(), y_train=ds.y_train.numpy(),
+             x_test=ds.x_test.numpy(), y_test=ds.y_test.numpy())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_params(tmp_path_factory):
+    """smoke.yaml with its datasets swapped for tiny synthetic .npz files and a private results cache."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    images = _save_npz(tmp / "images.npz", synthetic(num_train=400, num_test=200, seed=0))
+    digits = _save_npz(tmp / "digits.npz", synthetic(num_train=400, num_test=200, channels=1, size=28, seed=0))
+    params = yaml.safe_load(SMOKE.read_text())
+    for stem, section in params.items():
+        if isinstance(section, dict):
+            section["dataset"] = digits if stem.startswith("01") else images
+    params["01_fedsgd_to_fedavg"]["mixing_samples"] = 100
+    params["results_dir"] = str(tmp / "runs")
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return tmp, path, images
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tiny_params):
+    tmp, path, _ = tiny_params
+    args = argparse.Namespace(params=str(path), name="smoke", notebooks=None, figures_dir=str(tmp / "figures"),
+                              no_progress=True)
+    assert report.main(args) == 0
+    return tmp / "figures" / "reports" / "smoke"
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_notebook_runs_under_papermill(smoke_report, stem):
+    nb = nbformat.read(str(smoke_report / f"{stem}.ipynb"), as_version=4)
+    assert not nb.metadata.papermill.get("exception")
+    assert nb.metadata.papermill["duration"] < 120  # each takes seconds here; the guard is loose for busy machines
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors == []
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "figures_dir" in injected[0].source  # the report points PNGs at its folder
+    pngs = sorted(p.name for p in (smoke_report / "figures").glob(f"{stem[:2]}_*.png"))
+    assert pngs, f"{stem} saved no figure"
+    plotly_outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                      if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(plotly_outputs) >= 1
+
+
+def test_report_html_is_one_offline_page(smoke_report):
+    page = (smoke_report / "report.html").read_text(encoding="utf-8")
+    assert report.network_references(page) == []
+    assert not re.search(r"<script[^>]+src=", page)  # every script is inline
+    assert page.count("Plotly.newPlot") >= 13  # 3 + 3 + 1 + 4 + 2 figures, drawn from the inlined plotly.js
+    for title in ("From SGD to FedSGD to FedAvg", "Non-IID partitions", "Channel-wise symmetric quantization",
+                  "FedAvg with quantized uploads", "What if"):
+        assert title in page
+    assert "data:image/svg+xml;base64" in page  # equations drawn as SVG, no MathJax needed
+    assert "$$" not in page.split("<script")[0]
+    assert "application/vnd.jupyter.widget-state+json" not in page
+    assert page.count("An interactive widget was here") == 2
+
+
+def test_report_preflight_fails_before_running_anything(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("02_non_iid_partitions:\n  dataset: no/such/file.npz\n")
+    args = argparse.Namespace(params=str(params), name="x", notebooks=["02"], figures_dir=str(tmp_path),
+                              no_progress=True)  # only 02: the others would download MNIST/CIFAR-10 if online
+    with pytest.raises(DataError, match="no such file"):
+        report.main(args)
+    assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seedz: '0'\n", "no notebook has a parameter seedz"),
+    ("04_quantized_fedavg:\n  alpah: 0.5\n", "has no parameter alpah"),
+    ("06_nothing:\n  seeds: '0'\n", "no notebook named 06_nothing"),
+    ("04_quantized_fedavg:\n  num_rounds: ten\n", "num_rounds='ten' is not allowed: must be int"),
+    ("- 1\n- 2\n", "mapping"),
+])
+def test_report_rejects_bad_parameter_files(tmp_path, text, message):
+    params = tmp_path / "p.yaml"
+    params.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        report.plan(params)
+
+
+def test_plan_merges_shared_and_own_values_and_resolves_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.npz").write_bytes(b"")
+    params = tmp_path / "p.yaml"
+    params.write_text("seeds: 3\nresults_dir: runs\n04_quantized_fedavg:\n  dataset: d.npz\n  seeds: '0,1'\n"
+                      "  alpha: 1\n")
+    steps = dict((p.stem, v) for p, v in report.plan(params, ["04", "05"], figures_dir="figs"))
+    assert steps["04_quantized_fedavg"] == {"seeds": "0,1", "results_dir": str(tmp_path / "runs"),
+                                            "dataset": str(tmp_path / "d.npz"), "alpha": 1.0,
+                                            "figures_dir": str(tmp_path / "figs")}
+    assert steps["05_what_if_report"]["seeds"] == "3"  # a number given for a str parameter becomes text
+
+
+def test_parse_helpers():
+    assert report.parse_list("32, 16,8") == [32, 16, 8]
+    assert report.parse_list("0.1,100", float) == [0.1, 100.0]
+    assert report.parse_seeds("0,1,2") == [0, 1, 2] and report.parse_seeds(4) == [4]
+    with pytest.raises(ConfigError):
+        report.parse_seeds("")
+    with pytest.raises(ConfigError):
+        report.parse_list("a,b")
+
+
+# -- widgets --------------------------------------------------------------------------------------
+def test_partition_explorer_redraws_in_place():
+    labels = synthetic(num_train=500, num_test=10, seed=0).y_train
+    ex = PartitionExplorer(labels, 10, alpha=0.05, num_clients=10, min_size=0)
+    fig, z0, text0 = ex.figure, np.array(ex.figure.data[0].z), ex.text.value
+    ex.alpha.value = 100.0
+    assert ex.figure is fig and not np.array_equal(np.array(fig.data[0].z), z0)
+    assert ex.text.value != text0 and ex.stats.tv_distance.mean() < 0.2  # near IID at alpha = 100
+    ex.num_clients.value = 25
+    assert np.array(fig.data[0].z).shape == (25, 10) and np.array(fig.data[0].z).sum() == 500
+
+
+def test_quant_explorer_redraws_in_place():
+    w = torch.randn(60, generator=torch.Generator().manual_seed(0))
+    ex = QuantExplorer(w, bits=3)
+    fig, w_hat3 = ex.figure, np.array(ex.figure.data[2].y)
+    assert len([v for v in fig.data[0].y if v is not None]) == 2 * 7  # 7 grid levels, two points each
+    ex.bits.value = 12
+    assert ex.figure is fig
+    np.testing.assert_allclose(np.array(fig.data[2].y), channel_quant_stats(w, 12)["w_hat"].numpy())
+    assert not np.allclose(np.array(fig.data[2].y), w_hat3)
+    assert len(fig.data[0].y) == 0  # 4095 levels: too dense to draw
+    assert "12 bits" in ex.text.value
+
+
+def test_partition_widget_in_a_real_kernel(tiny_params, tmp_path):
+    """Notebook 02 in a kernel, then the slider moved from code: the figure's data must change."""
+    _, _, images = tiny_params
+    nb = nbformat.read(str(report.NOTEBOOKS_DIR / "02_non_iid_partitions.ipynb"), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "z0 = explorer.figure.data[0].z.copy()\n"
+        "explorer.alpha.value = 100.0\n"
+        "assert (explorer.figure.data[0].z != z0).any()\n"
+        "explorer.num_clients.value = 7\n"
+        "assert len(explorer.figure.data[0].z) == 7\n"
+        "print('widget ok:', explorer.text.value)"))
+    src = tmp_path / "02_check.ipynb"
+    nbformat.write(nb, str(src))
+    out = pm.execute_notebook(str(src), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                              cwd=str(report.NOTEBOOKS_DIR),
+                              parameters={"dataset": images, "figures_dir": str(tmp_path / "figs")})
+    assert "widget ok" in "".join(o.get("text", "") for o in out.cells[-1].outputs)
