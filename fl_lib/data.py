@@ -92,7 +92,7 @@ def augment_batch(x, generator=None, pad=4):
 def get_batch(ds, idx, train=True, augment=None, generator=None):
     """Normalized float32 images and labels at idx: train split, maybe augmented (test split if not train)."""
     x, y = (ds.x_train, ds.y_train) if train else (ds.x_test, ds.y_test)
-    x = (x[idx].float() / 255 - ds.mean[:, None, None]) / ds.std[:, None, None]
+    x = x[idx].float().div_(255).sub_(ds.mean[:, None, None]).div_(ds.std[:, None, None])  # in place
     if train and (ds.augment if augment is None else augment):
         x = augment_batch(x, generator)
     return x, y[idx]
