@@ -64,19 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, nargs="+", default=[32, 16, 8, 4, 2], help="bit widths")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("bench", help="speed and memory benchmarks, each a side-by-side ratio")
-    try:
-        from . import bench
-        bench.add_arguments(p)
-    except ImportError:
-        pass
+    from . import bench, report
 
+    p = sub.add_parser("bench", help="speed and memory benchmarks, each a side-by-side ratio")
+    bench.add_arguments(p)
     p = sub.add_parser("report", help="run the notebooks with papermill into an HTML report")
-    try:
-        from . import report
-        report.add_arguments(p)
-    except ImportError:
-        pass
+    report.add_arguments(p)
     return parser
 
 
