@@ -26,5 +26,7 @@ report: study
 test: setup
 	$(PY) -m pytest -q
 
+# e.g. make bench BENCH_ARGS="--mnist ../shared/data/mnist_subset.npz --cifar10 ../shared/data/cifar10_subset.npz"
+BENCH_ARGS ?=
 bench: setup
-	$(PY) -m fl_lib bench
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)

@@ -6,10 +6,9 @@ model, then SGD with momentum and weight decay written on the stacked tensors:
 
     d = g + weight_decay * w,   u = momentum * u + d,   w = w - lr * u      (torch.optim.SGD)
 
-Each client keeps its own batch order and augmentation draws: `client_batches`
-draws them from `fed._generator(t, k, 0)` in exactly the order
-`Federation.train_client` does. Clients of unequal size are handled by masking:
-clients are sorted by their number of steps, so at step slot s the clients still
+Each client keeps its own batch order and augmentation draws: both trainers take
+them from `client.client_batches` with the client's `Stream.BATCHES` generator.
+Clients of unequal size are handled by masking: clients are sorted by their number of steps, so at step slot s the clients still
 holding data are a prefix of the stack, and only that prefix is stepped (a client
 whose data is exhausted takes no step); a short last batch is padded and its
 padding weighted 0 in the loss. Without dropout the result equals sequential
@@ -22,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
+from .client import autocast, client_batches, num_steps
 from .errors import ConfigError
+from .rng import SERVER, Stream, stream_seed, torch_generator
 
 
 def use_batched(cfg, device: torch.device) -> bool:
@@ -43,32 +44,12 @@ def use_batched(cfg, device: torch.device) -> bool:
     return cfg.engine == "auto" and device.type == "cuda"
 
 
-def client_batches(fed, k: int, t: int):
-    """Client k's minibatches (x, y) of round t, with the same draws as `Federation.train_client`."""
-    cfg, idx = fed.cfg, fed.clients[k]
-    g = fed._generator(t, k, 0)
-    n = len(idx)
-    bs = cfg.batch_size or n
-    for _ in range(cfg.local_epochs):
-        order = idx[torch.randperm(n, generator=g).to(fed.device)]
-        for start in range(0, n, bs):
-            yield fed._inputs(order[start:start + bs], True, g)
-
-
-def num_steps(n: int, batch_size: int | None, local_epochs: int) -> int:
-    """Local SGD steps of a client holding n samples: E * ceil(n / B)."""
-    bs = batch_size or n
-    return local_epochs * -(-n // bs)
-
-
 def train_clients(fed, chosen: list[int], t: int) -> dict[int, tuple[dict, torch.Tensor]]:
     """Train clients `chosen` of round t from the global model at once.
 
     Returns {k: (state dict after E local epochs, mean training loss)}, the same
     pair `Federation.train_client` leaves in the model and returns.
     """
-    from .fedavg import seed_for  # fedavg imports this module
-
     cfg, model = fed.cfg, fed.model
     if any(True for _ in model.buffers()):
         raise ConfigError(f"engine=batched does not support model={cfg.model}: it has buffers; use engine=sequential")
@@ -79,13 +60,14 @@ def train_clients(fed, chosen: list[int], t: int) -> dict[int, tuple[dict, torch
     params = {n: fed.global_state[n].detach().unsqueeze(0).repeat((m,) + (1,) * fed.global_state[n].dim())
               for n in names}
     momenta = {n: torch.zeros_like(p) for n, p in params.items()} if cfg.momentum else {}
-    batches = [client_batches(fed, k, t) for k in order]
+    batches = [client_batches(fed.data, fed.clients[k], cfg, torch_generator(cfg.seed, t, k, Stream.BATCHES),
+                              fed.channels_last) for k in order]
     total = torch.zeros(m, device=fed.device)
     model.train()
-    torch.manual_seed(seed_for(cfg.seed, t, 0, 2))  # dropout: one stream for the round's clients
+    torch.manual_seed(stream_seed(cfg.seed, t, SERVER, Stream.DROPOUT))  # dropout: one stream for the round's clients
 
     def loss_fn(p, x, y, mask, count):
-        with fed._autocast():
+        with autocast(cfg.precision, fed.device):
             ce = F.cross_entropy(functional_call(model, p, (x,)), y, reduction="none")
         return (ce * mask).sum() / count
 

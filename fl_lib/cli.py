@@ -1,4 +1,4 @@
-"""`python -m fl_lib {run,traffic,bench,report}`: flags made from `Config`'s fields."""
+"""`python -m fl_lib {run,traffic,report}`: flags made from `Config`'s fields."""
 from __future__ import annotations
 
 import argparse
@@ -6,21 +6,8 @@ import dataclasses
 import json
 import sys
 
-from .config import FIELD_NAMES, PRESETS, RULES, Config, parse_value, preset
+from .config import FIELD_DOCS, FIELD_NAMES, PRESETS, RULES, Config, parse_value, preset
 from .errors import ConfigError, DataError, FLError
-
-_FIELD_HELP = {}  # field name -> trailing comment of its line in Config (its unit and meaning)
-
-
-def _field_help() -> dict[str, str]:
-    if not _FIELD_HELP:
-        import inspect
-        for line in inspect.getsource(Config).splitlines():
-            name, _, rest = line.strip().partition(":")
-            if name in FIELD_NAMES and "#" in rest:
-                _FIELD_HELP[name] = rest.split("#", 1)[1].strip()
-    return _FIELD_HELP
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line (exit 2), not a usage dump."""
@@ -30,13 +17,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="paper", help=f"starting point, one of {', '.join(PRESETS)} (default paper)")
+    # Required: a bare `run` used to start the paper preset (300 rounds of SqueezeNet, hours on a CPU).
+    p.add_argument("--preset", required=True, metavar="NAME",
+                   help=f"starting point, one of {', '.join(PRESETS)} (required; smoke finishes in seconds, "
+                        f"quick in about 10 minutes on a CPU, paper takes hours); the flags below override it")
     defaults = Config()
     for f in dataclasses.fields(Config):
         rule = RULES[f.name]
         default = getattr(defaults, f.name)
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, metavar="V", default=None,
-                       help=f"{_field_help().get(f.name, '')}; {rule.describe()} (paper: {default})")
+                       help=f"{FIELD_DOCS[f.name]}; {rule.describe()} (paper: {default})")
 
 
 def config_from_args(args) -> Config:
@@ -64,10 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, nargs="+", default=[32, 16, 8, 4, 2], help="bit widths")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    from . import bench, report
+    from . import report
 
-    p = sub.add_parser("bench", help="speed and memory benchmarks, each a side-by-side ratio")
-    bench.add_arguments(p)
     p = sub.add_parser("report", help="run the notebooks with papermill into an HTML report")
     report.add_arguments(p)
     return parser
@@ -83,9 +71,6 @@ def main(argv=None) -> int:
             return _run(args)
         if args.command == "traffic":
             return _traffic(args)
-        if args.command == "bench":
-            from . import bench
-            return bench.main(args)
         from . import report
         return report.main(args)
     except (ConfigError, DataError) as e:

@@ -17,9 +17,13 @@ from typing import Any
 
 from .errors import ConfigError
 
+# The allowed values of the named choices, defined here once and imported by the
+# modules that implement them (data, models, partition, quant).
 DATASETS = ("cifar10", "mnist", "synthetic", "synthetic-mnist")  # or a path to an .npz file
 MODELS = ("squeezenet1_0", "squeezenet1_1", "cnn", "2nn", "cifar_cnn")
-PARTITIONS = ("iid", "shards", "dirichlet", "dirichlet_client")
+PARTITIONS = ("iid", "shards", "dirichlet", "dirichlet_per_client")
+BITS = tuple(range(2, 17)) + (32,)  # upload bit widths: 2..16 quantized, 32 = float32
+ROUNDINGS = ("nearest", "stochastic")
 
 
 @dataclass(frozen=True)
@@ -49,37 +53,42 @@ def _fmt(x):
     return "inf" if x is None else (int(x) if float(x).is_integer() and abs(x) < 1e15 else x)
 
 
+def _field(default, doc: str):
+    """A Config field with its one description (shown by --help and the docs)."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
 @dataclass(frozen=True)
 class Config:
-    """Every knob of one federated run; units in the comments."""
+    """Every knob of one federated run; each field's description and unit is its `doc`."""
 
-    dataset: str = "cifar10"  # cifar10, mnist, synthetic, synthetic-mnist, or a path to an .npz file
-    data_root: str = "data"  # folder torchvision downloads into
-    model: str = "squeezenet1_0"  # network architecture
-    num_clients: int = 10  # K, clients holding data
-    partition: str = "dirichlet"  # how training data is split over clients
-    alpha: float = 0.5  # Dirichlet concentration (smaller = more label skew)
-    shards_per_client: int = 2  # shards per client for partition=shards
-    min_size: int = 10  # samples every client holds at least (dirichlet)
-    client_fraction: float = 1.0  # C, fraction of clients sampled per round
-    local_epochs: int = 5  # E, passes over local data per round
-    batch_size: int | None = 64  # B, samples per local step; None = full local data (B = inf)
-    lr: float = 0.01  # learning rate (client SGD; server step for fedsgd)
-    momentum: float = 0.9  # client SGD momentum, reset every round
-    weight_decay: float = 5e-4  # L2 penalty per step
-    num_rounds: int = 300  # communication rounds
-    algorithm: str = "fedavg"  # fedavg or fedsgd
-    bits: int = 32  # upload bit width: 2..16 quantized, 32 = float32
-    upload: str = "weights"  # what clients send: quantized weights or quantized delta
-    rounding: str = "nearest"  # quantizer rounding: nearest (half to even) or stochastic
-    augment: bool = True  # random crop + flip on 3-channel 32x32 training batches
-    seed: int = 0  # fixes init, partition, sampling, batch order
-    device: str = "auto"  # auto = cuda, then mps, then cpu
-    engine: str = "sequential"  # clients one by one, batched (vmap), or auto
-    channels_last: str = "auto"  # memory format of conv models: auto, on, off
-    precision: str = "fp32"  # fp32, or bf16 autocast (GPU)
-    eval_every: int = 1  # rounds between test evaluations (the last round always)
-    checkpoint_every: int = 10  # rounds between checkpoints (0 = never)
+    dataset: str = _field("cifar10", "cifar10, mnist, synthetic, synthetic-mnist, or a path to an .npz file")
+    data_root: str = _field("data", "folder torchvision downloads into")
+    model: str = _field("squeezenet1_0", "network architecture")
+    num_clients: int = _field(10, "K, clients holding data")
+    partition: str = _field("dirichlet", "how training data is split over clients")
+    alpha: float = _field(0.5, "Dirichlet concentration (smaller = more label skew)")
+    shards_per_client: int = _field(2, "shards per client for partition=shards")
+    min_size: int = _field(10, "samples every client holds at least (dirichlet)")
+    client_fraction: float = _field(1.0, "C, fraction of clients sampled per round")
+    local_epochs: int = _field(5, "E, passes over local data per round")
+    batch_size: int | None = _field(64, "B, samples per local step; None = full local data (B = inf)")
+    lr: float = _field(0.01, "learning rate (client SGD; server step for fedsgd)")
+    momentum: float = _field(0.9, "client SGD momentum, reset every round")
+    weight_decay: float = _field(5e-4, "L2 penalty per step")
+    num_rounds: int = _field(300, "communication rounds")
+    algorithm: str = _field("fedavg", "fedavg or fedsgd")
+    bits: int = _field(32, "upload bit width: 2..16 quantized, 32 = float32")
+    upload: str = _field("weights", "what clients send: quantized weights or quantized delta")
+    rounding: str = _field("nearest", "quantizer rounding: nearest (half to even) or stochastic")
+    augment: bool = _field(True, "random crop + flip on 3-channel 32x32 training batches")
+    seed: int = _field(0, "fixes init, partition, sampling, batch order")
+    device: str = _field("auto", "auto = cuda, then mps, then cpu")
+    engine: str = _field("sequential", "clients one by one, batched (vmap), or auto")
+    channels_last: str = _field("auto", "memory format of conv models: auto, on, off")
+    precision: str = _field("fp32", "fp32, or bf16 autocast (GPU)")
+    eval_every: int = _field(1, "rounds between test evaluations (the last round always)")
+    checkpoint_every: int = _field(10, "rounds between checkpoints (0 = never)")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -120,6 +129,7 @@ class Config:
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
+FIELD_DOCS = {f.name: f.metadata["doc"] for f in dataclasses.fields(Config)}  # name -> description with unit
 
 RULES: dict[str, Rule] = {
     "dataset": Rule(str, choices=DATASETS, open_choice="a path to an .npz file"),
@@ -138,9 +148,9 @@ RULES: dict[str, Rule] = {
     "weight_decay": Rule(float, 0, 1),
     "num_rounds": Rule(int, 1, 1_000_000),
     "algorithm": Rule(str, choices=("fedavg", "fedsgd")),
-    "bits": Rule(int, choices=tuple(range(2, 17)) + (32,)),
+    "bits": Rule(int, choices=BITS),
     "upload": Rule(str, choices=("weights", "delta")),
-    "rounding": Rule(str, choices=("nearest", "stochastic")),
+    "rounding": Rule(str, choices=ROUNDINGS),
     "augment": Rule(bool),
     "seed": Rule(int, 0, 2**31 - 1),
     "device": Rule(str, choices=("auto", "cpu", "cuda", "mps"), open_choice="cuda:N"),
@@ -213,6 +223,23 @@ def parse_value(name: str, text: str) -> Any:
         return t
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not allowed: must be {rule.describe()}") from None
+
+
+def parse_list(text, kind=int) -> list:
+    """'32,16,8' -> [32, 16, 8]; a single number is a one-item list."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        return [kind(t) for t in items]
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
+
+
+def parse_seeds(text) -> list[int]:
+    """Comma-separated seed values, e.g. '0,1,2' (one run per seed)."""
+    seeds = parse_list(text, int)
+    if not seeds:
+        raise ConfigError(f"seeds={text!r}: give at least one seed, e.g. '0' or '0,1,2'")
+    return seeds
 
 
 def _file_digest(path: str) -> str:

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torchvision import datasets
 
+from .config import DATASETS
 from .errors import DataError
 
-NAMES = ("cifar10", "mnist", "synthetic", "synthetic-mnist")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_CLASSES = 1000
 SIGNAL, NOISE = 25, 50  # synthetic images: template and noise amplitude in pixel levels
@@ -125,10 +125,10 @@ def _load_torchvision(name, root):
     except Exception as e:  # any failure here leaves the dataset unusable: say how to fix it
         cause = (str(e).splitlines() or [""])[0]
         raise DataError(
-            f"could not get {name} into {root!r} ({type(e).__name__}: {cause}); without internet, place "
-            f"{_ARCHIVES[name].format(root=root)} yourself (torchvision checks its MD5), or run "
-            f"offline with --dataset path/to/file.npz holding uint8 x_train, x_test (N,C,H,W or N,H,W) "
-            f"and integer y_train, y_test (e.g. ../shared/data/{name}_subset.npz)") from e
+            f"could not get {name} into {root!r} ({type(e).__name__}: {cause}); without internet, copy "
+            f"{_ARCHIVES[name].format(root=root)} from a machine that has it (torchvision checks its MD5), "
+            f"or run on your own data with --dataset path/to/file.npz holding uint8 x_train, x_test "
+            f"(N,C,H,W or N,H,W) and integer y_train, y_test (README: 'Running offline')") from e
     if name == "cifar10":  # .data is numpy NHWC
         xs = [torch.from_numpy(d.data).permute(0, 3, 1, 2) for d in (train, test)]
     else:  # .data is a torch (N, H, W) tensor
@@ -176,7 +176,7 @@ def _load_npz(path):
 
 
 def load_dataset(name, root="data", device="cpu", seed=0):
-    """Load one of NAMES or an .npz path onto device; seed only affects the synthetic sets."""
+    """Load one of DATASETS or an .npz path onto device; seed only affects the synthetic sets."""
     name = str(name)
     if name.endswith(".npz") or Path(name).is_file():
         ds = _load_npz(Path(name))
@@ -187,5 +187,5 @@ def load_dataset(name, root="data", device="cpu", seed=0):
     elif name in ("cifar10", "mnist"):
         ds = _load_torchvision(name, root)
     else:
-        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(NAMES)}, or a path to an .npz file")
+        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}, or a path to an .npz file")
     return ds.to(device)

@@ -14,18 +14,19 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import nullcontext
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import batched, codec
+from .client import autocast, batch_inputs, client_batches
 from .config import Config
-from .data import Dataset, get_batch, load_dataset
+from .data import Dataset, load_dataset
 from .errors import ConfigError, DivergenceError
 from .models import build_model
 from .partition import make_partition
+from .quant import relative_error
+from .rng import Stream, sampling_generator, stream_seed, torch_generator
 
 EVAL_BATCH = 250  # test samples per forward pass; larger batches measured slower here (memory-bound)
 MAX_DEAD_ROUNDS = 3  # consecutive rounds with every upload non-finite before giving up
@@ -45,11 +46,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device={name!r} is not available here: use auto or cpu")
     return dev
-
-
-def seed_for(*keys: int) -> int:
-    """A 63-bit seed derived from integers, independent for every distinct key tuple."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def aggregate(states: list[dict[str, torch.Tensor]], weights) -> dict[str, torch.Tensor]:
@@ -110,12 +106,13 @@ class Federation:
     # -- randomness -------------------------------------------------------
     def sample_clients(self, t: int) -> list[int]:
         """m = max(round(C K), 1) distinct clients for round t, in increasing order."""
-        rng = np.random.default_rng(seed_for(self.cfg.seed, t, 0))
+        rng = sampling_generator(self.cfg.seed, t)
         m = self.cfg.clients_per_round
         return sorted(rng.choice(self.cfg.num_clients, size=m, replace=False).tolist())
 
-    def _generator(self, t: int, k: int, stream: int) -> torch.Generator:
-        return torch.Generator().manual_seed(seed_for(self.cfg.seed, t, k + 1, stream))
+    def generator(self, t: int, k: int, stream: Stream) -> torch.Generator:
+        """Client k's generator for `stream` in round t (see rng.py)."""
+        return torch_generator(self.cfg.seed, t, k, stream)
 
     # -- the model ----------------------------------------------------------
     def _load_global(self):
@@ -124,50 +121,40 @@ class Federation:
                 tensor.copy_(self.global_state[name])
 
     def _autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast(self.cfg.precision, self.device)
 
-    def _inputs(self, idx, train, g):
-        x, y = get_batch(self.data, idx, train=train, augment=self.cfg.augment and self.data.augment, generator=g)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+    def _seed_dropout(self, t: int, k: int):
+        torch.manual_seed(stream_seed(self.cfg.seed, t, k, Stream.DROPOUT))  # dropout draws from the global RNG
 
     def train_client(self, k: int, t: int) -> torch.Tensor:
         """E local epochs of minibatch SGD from the global model; returns the mean loss."""
         cfg, idx = self.cfg, self.clients[k]
-        g = self._generator(t, k, 0)
-        torch.manual_seed(seed_for(cfg.seed, t, k + 1, 2))  # dropout draws from the global RNG
+        self._seed_dropout(t, k)
         self._load_global()
         self.opt.state.clear()  # momentum starts afresh on every client, every round
         self.model.train()
-        n = len(idx)
-        bs = cfg.batch_size or n
         total = torch.zeros((), device=self.device)
-        for _ in range(cfg.local_epochs):
-            order = idx[torch.randperm(n, generator=g).to(self.device)]
-            for start in range(0, n, bs):
-                x, y = self._inputs(order[start:start + bs], True, g)
-                with self._autocast():
-                    loss = F.cross_entropy(self.model(x), y)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
-                total += loss.detach().float() * len(y)
-        return total / (n * cfg.local_epochs)
+        for x, y in client_batches(self.data, idx, cfg, self.generator(t, k, Stream.BATCHES), self.channels_last):
+            with self._autocast():
+                loss = F.cross_entropy(self.model(x), y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.detach().float() * len(y)
+        return total / (len(idx) * cfg.local_epochs)
 
     def client_gradient(self, k: int, t: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """FedSGD: the full-batch gradient of client k's loss at the global model."""
         idx, n = self.clients[k], self.sizes[k]
-        g = self._generator(t, k, 0)
-        torch.manual_seed(seed_for(self.cfg.seed, t, k + 1, 2))
+        g = self.generator(t, k, Stream.BATCHES)
+        self._seed_dropout(t, k)
         self._load_global()
         self.model.train()
         self.model.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for start in range(0, n, EVAL_BATCH):  # chunks bound memory; sums make it exact
-            x, y = self._inputs(idx[start:start + EVAL_BATCH], True, g)
+            x, y = batch_inputs(self.data, idx[start:start + EVAL_BATCH], train=True, augment=self.cfg.augment,
+                                channels_last=self.channels_last, generator=g)
             with self._autocast():
                 loss = F.cross_entropy(self.model(x), y, reduction="sum") / n
             loss.backward()
@@ -188,9 +175,7 @@ class Federation:
         loss = torch.zeros((), device=self.device)
         for start in range(0, len(y_all), EVAL_BATCH):
             idx = torch.arange(start, min(start + EVAL_BATCH, len(y_all)), device=self.device)
-            x, y = get_batch(self.data, idx, train=False)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = batch_inputs(self.data, idx, train=False, augment=False, channels_last=self.channels_last)
             with self._autocast():
                 out = self.model(x).float()
             loss += F.cross_entropy(out, y, reduction="sum")
@@ -222,12 +207,12 @@ class Federation:
                 warnings.warn(f"round {t}: client {k} sent non-finite values (diverged); left out of the average")
                 continue
             blob = codec.encode(sent, bits=cfg.bits, rounding=cfg.rounding, reference=reference,
-                                generator=self._generator(t, k, 1))
+                                generator=self.generator(t, k, Stream.ROUNDING))
             upload_bytes += len(blob)
             received = codec.decode(blob, reference=reference)
             received = {k_: v.to(self.device) for k_, v in received.items()}
             lossless = cfg.bits == 32 and reference is None  # float32 uploads arrive bit for bit: error 0
-            errors.append(0.0 if lossless else _relative_error(sent, received))
+            errors.append(0.0 if lossless else relative_error(sent, received))
             uploads.append(received)
             weights.append(self.sizes[k])
             losses.append(loss)
@@ -266,12 +251,3 @@ def _all_finite(loss, state) -> bool:
     # min and max propagate nan and are +-inf if any value is: one pass each, ~10x faster than isfinite()
     ends = [torch.stack(torch.aminmax(v)) for v in state.values() if v.is_floating_point() and v.numel()]
     return bool(torch.isfinite(torch.cat([loss.reshape(-1).float()] + [e.float() for e in ends])).all())
-
-
-def _relative_error(sent, received) -> float:
-    """||w_hat - w|| / ||w|| over all float tensors of one upload (one device sync)."""
-    names = [n for n, w in sent.items() if w.is_floating_point()]
-    num = torch.stack([(received[n].float() - sent[n].float()).pow(2).sum() for n in names]).sum()
-    den = torch.stack([sent[n].float().pow(2).sum() for n in names]).sum()
-    num, den = num.item(), den.item()
-    return math.sqrt(num / den) if den > 0 else 0.0

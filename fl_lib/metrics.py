@@ -52,19 +52,16 @@ def quantization_errors(state_dict, bits_list, min_numel: int = 1):
     return pd.DataFrame(rows)
 
 
-def whole_model_error(state_dict, bits: int, per_channel: bool = True) -> float:
-    """Relative error over all float tensors of a state dict together (what an upload loses)."""
-    from .quant import fake_quantize
+def model_quant_error(state_dict, bits: int, per_channel: bool = True) -> float:
+    """What an upload of `state_dict` at `bits` loses: `quant.relative_error` over all its float tensors."""
+    from .quant import fake_quantize, relative_error
 
-    num = den = 0.0
-    for w in state_dict.values():
-        if not w.is_floating_point():
-            continue
-        w = w.detach().float()
-        w_hat = fake_quantize(w, bits) if per_channel else fake_quantize(w.reshape(1, -1), bits).reshape(w.shape)
-        num += float((w_hat - w).double().pow(2).sum())
-        den += float(w.double().pow(2).sum())
-    return math.sqrt(num / den) if den > 0 else 0.0
+    w = {n: v.detach().float() for n, v in state_dict.items() if v.is_floating_point()}
+    if per_channel:
+        w_hat = {n: fake_quantize(v, bits) for n, v in w.items()}
+    else:
+        w_hat = {n: fake_quantize(v.reshape(1, -1), bits).reshape(v.shape) for n, v in w.items()}
+    return relative_error(w, w_hat)
 
 
 def local_updates(local_epochs: int, batch_size, num_samples: int, num_clients: int) -> float:

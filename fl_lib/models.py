@@ -2,9 +2,9 @@
 import torch.nn as nn
 import torchvision
 
+from .config import MODELS
 from .errors import ConfigError
 
-MODEL_NAMES = ("squeezenet1_0", "squeezenet1_1", "cnn", "2nn", "cifar_cnn")
 
 
 def _squeezenet(name, num_classes, in_channels):
@@ -51,7 +51,7 @@ def build_model(name, num_classes=10, in_channels=3, image_size=32):
         return _squeezenet(name, num_classes, in_channels)
     builders = {"cnn": _mnist_cnn, "2nn": _mnist_2nn, "cifar_cnn": _cifar_cnn}
     if name not in builders:
-        raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")
+        raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
     return builders[name](num_classes, in_channels, image_size)
 
 

@@ -5,9 +5,9 @@ every training index exactly once. All randomness comes from np.random.default_r
 """
 import numpy as np
 
+from .config import PARTITIONS
 from .errors import ConfigError, DataError
 
-KINDS = ("iid", "shards", "dirichlet", "dirichlet_client")
 _MAX_DRAWS = 10  # Dirichlet redraws before the deterministic min_size repair takes over
 
 
@@ -174,13 +174,13 @@ def label_counts(parts, labels, num_classes=None):
 
 
 def make_partition(kind, labels, num_clients, seed, alpha=0.5, shards_per_client=2, min_size=10):
-    """Dispatch on kind, one of KINDS; the extra arguments are used only by the kinds that need them."""
+    """Dispatch on kind, one of PARTITIONS; the extra arguments are used only by the kinds that need them."""
     if kind == "iid":
         return iid(len(_as_labels(labels)), num_clients, seed)
     if kind == "shards":
         return shards(labels, num_clients, shards_per_client, seed)
     if kind == "dirichlet":
         return dirichlet(labels, num_clients, alpha, seed, min_size=min_size)
-    if kind == "dirichlet_client":
+    if kind == "dirichlet_per_client":
         return dirichlet_per_client(labels, num_clients, alpha, seed)
-    raise ConfigError(f"unknown partition kind {kind!r}; allowed: {', '.join(KINDS)}")
+    raise ConfigError(f"unknown partition kind {kind!r}; allowed: {', '.join(PARTITIONS)}")

@@ -17,15 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import BITS, ROUNDINGS
 from .errors import CodecError, ConfigError
 
-ALLOWED_BITS = tuple(range(2, 17)) + (32,)
-ROUNDINGS = ("nearest", "stochastic")
 
 
 def check_bits(bits, allow_float=True):
     """Return `bits` if it is an int in 2..16 (or 32 when allow_float), else raise ConfigError."""
-    allowed = ALLOWED_BITS if allow_float else ALLOWED_BITS[:-1]
+    allowed = BITS if allow_float else BITS[:-1]
     # bool is an Integral and 16.0 == 16: both would slip through a plain `in`.
     if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or bits not in allowed:
         text = "2..16 or 32" if allow_float else "2..16"
@@ -123,10 +122,20 @@ def fake_quantize(w, bits, rounding="nearest", generator=None, name="tensor"):
 
 
 def relative_error(w, w_hat):
-    """Relative reconstruction error ||w_hat - w|| / ||w|| (0 when both are zero)."""
-    w, w_hat = w.detach().double(), w_hat.detach().double()
-    norm = torch.linalg.vector_norm(w)
-    diff = torch.linalg.vector_norm(w_hat - w)
-    if norm == 0:
-        return 0.0 if diff == 0 else float("inf")
-    return float(diff / norm)
+    """Relative reconstruction error ||w_hat - w|| / ||w|| (0 when both are zero, inf when only w is).
+
+    `w` and `w_hat` are tensors, or state dicts whose float tensors are pooled into
+    one vector (what a whole upload loses); the sums run in float64 with one device sync.
+    """
+    if isinstance(w, dict):
+        names = [n for n, v in w.items() if v.is_floating_point()]
+        pairs = [(w[n].detach().double(), w_hat[n].detach().to(w[n].device).double()) for n in names]
+    else:
+        pairs = [(w.detach().double(), w_hat.detach().double())]
+    if not pairs:
+        return 0.0
+    sums = torch.stack([torch.stack([(b - a).pow(2).sum(), a.pow(2).sum()]) for a, b in pairs]).sum(0)
+    diff2, norm2 = sums.tolist()
+    if norm2 == 0:
+        return 0.0 if diff2 == 0 else float("inf")
+    return math.sqrt(diff2 / norm2)

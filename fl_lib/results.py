@@ -1,5 +1,10 @@
 """Run folders: run a config once, cache it by its hash, resume it, and load it back.
 
+Names: accuracy is `test_acc` (per round) and `final_test_acc` / `best_test_acc`
+(summary); upload is `upload_bytes` and `cum_upload_bytes` (per round) and
+`total_upload_bytes`, `total_upload_mb`, `upload_mb_per_round` (summary, MB =
+1e6 bytes). Notebook tables and plot labels use the same names.
+
 A finished run folder holds
   config.json   the config that made it (with its key, the hash `Config.key()`),
   metrics.csv   one row per round; only numbers the config and seed decide, so two
@@ -114,6 +119,7 @@ def _finish(out: Path, cfg: Config, fed, rows, timings) -> None:
         "total_upload_bytes": rows[-1]["cum_upload_bytes"],
         "total_upload_mb": rows[-1]["cum_upload_bytes"] / 1e6,
         "upload_bytes_per_round": rows[-1]["upload_bytes"],
+        "upload_mb_per_round": rows[-1]["upload_bytes"] / 1e6,
         "dropped_clients": sum(r["dropped_clients"] for r in rows),
         "seconds_total": sum(seconds),
         "seconds_per_round": sum(seconds) / len(seconds) if seconds else None,

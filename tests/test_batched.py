@@ -32,19 +32,22 @@ def _relative_gap(a: dict, b: dict, start: dict) -> float:
     return max(((a[n] - b[n]).abs().max() / (a[n] - start[n]).abs().max().clamp_min(1e-12)).item() for n in a)
 
 
-def in_float64(fed: Federation) -> Federation:
+def in_float64(fed: Federation, monkeypatch) -> Federation:
     """The same federation computing in float64, so that rounding cannot hide a wrong step."""
     fed.model.double()
     fed.global_state = {n: v.double() for n, v in fed.global_state.items()}
     fed.opt = torch.optim.SGD(fed.model.parameters(), lr=fed.cfg.lr, momentum=fed.cfg.momentum,
                               weight_decay=fed.cfg.weight_decay)
-    inputs = fed._inputs
-    fed._inputs = lambda idx, train, g: (lambda x, y: (x.double(), y))(*inputs(idx, train, g))
+    import fl_lib.client
+
+    inputs = fl_lib.client.batch_inputs  # both trainers draw their batches through it
+    monkeypatch.setattr(fl_lib.client, "batch_inputs",
+                        lambda *a, **k: (lambda x, y: (x.double(), y))(*inputs(*a, **k)))
     return fed
 
 
 @pytest.mark.parametrize("model, channels, augment", [("2nn", 1, False), ("cnn", 1, False), ("cifar_cnn", 3, True)])
-def test_batched_clients_equal_sequential_ones(datasets, model, channels, augment):
+def test_batched_clients_equal_sequential_ones(datasets, model, channels, augment, monkeypatch):
     """Unequal clients, short last batches, momentum, weight decay, augmentation: the same steps.
 
     In float64 the two engines agree to 1e-9 of the update, so they take the same
@@ -54,7 +57,10 @@ def test_batched_clients_equal_sequential_ones(datasets, model, channels, augmen
     """
     for dtype in (torch.float64, torch.float32):
         fed = Federation(cfg_for(model, augment=augment), data=datasets[channels])
-        fed = in_float64(fed) if dtype == torch.float64 else fed
+        if dtype == torch.float64:
+            fed = in_float64(fed, monkeypatch)
+        else:
+            monkeypatch.undo()
         chosen = fed.sample_clients(1)
         sizes = sorted(fed.sizes[k] for k in chosen)
         assert sizes[0] < sizes[-1] // 2  # unequal: some clients run out of data steps before others
@@ -84,9 +90,9 @@ def test_batched_round_equals_sequential_round(datasets):
         assert rows["batched"][key] == pytest.approx(rows["sequential"][key], rel=1e-3, abs=1e-3)
 
 
-def test_full_batch_clients_of_unequal_size(datasets):
+def test_full_batch_clients_of_unequal_size(datasets, monkeypatch):
     """B = full: every client takes E steps on its whole data, padded to the largest client."""
-    fed = in_float64(Federation(cfg_for("2nn", batch_size=None, local_epochs=3), data=datasets[1]))
+    fed = in_float64(Federation(cfg_for("2nn", batch_size=None, local_epochs=3), data=datasets[1]), monkeypatch)
     chosen = fed.sample_clients(1)
     out = batched.train_clients(fed, chosen, 1)
     for k in chosen:

@@ -4,8 +4,7 @@ import statistics
 import pytest
 import torch
 
-from fl_lib import bench
-from fl_lib.cli import build_parser
+from benchmarks import bench
 from fl_lib.config import Config
 from fl_lib.data import synthetic
 from fl_lib.fedavg import Federation
@@ -13,7 +12,7 @@ from fl_lib.fedavg import Federation
 
 def test_quick_bench_prints_every_target_line(capsys):
     # One thread: a busy machine then cannot slow the spinning threads' handoffs tenfold.
-    args = build_parser().parse_args(["bench", "--quick", "--dataset", "synthetic", "--threads", "1"])
+    args = bench.build_parser().parse_args(["--quick", "--dataset", "synthetic", "--threads", "1"])
     threads = torch.get_num_threads()
     assert bench.main(args) == 0
     assert torch.get_num_threads() == threads  # the caller's setting is restored
@@ -58,9 +57,8 @@ def test_plain_loop_and_baseline_take_the_engines_steps(fed):
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained and averaged
 
 
-def test_default_dataset_falls_back_to_synthetic(monkeypatch, tmp_path):
-    monkeypatch.setattr(bench, "SHARED_DATA", (tmp_path,))
-    assert bench._default_dataset("mnist") == "synthetic-mnist"
-    assert bench._default_dataset("cifar10") == "synthetic"
-    (tmp_path / "cifar10_subset.npz").write_bytes(b"")
-    assert bench._default_dataset("cifar10") == str(tmp_path / "cifar10_subset.npz")
+def test_dataset_flags_choose_each_models_data():
+    args = bench.build_parser().parse_args(["--model", "cnn", "cifar_cnn", "--mnist", "a.npz", "--cifar10", "b.npz"])
+    assert [w.dataset for w in bench._workloads(args)] == ["a.npz", "b.npz"]
+    args = bench.build_parser().parse_args(["--model", "cnn", "cifar_cnn"])
+    assert [w.dataset for w in bench._workloads(args)] == ["synthetic-mnist", "synthetic"]

@@ -87,3 +87,9 @@ def test_offline_download_failure_is_one_clear_message(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert "cifar-10-python.tar.gz" in err and ".npz" in err and "Traceback" not in err
     assert not (tmp_path / "r" / "metrics.csv").exists()
+
+
+def test_bare_run_asks_for_a_preset_instead_of_starting_the_paper():
+    bare = cli("run")
+    assert bare.returncode == 2 and "--preset" in bare.stderr
+    assert bare.stderr.count("\n") == 1 and "Traceback" not in bare.stderr

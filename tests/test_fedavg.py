@@ -7,6 +7,7 @@ from fl_lib.config import Config
 from fl_lib.data import get_batch, synthetic
 from fl_lib.fedavg import Federation, aggregate
 from fl_lib.models import build_model
+from fl_lib.rng import Stream
 
 
 def tiny(**kw) -> Config:
@@ -57,7 +58,7 @@ def test_fedavg_one_client_equals_plain_sgd(data):
     torch.manual_seed(cfg.seed)
     model = build_model("2nn", 10, 1, 28)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    g = fed._generator(1, 0, 0)  # the same batch order the engine draws
+    g = fed.generator(1, 0, Stream.BATCHES)  # the same batch order the engine draws
     idx = fed.clients[0]
     order = idx[torch.randperm(len(idx), generator=g)]
     for start in range(0, len(idx), cfg.batch_size):
@@ -98,8 +99,8 @@ def test_sampling_and_batches_do_not_depend_on_the_codec(data):
     b = Federation(tiny(client_fraction=0.5, bits=4, upload="delta"), data=data)
     for t in (1, 2, 3):
         assert a.sample_clients(t) == b.sample_clients(t)
-    assert torch.equal(torch.randperm(50, generator=a._generator(2, 1, 0)),
-                       torch.randperm(50, generator=b._generator(2, 1, 0)))
+    assert torch.equal(torch.randperm(50, generator=a.generator(2, 1, Stream.BATCHES)),
+                       torch.randperm(50, generator=b.generator(2, 1, Stream.BATCHES)))
     for name in a.global_state:
         assert torch.equal(a.global_state[name], b.global_state[name])  # shared initialization
 

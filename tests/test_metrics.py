@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fl_lib.data import get_batch, synthetic
-from fl_lib.metrics import local_updates, quantization_errors, rounds_to_target, whole_model_error
+from fl_lib.metrics import local_updates, model_quant_error, quantization_errors, rounds_to_target
 from fl_lib.mixing import mixing_curves, train_alone, training_loss
 from fl_lib.models import build_model
 from fl_lib.quant import fake_quantize, relative_error
@@ -70,12 +70,12 @@ def test_one_channel_per_channel_equals_per_tensor():
     assert df.per_channel[0] == pytest.approx(relative_error(w, fake_quantize(w, 3)))
 
 
-def test_whole_model_error_pools_all_tensors():
+def test_model_quant_error_pools_all_tensors():
     a, b = torch.randn(3, 5), torch.randn(7)
     by_hand = math.sqrt(((fake_quantize(a, 4) - a).pow(2).sum() + (fake_quantize(b, 4) - b).pow(2).sum()).item()
                         / (a.pow(2).sum() + b.pow(2).sum()).item())
-    assert whole_model_error({"a": a, "b": b}, 4) == pytest.approx(by_hand, rel=1e-5)
-    assert whole_model_error({"a": a}, 32) == 0.0
+    assert model_quant_error({"a": a, "b": b}, 4) == pytest.approx(by_hand, rel=1e-5)
+    assert model_quant_error({"a": a}, 32) == 0.0
 
 
 # -- the mixing experiment (McMahan et al. 2017, Figure 1) ------------------------------

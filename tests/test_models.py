@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from fl_lib.errors import ConfigError
-from fl_lib.models import MODEL_NAMES, build_model, count_parameters
+from fl_lib.config import MODELS
+from fl_lib.models import build_model, count_parameters
 
 
 @pytest.mark.parametrize("name, in_channels, image_size, expected", [
@@ -25,14 +26,14 @@ def test_sizes_follow_input_shape():
     assert count_parameters(build_model("cifar_cnn")) < 500_000
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("in_channels, image_size", [(3, 32), (1, 28)])
 def test_forward_shape(name, in_channels, image_size):
     model = build_model(name, num_classes=7, in_channels=in_channels, image_size=image_size)
     assert model(torch.randn(2, in_channels, image_size, image_size)).shape == (2, 7)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_deterministic_under_global_seed(name):
     torch.manual_seed(0)
     a = build_model(name).state_dict()

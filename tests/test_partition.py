@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from fl_lib.errors import ConfigError, DataError
-from fl_lib.partition import (KINDS, dirichlet, dirichlet_per_client, iid, label_counts, make_partition,
+from fl_lib.config import PARTITIONS
+from fl_lib.partition import (dirichlet, dirichlet_per_client, iid, label_counts, make_partition,
                               shards)
 
 LABELS = np.random.default_rng(0).choice(10, size=3000, p=np.linspace(1, 2, 10) / 15)  # mildly imbalanced
@@ -26,7 +27,7 @@ def mean_tv(parts, labels):
     return 0.5 * np.abs(mix - prior).sum(1).mean()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", PARTITIONS)
 @pytest.mark.parametrize("alpha", [0.01, 0.1, 1.0, 1000.0])
 @pytest.mark.parametrize("num_clients", [1, 7, 100])
 def test_every_kind_covers_every_index_once(kind, alpha, num_clients):
@@ -80,7 +81,7 @@ def test_bad_num_clients_and_kind_raise():
         iid(100, 0, seed=0)
     with pytest.raises(DataError, match="num_clients=101 exceeds the 100"):
         iid(100, 101, seed=0)
-    with pytest.raises(ConfigError, match="allowed: iid, shards, dirichlet, dirichlet_client"):
+    with pytest.raises(ConfigError, match="allowed: iid, shards, dirichlet, dirichlet_per_client"):
         make_partition("pathological", LABELS, 10, seed=0)
 
 
@@ -108,7 +109,7 @@ def test_shards_spread_the_remainder():
         shards(LABELS[:1000], 1000, 2, seed=0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", PARTITIONS)
 def test_deterministic_per_seed(kind):
     a, b, c = (make_partition(kind, LABELS, 10, seed=s) for s in (5, 5, 6))
     assert all(np.array_equal(x, y) for x, y in zip(a, b))

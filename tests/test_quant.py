@@ -206,3 +206,8 @@ def test_relative_error():
     assert relative_error(w, w_hat) == pytest.approx(0.5 / 5)
     assert relative_error(torch.zeros(3), torch.zeros(3)) == 0.0
     assert relative_error(torch.zeros(3), torch.ones(3)) == math.inf
+    # state dicts pool their float tensors into one vector; integer buffers are left out
+    a, b = {"x": w, "n": torch.tensor(3)}, {"x": w_hat, "n": torch.tensor(4)}
+    assert relative_error(a, b) == pytest.approx(0.5 / 5)
+    two = {"x": torch.tensor([3.0]), "y": torch.tensor([4.0])}
+    assert relative_error(two, {"x": torch.tensor([3.0]), "y": torch.tensor([4.5])}) == pytest.approx(0.1)

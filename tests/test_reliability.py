@@ -212,7 +212,7 @@ TOKENS = {
     "momentum": ["0", "0.9", "1", "-0.5"],
     "client-fraction": ["0.5", "1", "0", "2", "1e-9"],
     "num-clients": ["1", "3", "8", "0", "5000", "2.5"],
-    "partition": ["iid", "shards", "dirichlet", "dirichlet_client", "zipf"],
+    "partition": ["iid", "shards", "dirichlet", "dirichlet_per_client", "zipf"],
     "batch-size": ["1", "16", "full", "0", "-3"],
     "min-size": ["0", "10", "900", "-1"],
     "algorithm": ["fedavg", "fedsgd", "fedprox"],

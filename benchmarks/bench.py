@@ -1,4 +1,4 @@
-"""`python -m fl_lib bench`: how fast the engine is, each figure a ratio of two things timed side by side.
+"""`python benchmarks/bench.py` (or `make bench`): how fast the engine is, each figure a ratio of two things timed side by side.
 
 Every figure comes from one run on one machine: the two things compared are
 timed alternately (A B, then B A, ...) and each ratio is the median of the
@@ -25,18 +25,16 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from . import batched, codec
-from .config import Config, preset
-from .data import Dataset, load_dataset, synthetic
-from .fedavg import Federation, resolve_device
-from .models import build_model
+from fl_lib import batched, codec
+from fl_lib.config import Config, preset
+from fl_lib.data import Dataset, load_dataset, synthetic
+from fl_lib.fedavg import Federation, resolve_device
+from fl_lib.models import build_model
 
-SHARED_DATA = ("../shared/data", Path(__file__).resolve().parents[2] / "shared" / "data")
 NO_EVAL = 10**6  # eval_every and num_rounds this large: round(t) never evaluates
 MEMORY_NOISE_MB, MEMORY_NOISE_FRACTION = 5.0, 0.02  # RSS growth within max(5 MB, 2%) is noise
 MEMORY_TRAIN = 200  # training images of the memory run: 50 per client, 2 steps of B = 32
@@ -65,8 +63,11 @@ def add_arguments(p) -> None:
     p.add_argument("--model", nargs="+", default=["cnn", "squeezenet1_0"],
                    help="models of sections 1, 2 and 6 (default: cnn squeezenet1_0)")
     p.add_argument("--dataset", default=None,
-                   help="dataset name or .npz path for every model (default: ../shared/data's MNIST subset for "
-                        "cnn and 2nn, its CIFAR-10 subset otherwise; synthetic data where those are absent)")
+                   help="dataset name or .npz path for every model (overrides --mnist and --cifar10)")
+    p.add_argument("--mnist", default="synthetic-mnist",
+                   help="dataset of cnn and 2nn: a name or an .npz path (default synthetic-mnist)")
+    p.add_argument("--cifar10", default="synthetic",
+                   help="dataset of the CIFAR models: a name or an .npz path (default synthetic)")
     p.add_argument("--clients", type=int, default=10, help="clients per round (default 10)")
     p.add_argument("--samples-per-client", type=int, default=None,
                    help="training samples each client holds (default: 30 batches for cnn and 2nn, 8 otherwise; at most the dataset over the clients)")
@@ -351,7 +352,7 @@ def bench_eval(args, device, repeats, targets):
     cases = [("quick", "cifar10", 50_000, 10_000), ("fedavg-mnist-cnn", "mnist", 60_000, 10_000)]
     for name, kind, full_train, full_test in cases:
         base = preset(name)
-        dataset = args.dataset or _default_dataset(kind)
+        dataset = args.dataset or (args.mnist if kind == "mnist" else args.cifar10)
         data = load_dataset(dataset, seed=base.seed)
         data = _shrink(data, *((400, 100) if args.quick else (len(data.y_train), min(len(data.y_test), 2000))))
         cfg = base.replace(dataset=dataset, device=str(device), num_rounds=NO_EVAL, eval_every=NO_EVAL,
@@ -390,7 +391,7 @@ def bench_codec(args, device, repeats, targets, squeezenet_rate=None):
     state = {k: v.to(device) for k, v in build_model("squeezenet1_0").state_dict().items()}
     n_params = sum(v.numel() for v in state.values())
     if squeezenet_rate is None:  # section 1 did not run: time a few training steps here
-        w = Workload("squeezenet1_0", args.dataset or _default_dataset("cifar10"), 64 if not args.quick else 8,
+        w = Workload("squeezenet1_0", args.dataset or args.cifar10, 64 if not args.quick else 8,
                      1, 128 if not args.quick else 8, "paper")
         fed = Federation(w.config(device=str(device)), data=_data(w))
         times = side_by_side({"train": lambda: fed.train_client(0, 1)}, device, repeats)
@@ -507,17 +508,9 @@ def _workloads(args) -> list[Workload]:
             bs, clients = (bs if small else 16), 2
             per_client = 2 * bs
         base = "fedavg-mnist-cnn" if small else "paper"
-        out.append(Workload(model, args.dataset or _default_dataset(kind), bs, clients, per_client, base))
+        dataset = args.dataset or (args.mnist if kind == "mnist" else args.cifar10)
+        out.append(Workload(model, dataset, bs, clients, per_client, base))
     return out
-
-
-def _default_dataset(kind: str) -> str:
-    """../shared/data's subset of `kind` where present, else the synthetic stand-in."""
-    for folder in SHARED_DATA:
-        path = Path(folder) / f"{kind}_subset.npz"
-        if path.is_file():
-            return str(path)
-    return "synthetic-mnist" if kind == "mnist" else "synthetic"
 
 
 _LOADED: dict[str, Dataset] = {}
@@ -550,3 +543,15 @@ def _header(device, args):
 
 def _ms(times: list[float]) -> str:
     return f"{1e3 * statistics.median(times):.0f} ms"
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main(build_parser().parse_args()))

@@ -1,0 +1,49 @@
+"""What one client does locally: the minibatches it draws and the precision it trains in.
+
+Both trainers (clients one by one in `fedavg.py`, all at once in `batched.py`)
+draw a client's batches from `client_batches`, so a client sees the same batch
+order and augmentation whichever trainer runs it.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from .data import get_batch
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast when precision == 'bf16', else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def batch_inputs(data, idx, *, train: bool, augment: bool, channels_last: bool, generator=None):
+    """Images and labels at `idx`, normalized (and augmented when training), in the model's memory format."""
+    x, y = get_batch(data, idx, train=train, augment=augment and data.augment, generator=generator)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def client_batches(data, idx, cfg, generator: torch.Generator, channels_last: bool):
+    """A client's minibatches (x, y) for one round: E epochs, each a fresh permutation of its data.
+
+    `generator` is the client's `Stream.BATCHES` generator of the round; it draws
+    both the permutations and the augmentation, in this order.
+    """
+    n = len(idx)
+    bs = cfg.batch_size or n
+    for _ in range(cfg.local_epochs):
+        order = idx[torch.randperm(n, generator=generator).to(idx.device)]
+        for start in range(0, n, bs):
+            yield batch_inputs(data, order[start:start + bs], train=True, augment=cfg.augment,
+                               channels_last=channels_last, generator=generator)
+
+
+def num_steps(n: int, batch_size: int | None, local_epochs: int) -> int:
+    """Local SGD steps of a client holding n samples: E * ceil(n / B)."""
+    bs = batch_size or n
+    return local_epochs * -(-n // bs)
