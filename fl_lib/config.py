@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .links import LINK_NAMES, LINK_OPEN_CHOICE, check_link
 
 # The allowed values of the named choices, defined here once and imported by the
 # modules that implement them (data, models, partition, quant).
@@ -24,6 +25,8 @@ MODELS = ("squeezenet1_0", "squeezenet1_1", "cnn", "2nn", "cifar_cnn")
 PARTITIONS = ("iid", "shards", "dirichlet", "dirichlet_per_client")
 BITS = tuple(range(2, 17)) + (32,)  # upload bit widths: 2..16 quantized, 32 = float32
 ROUNDINGS = ("nearest", "stochastic")
+ALGORITHMS = ("fedavg", "fedsgd", "fedbuff")
+BITS_POLICIES = ("fixed", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class Config:
     momentum: float = _field(0.9, "client SGD momentum, reset every round")
     weight_decay: float = _field(5e-4, "L2 penalty per step")
     num_rounds: int = _field(300, "communication rounds")
-    algorithm: str = _field("fedavg", "fedavg or fedsgd")
+    algorithm: str = _field("fedavg", "fedavg, fedsgd, or fedbuff (buffered asynchronous; needs a link)")
     bits: int = _field(32, "upload bit width: 2..16 quantized, 32 = float32")
     upload: str = _field("weights", "what clients send: quantized weights or quantized delta")
     rounding: str = _field("nearest", "quantizer rounding: nearest (half to even) or stochastic")
@@ -87,12 +90,26 @@ class Config:
     engine: str = _field("sequential", "clients one by one, batched (vmap), or auto")
     channels_last: str = _field("auto", "memory format of conv models: auto, on, off")
     precision: str = _field("fp32", "fp32, or bf16 autocast (GPU)")
+    link: str = _field("none", "client links and devices (links.py): none = no clock, or a profile")
+    deadline: float = _field(0.0, "seconds a synchronous round waits; later clients are dropped (0 = wait for all)")
+    bits_policy: str = _field("fixed", "fixed = every client uploads at `bits`; adaptive = per client from its link")
+    buffer_size: int = _field(0, "fedbuff: uploads per server update (0 = clients per round)")
     eval_every: int = _field(1, "rounds between test evaluations (the last round always)")
     checkpoint_every: int = _field(10, "rounds between checkpoints (0 = never)")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             _check(f.name, getattr(self, f.name))
+        if self.bits_policy == "adaptive" and self.link == "none":
+            raise ConfigError("bits_policy='adaptive' needs a link to adapt to: set link (e.g. mobile), "
+                              "or use bits_policy='fixed'")
+        if self.algorithm == "fedbuff" and self.link == "none":
+            raise ConfigError("algorithm='fedbuff' needs a clock to order arrivals: set link (e.g. mobile)")
+        if self.algorithm == "fedbuff" and self.deadline > 0:
+            raise ConfigError(f"deadline={self.deadline} applies to synchronous rounds; fedbuff waits for "
+                              f"no round: use deadline=0")
+        if self.deadline > 0 and self.link == "none":
+            raise ConfigError(f"deadline={self.deadline} needs a clock: set link (e.g. mobile), or deadline=0")
         if self.partition == "shards":
             need = self.num_clients * self.shards_per_client
             if need < 1:
@@ -147,7 +164,7 @@ RULES: dict[str, Rule] = {
     "momentum": Rule(float, 0, 0.999),
     "weight_decay": Rule(float, 0, 1),
     "num_rounds": Rule(int, 1, 1_000_000),
-    "algorithm": Rule(str, choices=("fedavg", "fedsgd")),
+    "algorithm": Rule(str, choices=ALGORITHMS),
     "bits": Rule(int, choices=BITS),
     "upload": Rule(str, choices=("weights", "delta")),
     "rounding": Rule(str, choices=ROUNDINGS),
@@ -157,6 +174,10 @@ RULES: dict[str, Rule] = {
     "engine": Rule(str, choices=("sequential", "batched", "auto")),
     "channels_last": Rule(str, choices=("auto", "on", "off")),
     "precision": Rule(str, choices=("fp32", "bf16")),
+    "link": Rule(str, choices=LINK_NAMES, open_choice=LINK_OPEN_CHOICE),
+    "deadline": Rule(float, 0, 1e9),
+    "bits_policy": Rule(str, choices=BITS_POLICIES),
+    "buffer_size": Rule(int, 0, 100_000),
     "eval_every": Rule(int, 1, 1_000_000),
     "checkpoint_every": Rule(int, 0, 1_000_000),
 }
@@ -185,6 +206,9 @@ def _check(name: str, value: Any) -> None:
     if name == "dataset" and value not in DATASETS:
         if not value.endswith(".npz"):
             raise ConfigError(bad)
+        return
+    if name == "link":
+        check_link(value)  # one line naming link, the value and what is allowed
         return
     if name == "device" and value.startswith("cuda:"):
         if not value[5:].isdigit():

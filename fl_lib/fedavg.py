@@ -19,10 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from . import batched, codec
-from .client import autocast, batch_inputs, client_batches
+from .aggregation import aggregate  # noqa: F401  (the engine's public average, re-exported)
+from .client import all_finite, autocast, batch_inputs, client_batches
 from .config import Config
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DivergenceError
+from .fedbuff import FedBuff
+from .links import (WIDTHS, ClientTime, Links, client_seconds, default_budget, parse_link, pick_bits, sync_round,
+                    train_flops_per_sample)
 from .models import build_model
 from .partition import make_partition
 from .quant import relative_error
@@ -46,28 +50,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device={name!r} is not available here: use auto or cpu")
     return dev
-
-
-def aggregate(states: list[dict[str, torch.Tensor]], weights) -> dict[str, torch.Tensor]:
-    """Weighted mean of state dicts, weight_k / sum(weights) each (FedAvg's n_k / n).
-
-    Float tensors are averaged; integer buffers (counters) are taken from the first state.
-    """
-    if not states or len(states) != len(weights):
-        raise ValueError(f"aggregate needs one weight per state: got {len(states)} states, {len(weights)} weights")
-    total = float(sum(weights))
-    if not total > 0:
-        raise ValueError(f"aggregate weights must sum to a positive number, got {total}")
-    out = {}
-    for name, first in states[0].items():
-        if not first.is_floating_point():
-            out[name] = first.clone()
-            continue
-        acc = torch.zeros_like(first, dtype=torch.float32)
-        for state, w in zip(states, weights):
-            acc.add_(state[name].to(acc.device, torch.float32), alpha=float(w) / total)
-        out[name] = acc.to(first.dtype)
-    return out
 
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
@@ -102,6 +84,11 @@ class Federation:
         self.global_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model_bytes = len(codec.encode(self.global_state, bits=32))  # one float32 broadcast
         self.dead_rounds = 0
+        profile = parse_link(cfg.link)
+        self.links = Links(profile, cfg.num_clients, cfg.seed) if profile is not None else None
+        self._upload_sizes: dict[int, int] = {}
+        self._flops = None
+        self.fedbuff = FedBuff(self) if cfg.algorithm == "fedbuff" else None
 
     # -- randomness -------------------------------------------------------
     def sample_clients(self, t: int) -> list[int]:
@@ -110,9 +97,9 @@ class Federation:
         m = self.cfg.clients_per_round
         return sorted(rng.choice(self.cfg.num_clients, size=m, replace=False).tolist())
 
-    def generator(self, t: int, k: int, stream: Stream) -> torch.Generator:
+    def generator(self, t: int, k: int, stream: Stream, *extra: int) -> torch.Generator:
         """Client k's generator for `stream` in round t (see rng.py)."""
-        return torch_generator(self.cfg.seed, t, k, stream)
+        return torch_generator(self.cfg.seed, t, k, stream, *extra)
 
     # -- the model ----------------------------------------------------------
     def _load_global(self):
@@ -123,18 +110,22 @@ class Federation:
     def _autocast(self):
         return autocast(self.cfg.precision, self.device)
 
-    def _seed_dropout(self, t: int, k: int):
-        torch.manual_seed(stream_seed(self.cfg.seed, t, k, Stream.DROPOUT))  # dropout draws from the global RNG
+    def _seed_dropout(self, t: int, k: int, *extra: int):
+        torch.manual_seed(stream_seed(self.cfg.seed, t, k, Stream.DROPOUT, *extra))  # dropout uses the global RNG
 
-    def train_client(self, k: int, t: int) -> torch.Tensor:
-        """E local epochs of minibatch SGD from the global model; returns the mean loss."""
+    def train_client(self, k: int, t: int, *extra: int) -> torch.Tensor:
+        """E local epochs of minibatch SGD from the global model; returns the mean loss.
+
+        `extra` keys a second job of client k from the same global model (fedbuff).
+        """
         cfg, idx = self.cfg, self.clients[k]
-        self._seed_dropout(t, k)
+        self._seed_dropout(t, k, *extra)
         self._load_global()
         self.opt.state.clear()  # momentum starts afresh on every client, every round
         self.model.train()
         total = torch.zeros((), device=self.device)
-        for x, y in client_batches(self.data, idx, cfg, self.generator(t, k, Stream.BATCHES), self.channels_last):
+        for x, y in client_batches(self.data, idx, cfg, self.generator(t, k, Stream.BATCHES, *extra),
+                                   self.channels_last):
             with self._autocast():
                 loss = F.cross_entropy(self.model(x), y)
             self.opt.zero_grad(set_to_none=True)
@@ -183,39 +174,111 @@ class Federation:
         n = len(y_all)
         return correct.item() / n, loss.item() / n
 
+    # -- what a client sends ------------------------------------------------
+    def local_update(self, k: int, t: int, *extra: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Client k's upload of round t before encoding (its weights, or its gradient for fedsgd) and its loss."""
+        if self.cfg.algorithm == "fedsgd":
+            return self.client_gradient(k, t)
+        loss = self.train_client(k, t, *extra)
+        return {name: v.detach() for name, v in self.model.state_dict().items()}, loss
+
+    def send(self, k: int, t: int, sent, bits: int, reference, *extra: int):
+        """Encode client k's upload at `bits` and decode it as the server does: (bytes, received, relative error)."""
+        blob = codec.encode(sent, bits=bits, rounding=self.cfg.rounding, reference=reference,
+                            generator=self.generator(t, k, Stream.ROUNDING, *extra))
+        received = {name: v.to(self.device) for name, v in codec.decode(blob, reference=reference).items()}
+        lossless = bits == 32 and reference is None  # float32 uploads arrive bit for bit: error 0
+        return len(blob), received, 0.0 if lossless else relative_error(sent, received)
+
+    def upload_size(self, bits: int) -> int:
+        """Encoded bytes of one upload at `bits`: the codec's length depends on the shapes and width only."""
+        if bits not in self._upload_sizes:
+            names = [n for n, _ in self.model.named_parameters()] if self.cfg.algorithm == "fedsgd" else None
+            like = {n: v for n, v in self.global_state.items() if names is None or n in names}
+            self._upload_sizes[bits] = len(codec.encode(like, bits=bits))
+        return self._upload_sizes[bits]
+
+    # -- the clock ----------------------------------------------------------
+    def flops_per_sample(self) -> int:
+        """Training FLOPs of one sample of this model (counted once, see links.train_flops_per_sample)."""
+        if self._flops is None:
+            shape = (self.data.in_channels, self.data.image_size, self.data.image_size)
+            self._flops = train_flops_per_sample(self.model, shape)
+        return self._flops
+
+    def client_time(self, t: int, k: int, bits: int) -> ClientTime:
+        """Client k's simulated time in round t when it uploads at `bits`."""
+        samples = self.sizes[k] * (1 if self.cfg.algorithm == "fedsgd" else self.cfg.local_epochs)
+        return client_seconds(self.links.state(t, k), self.model_bytes, self.upload_size(bits), samples, 1,
+                              self.flops_per_sample())
+
+    def plan(self, t: int, chosen: list[int]) -> tuple[dict[int, int | None], float | None, list[bool]]:
+        """Each sampled client's bit width (None: a straggler), the round's duration, and who is kept.
+
+        Without a link every client uploads at `bits`, nobody is dropped and the round
+        has no duration. With one, the round lasts the slowest kept client (`sync_round`);
+        `deadline` drops the clients that would finish later, and the adaptive policy
+        gives each client the widest width that fits the budget: the deadline, or else
+        the median client's time at 16 bits (`links.default_budget`).
+        """
+        cfg = self.cfg
+        if self.links is None:
+            return {k: cfg.bits for k in chosen}, None, [True] * len(chosen)
+        if cfg.bits_policy == "fixed":
+            bits = {k: cfg.bits for k in chosen}
+            budget = cfg.deadline
+        else:
+            budget = cfg.deadline or default_budget([self.client_time(t, k, 16) for k in chosen])
+            sizes = {b: self.upload_size(b) for b in WIDTHS}
+            bits = {}
+            for k in chosen:
+                fixed = self.client_time(t, k, 16)
+                bits[k] = pick_bits(self.links.state(t, k), sizes, budget, fixed.total - fixed.upload)
+        times = [self.client_time(t, k, bits[k] or min(WIDTHS)) for k in chosen]
+        duration, kept = sync_round(times, budget)
+        return bits, duration, kept
+
     # -- one round --------------------------------------------------------
     def round(self, t: int) -> dict:
         """Run round t (1-based): sample, train locally, upload, aggregate, maybe evaluate."""
-        cfg = self.cfg
         start = time.perf_counter()
+        if self.cfg.algorithm == "fedbuff":
+            row = self.fedbuff.step(t)
+        else:
+            row = self._sync_round(t)
+        if t % self.cfg.eval_every == 0 or t == self.cfg.num_rounds:
+            row["test_acc"], row["test_loss"] = self.evaluate()
+            if not math.isfinite(row["test_loss"]):  # finite weights can still overflow the loss
+                warnings.warn(f"round {t}: test loss is {row['test_loss']}; recorded as empty")
+                row["test_loss"] = None
+        row["seconds"] = time.perf_counter() - start
+        return row
+
+    def _sync_round(self, t: int) -> dict:
+        """FedAvg or FedSGD round t: every kept client trains from the global model, the server averages."""
+        cfg = self.cfg
         chosen = self.sample_clients(t)
-        uploads, weights, losses, errors, upload_bytes, dropped = [], [], [], [], 0, 0
+        bits, duration, kept = self.plan(t, chosen)
+        late = [k for k, keep in zip(chosen, kept) if not keep]
+        chosen = [k for k, keep in zip(chosen, kept) if keep]  # late clients' work would be thrown away
+        uploads, weights, losses, errors, widths, upload_bytes, dropped = [], [], [], [], [], 0, len(late)
         delta = cfg.algorithm == "fedavg" and cfg.upload == "delta"
         reference = _cpu(self.global_state) if delta else None  # what a delta is taken against
-        # engine=batched (or auto on CUDA): every sampled client trained at once, see batched.py
-        trained = batched.train_clients(self, chosen, t) if batched.use_batched(cfg, self.device) else {}
+        # engine=batched (or auto on CUDA): every kept client trained at once, see batched.py
+        trained = batched.train_clients(self, chosen, t) if chosen and batched.use_batched(cfg, self.device) else {}
         for k in chosen:
-            if k in trained:
-                sent, loss = trained.pop(k)
-            elif cfg.algorithm == "fedavg":
-                loss = self.train_client(k, t)
-                sent = {k_: v.detach() for k_, v in self.model.state_dict().items()}
-            else:
-                sent, loss = self.client_gradient(k, t)
-            if not _all_finite(loss, sent):
+            sent, loss = trained.pop(k) if k in trained else self.local_update(k, t)
+            if not all_finite(loss, sent):
                 dropped += 1
                 warnings.warn(f"round {t}: client {k} sent non-finite values (diverged); left out of the average")
                 continue
-            blob = codec.encode(sent, bits=cfg.bits, rounding=cfg.rounding, reference=reference,
-                                generator=self.generator(t, k, Stream.ROUNDING))
-            upload_bytes += len(blob)
-            received = codec.decode(blob, reference=reference)
-            received = {k_: v.to(self.device) for k_, v in received.items()}
-            lossless = cfg.bits == 32 and reference is None  # float32 uploads arrive bit for bit: error 0
-            errors.append(0.0 if lossless else relative_error(sent, received))
+            size, received, error = self.send(k, t, sent, bits[k], reference)
+            upload_bytes += size
+            errors.append(error)
             uploads.append(received)
             weights.append(self.sizes[k])
             losses.append(loss)
+            widths.append(bits[k])
         if uploads:
             self.dead_rounds = 0
             mean = aggregate(uploads, weights)
@@ -224,7 +287,7 @@ class Federation:
             else:  # w_{t+1} = w_t - lr * sum_k n_k/n g_k
                 for name, grad in mean.items():
                     self.global_state[name] = self.global_state[name] - cfg.lr * grad
-        else:
+        elif not late:  # every client that sent diverged (a round whose clients were all late is not divergence)
             self.dead_rounds += 1
             if self.dead_rounds >= MAX_DEAD_ROUNDS:
                 raise DivergenceError(
@@ -232,22 +295,25 @@ class Federation:
                     f"the learning rate lr={cfg.lr} is probably too high for model={cfg.model}; try a smaller lr")
         row = {"round": t, "test_acc": None, "test_loss": None,
                "train_loss": float(torch.stack(losses).mean()) if losses else None,
-               "upload_bytes": upload_bytes, "download_bytes": self.model_bytes * len(chosen),
-               "quant_error": float(np.mean(errors)) if errors else None, "dropped_clients": dropped}
-        if t % cfg.eval_every == 0 or t == cfg.num_rounds:
-            row["test_acc"], row["test_loss"] = self.evaluate()
-            if not math.isfinite(row["test_loss"]):  # finite weights can still overflow the loss
-                warnings.warn(f"round {t}: test loss is {row['test_loss']}; recorded as empty")
-                row["test_loss"] = None
-        row["seconds"] = time.perf_counter() - start
+               "upload_bytes": upload_bytes, "download_bytes": self.model_bytes * (len(chosen) + len(late)),
+               "quant_error": float(np.mean(errors)) if errors else None, "dropped_clients": dropped,
+               "sim_seconds": duration, "mean_bits": float(np.mean(widths)) if widths else None,
+               "mean_staleness": 0.0 if widths else None}
         return row
+
+    # -- checkpoints --------------------------------------------------------
+    def engine_state(self) -> dict:
+        """What a checkpoint must hold besides the global model to resume exactly."""
+        state = {"dead_rounds": self.dead_rounds}
+        if self.cfg.algorithm == "fedbuff":
+            state["fedbuff"] = self.fedbuff.state_dict()
+        return state
+
+    def load_engine_state(self, state: dict) -> None:
+        self.dead_rounds = state["dead_rounds"]
+        if self.cfg.algorithm == "fedbuff":
+            self.fedbuff.load_state_dict(state["fedbuff"])
 
 
 def _cpu(state):
     return None if state is None else {k: v.detach().cpu() for k, v in state.items()}
-
-
-def _all_finite(loss, state) -> bool:
-    # min and max propagate nan and are +-inf if any value is: one pass each, ~10x faster than isfinite()
-    ends = [torch.stack(torch.aminmax(v)) for v in state.values() if v.is_floating_point() and v.numel()]
-    return bool(torch.isfinite(torch.cat([loss.reshape(-1).float()] + [e.float() for e in ends])).all())

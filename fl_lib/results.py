@@ -34,7 +34,8 @@ from .config import Config
 from .errors import FLError
 
 METRICS = ("round", "test_acc", "test_loss", "train_loss", "upload_bytes", "download_bytes",
-           "cum_upload_bytes", "quant_error", "dropped_clients")
+           "cum_upload_bytes", "quant_error", "dropped_clients",
+           "sim_seconds", "cum_sim_seconds", "mean_bits", "mean_staleness")
 RUNS_ROOT = Path(os.environ.get("FL_LIB_RUNS", "data/runs"))  # where runs without --out go
 
 
@@ -77,15 +78,21 @@ def run(cfg: Config, out=None, *, force: bool = False, progress: bool = True, ro
     rows, timings, start = [], [], 1
     if state is not None:
         fed.global_state = {k: v.to(fed.device) for k, v in state["global"].items()}
-        fed.dead_rounds = state["dead_rounds"]
+        fed.load_engine_state(state["engine"])
         rows, timings, start = state["metrics"], state["timings"], state["round"] + 1
         log(f"resuming from round {state['round']} (checkpoint in {ckpt_dir})")
     bar = _progress(range(start, cfg.num_rounds + 1), cfg.num_rounds, start - 1, progress)
     cum = rows[-1]["cum_upload_bytes"] if rows else 0
+    clock = rows[-1]["cum_sim_seconds"] if rows else 0.0
     for t in bar:
         row = fed.round(t)
         cum += row["upload_bytes"]
         row["cum_upload_bytes"] = cum
+        if row["sim_seconds"] is not None:  # a run with a link model has a clock
+            clock += row["sim_seconds"]
+            row["cum_sim_seconds"] = clock
+        else:
+            row["cum_sim_seconds"] = None
         timings.append({"round": t, "seconds": row.pop("seconds")})
         rows.append(row)
         if hasattr(bar, "set_postfix"):
@@ -93,7 +100,7 @@ def run(cfg: Config, out=None, *, force: bool = False, progress: bool = True, ro
             bar.set_postfix(acc=f"{last_acc:.3f}" if last_acc is not None else "-", up_MB=f"{cum / 1e6:.1f}")
         if cfg.checkpoint_every and t % cfg.checkpoint_every == 0 and t < cfg.num_rounds:
             checkpoint.save(ckpt_dir, t, {
-                "config_key": key, "config": cfg.to_dict(), "round": t, "dead_rounds": fed.dead_rounds,
+                "config_key": key, "config": cfg.to_dict(), "round": t, "engine": fed.engine_state(),
                 "global": {k: v.detach().cpu() for k, v in fed.global_state.items()},
                 "metrics": rows, "timings": timings})
     _finish(out, cfg, fed, rows, timings)
@@ -121,6 +128,7 @@ def _finish(out: Path, cfg: Config, fed, rows, timings) -> None:
         "upload_bytes_per_round": rows[-1]["upload_bytes"],
         "upload_mb_per_round": rows[-1]["upload_bytes"] / 1e6,
         "dropped_clients": sum(r["dropped_clients"] for r in rows),
+        "total_sim_hours": rows[-1]["cum_sim_seconds"] / 3600 if rows[-1]["cum_sim_seconds"] is not None else None,
         "seconds_total": sum(seconds),
         "seconds_per_round": sum(seconds) / len(seconds) if seconds else None,
         "device": _device_name(fed.device),

@@ -25,6 +25,7 @@ class Stream(IntEnum):
     LINK = 3  # link bandwidths, latency and compute speed
     DP_NOISE = 4  # differential-privacy noise added by the server
     SECAGG = 5  # secure-aggregation masks and shares
+    DISPATCH = 6  # fedbuff: which idle clients start the next jobs
 
 
 def seed_for(*keys: int) -> int:
@@ -32,19 +33,24 @@ def seed_for(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def stream_seed(seed: int, t: int, party: int, stream: Stream) -> int:
-    """The seed of `stream` for `party` (a client index, or SERVER) in round t."""
-    return seed_for(seed, t, party + 1, int(stream))
+def stream_seed(seed: int, t: int, party: int, stream: Stream, *extra: int) -> int:
+    """The seed of `stream` for `party` (a client index, or SERVER) in round t.
+
+    `extra` keys tell apart several draws of one party in one round (fedbuff: a
+    client's second job from the same global model); without them the key is the
+    synchronous engine's.
+    """
+    return seed_for(seed, t, party + 1, int(stream), *extra)
 
 
-def torch_generator(seed: int, t: int, party: int, stream: Stream, device="cpu") -> torch.Generator:
+def torch_generator(seed: int, t: int, party: int, stream: Stream, *extra: int, device="cpu") -> torch.Generator:
     """A torch.Generator for `stream` of `party` in round t."""
-    return torch.Generator(device=device).manual_seed(stream_seed(seed, t, party, stream))
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, t, party, stream, *extra))
 
 
-def numpy_generator(seed: int, t: int, party: int, stream: Stream) -> np.random.Generator:
+def numpy_generator(seed: int, t: int, party: int, stream: Stream, *extra: int) -> np.random.Generator:
     """A numpy Generator for `stream` of `party` in round t."""
-    return np.random.default_rng(stream_seed(seed, t, party, stream))
+    return np.random.default_rng(stream_seed(seed, t, party, stream, *extra))
 
 
 def sampling_generator(seed: int, t: int) -> np.random.Generator:

@@ -32,6 +32,10 @@ BAD = {
     "engine": ["parallel"],
     "channels_last": [True, "yes"],
     "precision": ["fp16", "int8"],
+    "link": ["wifi7", "lognormal:", "lognormal:-1,0.5", "lognormal:5", "lognormal:5,9", "", None],
+    "deadline": [-1, -0.5, float("nan"), float("inf"), "60", True],
+    "bits_policy": ["dynamic", None],
+    "buffer_size": [-1, 2.5, True],
     "eval_every": [0, -1],
     "checkpoint_every": [-1, 0.5],
 }
@@ -50,6 +54,18 @@ def test_bad_value_gets_one_line_naming_field_value_and_range(field, value):
     assert msg.startswith(f"{field}=")
     assert repr(value) in msg
     assert RULES[field].describe() in msg
+
+
+@pytest.mark.parametrize("fields,needle", [
+    (dict(bits_policy="adaptive"), "bits_policy='adaptive' needs a link"),
+    (dict(algorithm="fedbuff"), "algorithm='fedbuff' needs a clock"),
+    (dict(deadline=60.0), "deadline=60.0 needs a clock"),
+    (dict(algorithm="fedbuff", link="mobile", deadline=60.0), "fedbuff waits for no round"),
+])
+def test_clock_fields_that_need_each_other(fields, needle):
+    with pytest.raises(ConfigError, match=needle) as err:
+        Config(**fields)
+    assert "\n" not in str(err.value)
 
 
 def test_presets_are_valid_and_sized_as_documented():

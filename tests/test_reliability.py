@@ -52,10 +52,12 @@ def interrupt_at(monkeypatch, round_):
 
 
 # -- SIGKILL at several points, then resume ------------------------------------------------
-def test_sigkill_at_several_points_then_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("clock", [[], ["--link", "mobile", "--algorithm", "fedbuff", "--bits-policy", "adaptive",
+                                          "--client-fraction", "0.5"]], ids=["no-clock", "fedbuff-adaptive"])
+def test_sigkill_at_several_points_then_resume_matches_an_uninterrupted_run(tmp_path, clock):
     flags = ["run", "--preset", "smoke", "--dataset", "synthetic-mnist", "--model", "2nn", "--num-clients", "4",
              "--local-epochs", "3", "--batch-size", "10", "--num-rounds", "8", "--checkpoint-every", "1",
-             "--device", "cpu", "--no-progress"]
+             "--device", "cpu", "--no-progress", *clock]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "fl_lib", *flags]
     ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -89,14 +91,17 @@ def test_sigkill_at_several_points_then_resume_matches_an_uninterrupted_run(tmp_
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def test_resume_in_process_equals_uninterrupted(tmp_path, monkeypatch):
-    whole = results.run(tiny(), tmp_path / "whole", progress=False)
+@pytest.mark.parametrize("clock", [{}, dict(link="mobile", bits_policy="adaptive", deadline=2.0),
+                                   dict(link="iot", algorithm="fedbuff", buffer_size=2)],
+                         ids=["no-clock", "adaptive-deadline", "fedbuff"])
+def test_resume_in_process_equals_uninterrupted(tmp_path, monkeypatch, clock):
+    whole = results.run(tiny(**clock), tmp_path / "whole", progress=False)
     with monkeypatch.context() as m:
         interrupt_at(m, 3)
         with pytest.raises(Stop):
-            results.run(tiny(), tmp_path / "cut", progress=False)
+            results.run(tiny(**clock), tmp_path / "cut", progress=False)
     logs = []
-    resumed = results.run(tiny(), tmp_path / "cut", progress=False, log=logs.append)
+    resumed = results.run(tiny(**clock), tmp_path / "cut", progress=False, log=logs.append)
     assert logs == [f"resuming from round 2 (checkpoint in {tmp_path / 'cut' / 'checkpoints'})"]
     assert (tmp_path / "cut" / "metrics.csv").read_bytes() == (tmp_path / "whole" / "metrics.csv").read_bytes()
     assert resumed.metrics["test_acc"].tolist() == whole.metrics["test_acc"].tolist()

@@ -1,0 +1,198 @@
+"""FedBuff: buffered asynchronous aggregation (Nguyen et al. 2022) on the simulated clock.
+
+Up to m = max(round(C K), 1) clients train at once, each from the global model it
+downloaded when it started. A client's upload arrives at its start time plus its
+link time (`links.py`: download + compute + upload + latency). The server buffers
+arrivals; when `buffer_size` of them are in (0 means m) it applies one update
+
+    w <- w + sum_i n_i s(tau_i) (w_i - w_base_i) / sum_i n_i,    s(tau) = 1 / sqrt(1 + tau)
+
+where w_base_i is the model client i started from and tau_i, its staleness, is the
+number of server updates since then. The denominator is the plain sum of n_i, so
+a stale update counts less rather than being renormalized away; with every tau = 0
+the update is FedAvg's n_k / n mean. The server step size is 1, as in FedAvg.
+One row of metrics.csv is one server update, and every column keeps its meaning.
+
+Order of events: a heap of (time, sequence number, client) (`links.EventQueue`).
+All arrivals at one instant are taken before any client restarts, and restarted
+clients download the model as it is after them. So with equal client times and
+buffer_size = m every update is exactly a synchronous FedAvg round.
+
+Which clients start: when nothing is in flight, the m clients that FedAvg samples
+for the next round; otherwise free slots are filled from the clients not in
+flight, drawn from the server's DISPATCH stream (with C = 1 that is simply every
+client that just arrived: clients train continuously). A job started from version
+v draws from round v + 1's streams, as FedAvg's round v + 1 would; a client's n-th
+further job from the same version adds the key n, so no two jobs share draws.
+With the adaptive policy a job's width fits the median client's time at 16 bits
+over all clients (there is no deadline here); a client that cannot fit even 2 bits
+uploads at 2 and simply arrives later, down-weighted by its staleness.
+"""
+from __future__ import annotations
+
+import statistics
+import warnings
+
+import numpy as np
+import torch
+
+from .client import all_finite
+from .errors import DivergenceError
+from .links import WIDTHS, EventQueue, pick_bits, staleness_weight
+from .rng import SERVER, Stream, numpy_generator
+
+MAX_DEAD_UPDATES = 3  # consecutive updates whose every upload was non-finite before giving up
+
+
+class FedBuff:
+    """The asynchronous server of one `Federation`; `step(t)` runs until server update t."""
+
+    def __init__(self, fed):
+        self.fed = fed
+        cfg = fed.cfg
+        self.concurrency = cfg.clients_per_round
+        self.buffer_size = cfg.buffer_size or self.concurrency
+        self.queue = EventQueue()
+        self.jobs: dict[int, dict] = {}  # client -> its job in flight
+        self.buffer: list[dict] = []  # arrived jobs waiting for the next update
+        self.idle: list[int] = []  # clients that arrived at the current instant, to restart after it
+        self.version = 0  # server updates applied so far
+        self.now = 0.0  # simulated time of the last event
+        self.last_update = 0.0  # simulated time of the last update
+        self.downloads = 0  # models sent since the last update
+        self.dispatches = 0  # restarts so far (keys the DISPATCH stream)
+        self.repeats: dict[int, tuple[int, int]] = {}  # client -> (version of its last job, jobs from it - 1)
+        self.started = False
+        self._budgets: dict[int, float] = {}
+
+    # -- events -------------------------------------------------------------
+    def step(self, t: int) -> dict:
+        """Process arrivals until the buffer is full, apply server update t and return its metrics row."""
+        if t != self.version + 1:
+            raise ValueError(f"fedbuff update {t} requested after update {self.version}")
+        if not self.started:
+            self.started = True
+            self._restart(self.fed.sample_clients(1))
+        while True:
+            if self.idle and (not len(self.queue) or self.queue.peek_time() > self.now):
+                self._restart(self._choose())  # this instant's arrivals are all in: restart them
+            arrival, k = self.queue.pop()
+            self.now = arrival
+            self.buffer.append(self.jobs.pop(k))
+            self.idle.append(k)
+            if len(self.buffer) == self.buffer_size:
+                return self._update(t)
+
+    def _choose(self) -> list[int]:
+        if not self.jobs:  # nothing in flight: FedAvg's sample for the next round
+            return self.fed.sample_clients(self.version + 1)
+        free = self.concurrency - len(self.jobs)
+        candidates = [k for k in range(self.fed.cfg.num_clients) if k not in self.jobs]
+        rng = numpy_generator(self.fed.cfg.seed, self.dispatches, SERVER, Stream.DISPATCH)
+        return sorted(rng.choice(candidates, size=min(free, len(candidates)), replace=False).tolist())
+
+    def _restart(self, clients: list[int]) -> None:
+        self.idle = []
+        self.dispatches += 1
+        for k in clients:
+            self._start(k)
+
+    def _start(self, k: int) -> None:
+        """Client k downloads the current model, trains, and its upload is scheduled to arrive."""
+        fed, cfg = self.fed, self.fed.cfg
+        v, t_job = self.version, self.version + 1
+        last_v, n = self.repeats.get(k, (-1, -1))
+        n = n + 1 if last_v == v else 0
+        self.repeats[k] = (v, n)
+        extra = (n,) if n else ()
+        base = {name: w.detach().clone() for name, w in fed.global_state.items()}
+        sent, loss = fed.local_update(k, t_job, *extra)
+        bits = self._bits(t_job, k)
+        job = {"client": k, "version": v, "n": fed.sizes[k], "loss": float(loss), "bits": bits,
+               "bytes": 0, "error": 0.0, "delta": None}
+        if all_finite(loss, sent):
+            reference = {name: w.cpu() for name, w in base.items()} if cfg.upload == "delta" else None
+            job["bytes"], received, job["error"] = fed.send(k, t_job, sent, bits, reference, *extra)
+            job["delta"] = {name: received[name].float() - w.float()
+                            for name, w in base.items() if w.is_floating_point()}
+        else:
+            warnings.warn(f"fedbuff: client {k} sent non-finite values (diverged); its upload is left out")
+        self.downloads += 1
+        self.jobs[k] = job
+        self.queue.push(self.now + fed.client_time(t_job, k, bits).total, k)
+
+    def _bits(self, t: int, k: int) -> int:
+        cfg, fed = self.fed.cfg, self.fed
+        if cfg.bits_policy == "fixed":
+            return cfg.bits
+        if t not in self._budgets:
+            self._budgets = {t: statistics.median(fed.client_time(t, c, 16).total for c in range(cfg.num_clients))}
+        fixed = fed.client_time(t, k, 16)
+        sizes = {b: fed.upload_size(b) for b in WIDTHS}
+        return pick_bits(fed.links.state(t, k), sizes, self._budgets[t], fixed.total - fixed.upload) or min(WIDTHS)
+
+    # -- the server update ------------------------------------------------------
+    def _update(self, t: int) -> dict:
+        fed = self.fed
+        good = [j for j in self.buffer if j["delta"] is not None]
+        staleness = [self.version - j["version"] for j in good]
+        if good:
+            fed.dead_rounds = 0
+            total = float(sum(j["n"] for j in good))
+            new = {}
+            for name, w in fed.global_state.items():
+                if not w.is_floating_point():
+                    new[name] = w
+                    continue
+                acc = w.float().clone()
+                for job, tau in zip(good, staleness):
+                    acc.add_(job["delta"][name].to(acc.device), alpha=job["n"] * staleness_weight(tau) / total)
+                new[name] = acc.to(w.dtype)
+            fed.global_state = new
+        else:
+            fed.dead_rounds += 1
+            if fed.dead_rounds >= MAX_DEAD_UPDATES:
+                raise DivergenceError(
+                    f"every fedbuff upload diverged (NaN/inf) for {fed.dead_rounds} updates in a row up to update "
+                    f"{t}: the learning rate lr={fed.cfg.lr} is probably too high for model={fed.cfg.model}")
+        row = {"round": t, "test_acc": None, "test_loss": None,
+               "train_loss": float(np.mean([j["loss"] for j in good])) if good else None,
+               "upload_bytes": sum(j["bytes"] for j in self.buffer),
+               "download_bytes": fed.model_bytes * self.downloads,
+               "quant_error": float(np.mean([j["error"] for j in good])) if good else None,
+               "dropped_clients": len(self.buffer) - len(good),
+               "sim_seconds": self.now - self.last_update,
+               "mean_bits": float(np.mean([j["bits"] for j in good])) if good else None,
+               "mean_staleness": float(np.mean(staleness)) if good else None}
+        self.version = t
+        self.last_update = self.now
+        self.downloads = 0
+        self.buffer = []
+        return row
+
+    # -- checkpoints --------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: the event heap, jobs in flight, the buffer, the counters."""
+        def job_state(j):
+            delta = None if j["delta"] is None else {n: v.detach().cpu() for n, v in j["delta"].items()}
+            return {**j, "delta": delta}
+        return {"heap": [list(e) for e in self.queue._heap], "seq": self.queue._seq,
+                "jobs": [job_state(j) for j in self.jobs.values()], "buffer": [job_state(j) for j in self.buffer],
+                "idle": list(self.idle), "version": self.version, "now": self.now,
+                "last_update": self.last_update, "downloads": self.downloads, "dispatches": self.dispatches,
+                "repeats": [[k, v, n] for k, (v, n) in sorted(self.repeats.items())], "started": self.started}
+
+    def load_state_dict(self, s: dict) -> None:
+        dev = self.fed.device
+
+        def job(j):
+            delta = None if j["delta"] is None else {n: v.to(dev) for n, v in j["delta"].items()}
+            return {**j, "delta": delta}
+        self.queue._heap = [(float(a), int(b), int(c)) for a, b, c in s["heap"]]
+        self.queue._seq = int(s["seq"])
+        self.jobs = {j["client"]: job(j) for j in s["jobs"]}
+        self.buffer = [job(j) for j in s["buffer"]]
+        self.idle = list(s["idle"])
+        self.version, self.now, self.last_update = s["version"], s["now"], s["last_update"]
+        self.downloads, self.dispatches, self.started = s["downloads"], s["dispatches"], s["started"]
+        self.repeats = {k: (v, n) for k, v, n in s["repeats"]}

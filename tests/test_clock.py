@@ -1,0 +1,174 @@
+"""The simulated clock in the engine: round times, deadlines, adaptive bit widths and FedBuff."""
+import math
+import statistics
+
+import pytest
+import torch
+
+from fl_lib import codec
+from fl_lib.aggregation import aggregate
+from fl_lib.config import Config
+from fl_lib.data import synthetic
+from fl_lib.fedavg import Federation
+from fl_lib.links import MBIT, staleness_weight, transfer_seconds
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(num_train=160, num_test=40, channels=1, size=28, seed=0, name="synthetic-mnist")
+
+
+def tiny(**kw) -> Config:
+    base = dict(dataset="synthetic-mnist", model="2nn", num_clients=4, partition="iid", local_epochs=2,
+                batch_size=16, lr=0.05, momentum=0.0, weight_decay=0.0, num_rounds=5, augment=False,
+                device="cpu", checkpoint_every=0, link="lognormal:2,0")
+    base.update(kw)
+    return Config(**base)
+
+
+def test_round_time_by_hand(data):
+    """Identical clients (sigma 0): T = D / down + n E F / speed + U / up + latency, F counted by hand."""
+    fed = Federation(tiny(), data=data)
+    # 2NN on 28x28: Linear(784, 200) needs no input gradient (4 i o), the others do (6 i o).
+    flops = 4 * 784 * 200 + 6 * 200 * 200 + 6 * 200 * 10
+    assert fed.flops_per_sample() == flops
+    up, down, latency, speed = 2e6, 2e6 * 68.34 / 8.56, 0.031, math.sqrt(15e9 * 30e9)
+    state_bytes = len(codec.encode(fed.global_state, bits=32))
+    expected = 8 * state_bytes / down + 40 * 2 * flops / speed + 8 * state_bytes / up + latency
+    row = fed.round(1)
+    assert row["sim_seconds"] == pytest.approx(expected, rel=1e-12)
+    assert row["upload_bytes"] == 4 * state_bytes and row["mean_bits"] == 32.0
+
+
+def test_deadline_drops_exactly_the_late_clients(data):
+    cfg = tiny(link="lognormal:2,1.0", num_clients=8, client_fraction=1.0)
+    probe = Federation(cfg, data=data)
+    totals = {k: probe.client_time(1, k, 32).total for k in range(8)}
+    deadline = sorted(totals.values())[4] + 1e-9  # five clients make it, three do not
+    fed = Federation(cfg.replace(deadline=deadline), data=data)
+    row = fed.round(1)
+    late = [k for k, s in totals.items() if s > deadline]
+    assert len(late) == 3 and row["dropped_clients"] == 3
+    assert row["sim_seconds"] == deadline
+    assert row["upload_bytes"] == 5 * fed.upload_size(32)
+    # the global model is the n_k/n mean of exactly the clients that made it
+    ref = Federation(cfg, data=data)
+    states, weights = [], []
+    for k in sorted(set(range(8)) - set(late)):
+        sent, _ = ref.local_update(k, 1)
+        states.append({n: v.clone() for n, v in sent.items()})
+        weights.append(ref.sizes[k])
+    expected = aggregate(states, weights)
+    for name in expected:
+        torch.testing.assert_close(fed.global_state[name], expected[name], rtol=0, atol=0)
+
+
+def test_without_a_link_there_is_no_clock_and_nothing_is_dropped(data):
+    row = Federation(tiny(link="none"), data=data).round(1)
+    assert row["sim_seconds"] is None and row["dropped_clients"] == 0 and row["mean_bits"] == 32.0
+
+
+@pytest.mark.parametrize("with_deadline", [False, True])
+def test_adaptive_widths_always_fit_the_budget(data, with_deadline):
+    cfg = tiny(link="lognormal:0.5,1.2", num_clients=8, bits_policy="adaptive")
+    probe = Federation(cfg, data=data)
+    deadline = 1.2 * statistics.median(probe.client_time(1, k, 16).total for k in range(8)) if with_deadline else 0.0
+    fed = Federation(cfg.replace(deadline=deadline), data=data)
+    seen = set()
+    for t in range(1, 30):
+        chosen = fed.sample_clients(t)
+        bits, duration, kept = fed.plan(t, chosen)
+        budget = deadline or statistics.median(fed.client_time(t, k, 16).total for k in chosen)
+        for k, keep in zip(chosen, kept):
+            if bits[k] is None:
+                assert not keep  # a straggler: not even 2 bits fits
+                assert fed.client_time(t, k, 2).total > budget
+                continue
+            assert keep and 2 <= bits[k] <= 16
+            assert fed.client_time(t, k, bits[k]).total <= budget  # never a width that misses
+            if bits[k] < 16:
+                assert fed.client_time(t, k, bits[k] + 1).total > budget  # and the widest that fits
+            seen.add(bits[k])
+        assert duration <= budget + 1e-12
+    assert len(seen) >= 3  # the links really spread the widths
+
+
+def test_mixed_widths_in_one_round_decode_and_aggregate(data):
+    cfg = tiny(link="lognormal:0.5,1.2", num_clients=8, bits_policy="adaptive", upload="delta")
+    fed = Federation(cfg, data=data)
+    start = {n: v.clone() for n, v in fed.global_state.items()}
+    bits, _, kept = fed.plan(1, fed.sample_clients(1))
+    widths = {bits[k] for k, keep in zip(fed.sample_clients(1), kept) if keep}
+    assert len(widths) >= 2  # mixed
+    row = fed.round(1)
+    ref = Federation(cfg, data=data)
+    states, weights, total = [], [], 0
+    for k, keep in zip(ref.sample_clients(1), kept):
+        if not keep:
+            continue
+        sent, _ = ref.local_update(k, 1)
+        blob = codec.encode(sent, bits=bits[k], reference=start, generator=None)
+        total += len(blob)
+        states.append(codec.decode(blob, reference=start))
+        weights.append(ref.sizes[k])
+    assert row["upload_bytes"] == total
+    assert row["mean_bits"] == pytest.approx(sum(bits[k] for k, keep in zip(ref.sample_clients(1), kept) if keep)
+                                             / len(states))
+    expected = aggregate(states, weights)
+    for name in expected:
+        torch.testing.assert_close(fed.global_state[name], expected[name], rtol=0, atol=0)
+
+
+def test_fedbuff_with_zero_staleness_equals_synchronous_fedavg(data):
+    """buffer_size = clients per round, identical clients: every update is one FedAvg round."""
+    sync = Federation(tiny(), data=data)
+    fedbuff = Federation(tiny(algorithm="fedbuff"), data=data)
+    for t in (1, 2, 3):
+        a, b = sync.round(t), fedbuff.round(t)
+        assert b["mean_staleness"] == 0.0
+        assert b["sim_seconds"] == pytest.approx(a["sim_seconds"], rel=1e-12)
+        assert (a["upload_bytes"], a["download_bytes"]) == (b["upload_bytes"], b["download_bytes"])
+        for name in sync.global_state:
+            torch.testing.assert_close(fedbuff.global_state[name], sync.global_state[name], rtol=1e-5, atol=1e-6)
+
+
+def test_fedbuff_staleness_weights_by_hand(data):
+    """buffer_size 1: each arrival moves w by n s(tau) delta / n = s(tau) delta, tau = updates since download."""
+    fed = Federation(tiny(algorithm="fedbuff", buffer_size=1, link="lognormal:2,1.5"), data=data)
+    server = fed.fedbuff
+    assert staleness_weight(0) == 1.0 and staleness_weight(1) == pytest.approx(1 / math.sqrt(2))
+    assert staleness_weight(3) == pytest.approx(0.5)
+    seen, real = [], server._update
+
+    def check(t):  # the buffer and model just before update t, then the update itself
+        (job,) = server.buffer
+        tau = server.version - job["version"]
+        before = {n: v.clone() for n, v in fed.global_state.items()}
+        row = real(t)
+        assert row["mean_staleness"] == tau
+        for name, d in job["delta"].items():
+            torch.testing.assert_close(fed.global_state[name], before[name] + d * staleness_weight(tau))
+        seen.append(tau)
+        return row
+    server._update = check
+    for t in range(1, 13):
+        fed.round(t)
+    assert len(seen) == 12
+    assert max(seen) >= 1  # some updates really were stale
+
+
+def test_fedbuff_time_moves_forward_and_counts_traffic(data):
+    fed = Federation(tiny(algorithm="fedbuff", buffer_size=2, link="lognormal:2,1.0"), data=data)
+    rows = [fed.round(t) for t in range(1, 6)]
+    assert all(r["sim_seconds"] >= 0 for r in rows)
+    assert all(r["upload_bytes"] == 2 * fed.upload_size(32) for r in rows)
+    assert sum(r["download_bytes"] for r in rows) >= fed.model_bytes * (4 + 2 * 4)  # the start, then restarts
+    assert transfer_seconds(MBIT / 8, MBIT) == 1.0
+
+
+def test_runs_with_a_clock_are_deterministic(data):
+    cfg = tiny(link="mobile", bits_policy="adaptive", num_clients=4)
+    a = [Federation(cfg, data=data).round(1) for _ in range(2)]
+    for r in a:
+        r.pop("seconds")
+    assert a[0] == a[1]
