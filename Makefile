@@ -14,6 +14,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+# JupyterLab opens the lessons (notebooks/*.py, jupytext percent format) as notebooks on double-click
+	$(VENV)/bin/jupytext-config --settings-file $(VENV)/share/jupyter/lab/settings/overrides.json \
+		set-default-viewer python >/dev/null
 	touch $@
 
 setup: $(VENV)/.installed

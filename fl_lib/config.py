@@ -37,6 +37,7 @@ class Rule:
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False  # True: lo itself is not allowed
+    hi_open: bool = False  # True: hi itself is not allowed
     choices: tuple = ()
     none_ok: bool = False  # None allowed (written "full" for batch_size)
     open_choice: str = ""  # text describing values allowed besides `choices`
@@ -47,8 +48,8 @@ class Rule:
             return text + (f", or {self.open_choice}" if self.open_choice else "")
         if self.kind is bool:
             return "true or false"
-        left = "(" if self.lo_open else "["
-        text = f"{self.kind.__name__} in {left}{_fmt(self.lo)}, {_fmt(self.hi)}]"
+        left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+        text = f"{self.kind.__name__} in {left}{_fmt(self.lo)}, {_fmt(self.hi)}{right}"
         return text + (" or full" if self.none_ok else "")
 
 
@@ -94,6 +95,10 @@ class Config:
     deadline: float = _field(0.0, "seconds a synchronous round waits; later clients are dropped (0 = wait for all)")
     bits_policy: str = _field("fixed", "fixed = every client uploads at `bits`; adaptive = per client from its link")
     buffer_size: int = _field(0, "fedbuff: uploads per server update (0 = clients per round)")
+    dp_clip: float = _field(0.0, "DP-FedAvg: L2 norm each client's update is clipped to (0 = DP off)")
+    dp_noise: float = _field(0.0, "DP-FedAvg: noise std on the sum, as a multiple of dp_clip")
+    dp_delta: float = _field(1e-5, "DP-FedAvg: the delta of the (epsilon, delta) guarantee")
+    secure_aggregation: bool = _field(False, "pairwise-masked uploads on a shared-scale grid (secagg.py)")
     eval_every: int = _field(1, "rounds between test evaluations (the last round always)")
     checkpoint_every: int = _field(10, "rounds between checkpoints (0 = never)")
 
@@ -110,6 +115,18 @@ class Config:
                               f"no round: use deadline=0")
         if self.deadline > 0 and self.link == "none":
             raise ConfigError(f"deadline={self.deadline} needs a clock: set link (e.g. mobile), or deadline=0")
+        if self.dp_noise > 0 and self.dp_clip == 0:
+            raise ConfigError(f"dp_noise={self.dp_noise} needs dp_clip > 0: the noise std is dp_noise * dp_clip")
+        if (self.dp_clip > 0 or self.secure_aggregation) and self.algorithm != "fedavg":
+            raise ConfigError(f"algorithm={self.algorithm!r}: dp_clip and secure_aggregation apply to fedavg "
+                              f"rounds only")
+        if self.secure_aggregation:
+            if self.bits == 32 or self.bits_policy != "fixed":
+                raise ConfigError(f"secure_aggregation needs every client's integer codes on one grid: use a fixed "
+                                  f"bits in 2..16 (got bits={self.bits}, bits_policy={self.bits_policy!r})")
+            if self.upload == "delta" and self.dp_clip == 0:
+                raise ConfigError("secure_aggregation of upload='delta' needs a public bound on the update: "
+                                  "set dp_clip, or use upload='weights'")
         if self.partition == "shards":
             need = self.num_clients * self.shards_per_client
             if need < 1:
@@ -178,6 +195,10 @@ RULES: dict[str, Rule] = {
     "deadline": Rule(float, 0, 1e9),
     "bits_policy": Rule(str, choices=BITS_POLICIES),
     "buffer_size": Rule(int, 0, 100_000),
+    "dp_clip": Rule(float, 0, 1e6),
+    "dp_noise": Rule(float, 0, 1e3),
+    "dp_delta": Rule(float, 0, 1, lo_open=True, hi_open=True),
+    "secure_aggregation": Rule(bool),
     "eval_every": Rule(int, 1, 1_000_000),
     "checkpoint_every": Rule(int, 0, 1_000_000),
 }
@@ -220,7 +241,7 @@ def _check(name: str, value: Any) -> None:
         return
     if rule.lo is not None and (value < rule.lo or (rule.lo_open and value == rule.lo)):
         raise ConfigError(bad)
-    if rule.hi is not None and value > rule.hi:
+    if rule.hi is not None and (value > rule.hi or (rule.hi_open and value == rule.hi)):
         raise ConfigError(bad)
 
 

@@ -24,15 +24,18 @@ from .client import all_finite, autocast, batch_inputs, client_batches
 from .config import Config
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DivergenceError
+from .dp import add_noise, clip_update, dp_average, epsilon_per_round
 from .fedbuff import FedBuff
 from .links import (WIDTHS, ClientTime, Links, client_seconds, default_budget, parse_link, pick_bits, sync_round,
                     train_flops_per_sample)
 from .models import build_model
 from .partition import make_partition
 from .quant import relative_error
-from .rng import Stream, sampling_generator, stream_seed, torch_generator
+from .rng import SERVER, Stream, sampling_generator, stream_seed, torch_generator
+from .secagg import SecAggError, channel_bound, masked_upload_bytes, secure_mean, shared_scale_mean
 
 EVAL_BATCH = 250  # test samples per forward pass; larger batches measured slower here (memory-bound)
+SECAGG_MARGIN = 1.5  # secure aggregation's public bound: this many times the global model's max |w| per channel
 MAX_DEAD_ROUNDS = 3  # consecutive rounds with every upload non-finite before giving up
 
 
@@ -89,6 +92,10 @@ class Federation:
         self._upload_sizes: dict[int, int] = {}
         self._flops = None
         self.fedbuff = FedBuff(self) if cfg.algorithm == "fedbuff" else None
+        self.epsilons = None  # epsilon after each round (DP with noise), from Opacus's accountant
+        if cfg.dp_clip > 0 and cfg.dp_noise > 0:
+            q = cfg.clients_per_round / cfg.num_clients
+            self.epsilons = epsilon_per_round(q, cfg.dp_noise, cfg.num_rounds, cfg.dp_delta)
 
     # -- randomness -------------------------------------------------------
     def sample_clients(self, t: int) -> list[int]:
@@ -264,6 +271,7 @@ class Federation:
         uploads, weights, losses, errors, widths, upload_bytes, dropped = [], [], [], [], [], 0, len(late)
         delta = cfg.algorithm == "fedavg" and cfg.upload == "delta"
         reference = _cpu(self.global_state) if delta else None  # what a delta is taken against
+        senders = []  # clients whose upload the server uses
         # engine=batched (or auto on CUDA): every kept client trained at once, see batched.py
         trained = batched.train_clients(self, chosen, t) if chosen and batched.use_batched(cfg, self.device) else {}
         for k in chosen:
@@ -272,20 +280,29 @@ class Federation:
                 dropped += 1
                 warnings.warn(f"round {t}: client {k} sent non-finite values (diverged); left out of the average")
                 continue
-            size, received, error = self.send(k, t, sent, bits[k], reference)
-            upload_bytes += size
-            errors.append(error)
-            uploads.append(received)
+            if cfg.dp_clip > 0:  # the client clips its own update before it quantizes it
+                sent = self._clipped(sent)
+            if cfg.secure_aggregation:  # no codec: the upload is a masked share of a sum (_secure_update)
+                uploads.append(sent)
+            else:
+                size, received, error = self.send(k, t, sent, bits[k], reference)
+                upload_bytes += size
+                errors.append(error)
+                uploads.append(received)
+            senders.append(k)
             weights.append(self.sizes[k])
             losses.append(loss)
             widths.append(bits[k])
         if uploads:
             self.dead_rounds = 0
-            mean = aggregate(uploads, weights)
-            if cfg.algorithm == "fedavg":
-                self.global_state = mean
+            if cfg.secure_aggregation:
+                upload_bytes, errors = self._secure_update(t, self.sample_clients(t), senders, uploads, weights)
+            elif cfg.dp_clip > 0:
+                self._dp_update(t, uploads)
+            elif cfg.algorithm == "fedavg":
+                self.global_state = aggregate(uploads, weights)
             else:  # w_{t+1} = w_t - lr * sum_k n_k/n g_k
-                for name, grad in mean.items():
+                for name, grad in aggregate(uploads, weights).items():
                     self.global_state[name] = self.global_state[name] - cfg.lr * grad
         elif not late:  # every client that sent diverged (a round whose clients were all late is not divergence)
             self.dead_rounds += 1
@@ -298,8 +315,80 @@ class Federation:
                "upload_bytes": upload_bytes, "download_bytes": self.model_bytes * (len(chosen) + len(late)),
                "quant_error": float(np.mean(errors)) if errors else None, "dropped_clients": dropped,
                "sim_seconds": duration, "mean_bits": float(np.mean(widths)) if widths else None,
-               "mean_staleness": 0.0 if widths else None}
+               "mean_staleness": 0.0 if widths else None,
+               "epsilon": self.epsilons[t - 1] if self.epsilons else None}
         return row
+
+    # -- privacy --------------------------------------------------------------
+    def _update_of(self, weights_k) -> dict[str, torch.Tensor]:
+        return {n: w.float() - self.global_state[n].float() for n, w in weights_k.items() if w.is_floating_point()}
+
+    def _clipped(self, weights_k) -> dict[str, torch.Tensor]:
+        """w_global + clip(w_k - w_global): DP-FedAvg's bound on one client's influence (dp.py)."""
+        clipped, _ = clip_update(self._update_of(weights_k), self.cfg.dp_clip)
+        return {n: (self.global_state[n].float() + clipped[n]).to(w.dtype) if n in clipped else w
+                for n, w in weights_k.items()}
+
+    def _dp_update(self, t: int, received: list[dict]) -> None:
+        """w += (sum_k clip(Delta_k) + N(0, (z S)^2)) / m, Delta_k = received_k - w (dp.py).
+
+        The server clips again after decoding (quantization can move an update past
+        dp_clip), so the sensitivity is exactly dp_clip whatever the codec did.
+        """
+        cfg = self.cfg
+        updates = [clip_update(self._update_of(r), cfg.dp_clip)[0] for r in received]
+        noise = torch_generator(cfg.seed, t, SERVER, Stream.DP_NOISE)
+        step = dp_average(updates, cfg.dp_noise, cfg.dp_clip, cfg.clients_per_round, noise)
+        self.global_state = {n: (w.float() + step[n].to(w.device)).to(w.dtype) if n in step else w
+                             for n, w in self.global_state.items()}
+
+    def _secure_update(self, t, sampled, senders, sent, weights):
+        """The round's sum through pairwise masking (secagg.py); returns (upload bytes, quantization errors).
+
+        Every sampled client joined the key agreement; those that were late or
+        diverged drop out, and their masks are recovered from the survivors' shares.
+        Without DP the clients sum their weights w_k, weighted by n_k, on a grid whose
+        scale per channel is SECAGG_MARGIN * max |w_global,c| (public: every client has
+        w_global). With DP they sum their clipped updates uniformly on the grid
+        s = dp_clip / q_max, and the server adds the noise to the unmasked sum.
+        """
+        cfg = self.cfg
+        dp = cfg.dp_clip > 0
+        if dp:
+            values = [self._update_of(s) for s in sent]
+            bound, w = cfg.dp_clip, None
+        else:
+            values = [{n: v.float() for n, v in s.items() if v.is_floating_point()} for s in sent]
+            bound, w = channel_bound(self.global_state, margin=SECAGG_MARGIN), weights
+        position = {k: i for i, k in enumerate(sampled)}
+        zeros = {n: torch.zeros_like(v) for n, v in values[0].items()}
+        everyone = [zeros] * len(sampled)
+        for k, v in zip(senders, values):
+            everyone[position[k]] = v
+        gone = [i for i, k in enumerate(sampled) if k not in set(senders)]
+        all_weights = None
+        if w is not None:
+            all_weights = [1] * len(sampled)
+            for k, n_k in zip(senders, w):
+                all_weights[position[k]] = n_k
+        errors = [relative_error(v, shared_scale_mean([v], None, cfg.bits, bound)) for v in values]
+        try:
+            mean, per_client = secure_mean(everyone, all_weights, cfg.bits, bound, cfg.seed, t, dropped=gone)
+        except SecAggError as e:  # too few survivors to unmask: the server learns nothing this round
+            warnings.warn(f"round {t}: {e}; the round's uploads cannot be unmasked and are lost")
+            num_params = sum(v.numel() for v in values[0].values())
+            total_weight = sum(all_weights) if all_weights else None
+            return masked_upload_bytes(num_params, cfg.bits, len(sampled), total_weight) * len(senders), errors
+        if dp:
+            total = {n: m * len(senders) for n, m in mean.items()}  # a uniform mean over the survivors
+            noise = torch_generator(cfg.seed, t, SERVER, Stream.DP_NOISE)
+            step = add_noise(total, cfg.dp_noise, cfg.dp_clip, noise)
+            self.global_state = {n: (g.float() + step[n].to(g.device) / cfg.clients_per_round).to(g.dtype)
+                                 if n in step else g for n, g in self.global_state.items()}
+        else:
+            self.global_state = {n: mean[n].to(g.device, g.dtype) if n in mean else g
+                                 for n, g in self.global_state.items()}
+        return per_client * len(senders), errors
 
     # -- checkpoints --------------------------------------------------------
     def engine_state(self) -> dict:

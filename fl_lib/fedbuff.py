@@ -163,7 +163,7 @@ class FedBuff:
                "dropped_clients": len(self.buffer) - len(good),
                "sim_seconds": self.now - self.last_update,
                "mean_bits": float(np.mean([j["bits"] for j in good])) if good else None,
-               "mean_staleness": float(np.mean(staleness)) if good else None}
+               "mean_staleness": float(np.mean(staleness)) if good else None, "epsilon": None}
         self.version = t
         self.last_update = self.now
         self.downloads = 0

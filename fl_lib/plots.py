@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
@@ -76,6 +77,9 @@ def lines(df, x, y, hue, title="", xlabel=None, ylabel=None, log_x=False, log_y=
         fig.update_xaxes(type="log")
     if log_y:
         fig.update_yaxes(type="log")
+    integer_x = pd.api.types.is_integer_dtype(df[x]) and not log_x  # rounds, bit widths: no 1.5 ticks
+    if integer_x and df[x].max() - df[x].min() <= 10:
+        fig.update_xaxes(dtick=1)  # wider spans get plotly's automatic ticks, which are whole numbers there
     if name:
         import seaborn as sns
 
@@ -86,6 +90,10 @@ def lines(df, x, y, hue, title="", xlabel=None, ylabel=None, log_x=False, log_y=
                      palette={str(k): v for k, v in palette.items()})
         ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel or y,
                xscale="log" if log_x else "linear", yscale="log" if log_y else "linear")
+        if integer_x:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # never over the lines
         save_figure(sfig, name, figures_dir)
     return fig
@@ -106,23 +114,27 @@ def accuracy_vs_upload(df, hue="label", title="Test accuracy vs uploaded data", 
 def label_heatmaps(counts_by_name: dict, title="Label counts per client", name=None, figures_dir="figures"):
     """Side-by-side clients x classes heatmaps of label counts, one per partition."""
     names = list(counts_by_name)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.04)
+    # long names ("Dirichlet per client (alpha=0.5)") break before "(" so neighbouring titles never overlap
+    titles = [n.replace(" (", "<br>(") for n in names]
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles, horizontal_spacing=0.05)
+    fig.update_annotations(font_size=13)  # the subplot titles
     for i, n in enumerate(names, start=1):
         c = np.asarray(counts_by_name[n])
         fig.add_trace(go.Heatmap(z=c, colorscale="Blues", showscale=i == len(names), coloraxis=None,
                                  hovertemplate="client %{y}<br>class %{x}<br>%{z} samples<extra></extra>"), 1, i)
         fig.update_xaxes(title_text="class", row=1, col=i, dtick=1)
         fig.update_yaxes(autorange="reversed", row=1, col=i, title_text="client" if i == 1 else None)
-    fig.update_layout(title=title, template="plotly_white", height=380 + 6 * max(len(np.asarray(c)) for c in
-                                                                               counts_by_name.values()))
+    fig.update_layout(title=title, template="plotly_white", margin=dict(t=110),  # room for two-line titles
+                      height=380 + 6 * max(len(np.asarray(c)) for c in counts_by_name.values()))
     if name:
         import seaborn as sns
 
         sfig, axes = _static(figsize=(4.2 * len(names), 4.0), ncols=len(names))
         for ax, n in zip(axes, names):
             sns.heatmap(np.asarray(counts_by_name[n]), cmap="Blues", ax=ax, cbar=False)
-            ax.set(title=n, xlabel="class", ylabel="client")
+            ax.set(title=n.replace(" (", "\n("), xlabel="class", ylabel="client")
         sfig.suptitle(title)
+        sfig.set_layout_engine("constrained")  # keeps the two-line titles clear of the suptitle
         save_figure(sfig, name, figures_dir)
     return fig
 

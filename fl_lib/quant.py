@@ -125,17 +125,18 @@ def relative_error(w, w_hat):
     """Relative reconstruction error ||w_hat - w|| / ||w|| (0 when both are zero, inf when only w is).
 
     `w` and `w_hat` are tensors, or state dicts whose float tensors are pooled into
-    one vector (what a whole upload loses); the sums run in float64 with one device sync.
+    one vector (what a whole upload loses). Sums of squares run in float32 on the
+    tensors' device with one sync at the end (the engine calls this for every upload).
     """
     if isinstance(w, dict):
         names = [n for n, v in w.items() if v.is_floating_point()]
-        pairs = [(w[n].detach().double(), w_hat[n].detach().to(w[n].device).double()) for n in names]
+        pairs = [(w[n].detach().float(), w_hat[n].detach().to(w[n].device).float()) for n in names]
     else:
-        pairs = [(w.detach().double(), w_hat.detach().double())]
+        pairs = [(w.detach().float(), w_hat.detach().float())]
     if not pairs:
         return 0.0
-    sums = torch.stack([torch.stack([(b - a).pow(2).sum(), a.pow(2).sum()]) for a, b in pairs]).sum(0)
-    diff2, norm2 = sums.tolist()
+    diff2 = torch.stack([(b - a).pow(2).sum() for a, b in pairs]).sum().item()
+    norm2 = torch.stack([a.pow(2).sum() for a, _ in pairs]).sum().item()
     if norm2 == 0:
         return 0.0 if diff2 == 0 else float("inf")
     return math.sqrt(diff2 / norm2)

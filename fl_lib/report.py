@@ -1,8 +1,12 @@
-"""`python -m fl_lib report`: run the notebooks with papermill and bind them into one offline HTML file.
+"""`python -m fl_lib report`: run the lessons with papermill and bind them into one offline HTML file.
+
+A lesson's source is the jupytext percent-format text file notebooks/0N_name.py, the one copy a
+teacher edits. The report converts each to a notebook in memory and runs it with papermill,
+so the executed .ipynb in the report folder always comes from the text as it is now.
 
 The parameters file is a YAML mapping. Top-level scalar keys are shared: each goes to every
-notebook that has a parameter of that name. A top-level key naming a notebook (its file
-stem, e.g. `04_quantized_fedavg`) holds a mapping of parameters for that notebook only,
+lesson that has a parameter of that name. A top-level key naming a lesson (its file
+stem, e.g. `04_quantized_fedavg`) holds a mapping of parameters for that lesson only,
 which win over the shared ones:
 
     seeds: "0,1,2"              # shared
@@ -10,11 +14,11 @@ which win over the shared ones:
       dataset: cifar10
       num_rounds: 20
 
-A shared key no notebook has, or a notebook key that notebook lacks, is an error (a typo
+A shared key no lesson has, or a lesson key that lesson lacks, is an error (a typo
 would otherwise be ignored silently). Paths given in the file (data_root, results_dir,
 figures_dir, and a dataset that is an .npz file) are relative to the current directory;
-parameters the file leaves out keep the notebook's default, relative to notebooks/.
-Every dataset is loaded once before any notebook runs, so a missing download fails at
+folders the file leaves out are the project's own (fl_lib.lesson.FOLDERS).
+Every dataset is loaded once before any lesson runs, so a missing download fails at
 once with fl_lib's DataError instead of half-way through the report.
 """
 from __future__ import annotations
@@ -29,35 +33,16 @@ import time
 from pathlib import Path
 
 from .errors import ConfigError, FLError
+from .lesson import FOLDERS, NOTEBOOKS_DIR, PROJECT
 
-REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS_DIR = REPO / "notebooks"
-PATH_PARAMS = ("data_root", "results_dir", "figures_dir")
+PATH_PARAMS = tuple(FOLDERS)
 KERNEL = "python3"
 
 
-# -- parameter values the notebooks share ------------------------------------
-def parse_list(text, kind=int) -> list:
-    """'32,16,8' -> [32, 16, 8]; a single number is a one-item list."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    try:
-        return [kind(t) for t in items]
-    except ValueError:
-        raise ConfigError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
-
-
-def parse_seeds(text) -> list[int]:
-    """Comma-separated seed values, e.g. '0,1,2' (one run per seed)."""
-    seeds = parse_list(text, int)
-    if not seeds:
-        raise ConfigError(f"seeds={text!r}: give at least one seed, e.g. '0' or '0,1,2'")
-    return seeds
-
-
-# -- the plan: which notebooks, with which parameters ---------------------------
-def notebook_paths(selection=None) -> list[Path]:
-    """The numbered notebooks in order; `selection` picks some by stem or number prefix ('01', '04_quantized')."""
-    paths = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+# -- the plan: which lessons, with which parameters ---------------------------
+def lesson_paths(selection=None) -> list[Path]:
+    """The numbered lesson sources in order; `selection` picks some by stem or number prefix ('01', '04_quantized')."""
+    paths = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.py"))
     if not selection:
         return paths
     chosen = []
@@ -65,9 +50,29 @@ def notebook_paths(selection=None) -> list[Path]:
         hits = [p for p in paths if p.stem == s or p.stem.startswith(s)]
         if len(hits) != 1:
             names = ", ".join(p.stem for p in paths)
-            raise ConfigError(f"--notebooks {s!r} matches {len(hits)} notebooks; choose from {names}")
+            raise ConfigError(f"--notebooks {s!r} matches {len(hits)} lessons; choose from {names}")
         chosen.append(hits[0])
     return sorted(set(chosen))
+
+
+def to_notebook(lesson: Path):
+    """The lesson's text source as an nbformat notebook (no outputs), what papermill runs."""
+    import jupytext
+
+    return jupytext.read(str(lesson))
+
+
+def lesson_parameters(lesson: Path) -> dict:
+    """papermill's reading of the lesson's `parameters` cell: {name: {inferred_type_name, default, help}}."""
+    import tempfile
+
+    import nbformat
+    import papermill as pm
+
+    with tempfile.TemporaryDirectory() as tmp:  # papermill inspects a notebook file, so write one
+        path = Path(tmp) / f"{lesson.stem}.ipynb"
+        nbformat.write(to_notebook(lesson), str(path))
+        return pm.inspect_notebook(str(path))
 
 
 def read_params(path) -> tuple[dict, dict]:
@@ -111,19 +116,17 @@ def _resolve(name, value, base: Path):
 
 
 def plan(params_file, selection=None, figures_dir=None) -> list[tuple[Path, dict]]:
-    """(notebook, parameters to inject) for each notebook to run, every value checked."""
-    import papermill as pm
-
+    """(lesson, parameters to inject) for each lesson to run, every value checked."""
     shared, own = read_params(params_file)
-    paths = notebook_paths(selection)
-    declared = {p.stem: pm.inspect_notebook(str(p)) for p in notebook_paths()}
+    paths = lesson_paths(selection)
+    declared = {p.stem: lesson_parameters(p) for p in lesson_paths()}
     unknown = sorted(set(own) - set(declared))
     if unknown:
-        raise ConfigError(f"{params_file}: no notebook named {', '.join(unknown)}; notebooks: {', '.join(declared)}")
+        raise ConfigError(f"{params_file}: no lesson named {', '.join(unknown)}; lessons: {', '.join(declared)}")
     every = set().union(*(d.keys() for d in declared.values()))
     stray = sorted(set(shared) - every)
     if stray:
-        raise ConfigError(f"{params_file}: no notebook has a parameter {', '.join(stray)}")
+        raise ConfigError(f"{params_file}: no lesson has a parameter {', '.join(stray)}")
     cwd = Path.cwd()
     out = []
     for p in paths:
@@ -142,27 +145,25 @@ def plan(params_file, selection=None, figures_dir=None) -> list[tuple[Path, dict
 
 
 def _default(params, name):
-    """A notebook parameter's default value (the literal in its parameters cell)."""
+    """A lesson parameter's default value (the literal in its parameters cell)."""
     import ast
 
     return ast.literal_eval(params[name]["default"]) if name in params else None
 
 
 def preflight(steps) -> None:
-    """Load every dataset the notebooks will use (downloading it if needed); raises fl_lib's DataError."""
-    import papermill as pm
-
+    """Load every dataset the lessons will use (downloading it if needed); raises fl_lib's DataError."""
     from .data import load_dataset
     from .errors import DataError
+    from .lesson import folder
 
     seen = set()
-    for nb, values in steps:
-        params = pm.inspect_notebook(str(nb))
+    for lesson, values in steps:
+        params = lesson_parameters(lesson)
         if "dataset" not in params:
             continue
-        dataset = values.get("dataset", _default(params, "dataset"))
-        root = values.get("data_root", _default(params, "data_root") or "data")
-        dataset, root = _resolve("dataset", dataset, NOTEBOOKS_DIR), _resolve("data_root", root, NOTEBOOKS_DIR)
+        dataset = _resolve("dataset", values.get("dataset", _default(params, "dataset")), Path.cwd())
+        root = folder("data_root", values.get("data_root", _default(params, "data_root") or ""))
         if (dataset, root) not in seen:
             seen.add((dataset, root))
             print(f"checking dataset {dataset} (data_root {root})", file=sys.stderr)
@@ -172,33 +173,99 @@ def preflight(steps) -> None:
                 hint = "" if str(dataset).endswith(".npz") else (
                     f". The whole report without internet: python -m fl_lib report --params "
                     f"notebooks/params/offline.yaml (the real subsets in ../shared/data/)")
-                raise DataError(f"{nb.stem}: {e}{hint}") from None
+                raise DataError(f"{lesson.stem}: {e}{hint}") from None
 
 
 # -- running -----------------------------------------------------------------
+def kernel_manager_class():
+    """A kernel manager that talks to the kernel over local IPC sockets instead of TCP.
+
+    Over TCP the kernel logs "Kernel is running over TCP without encryption" into every
+    report. The sockets are files beside the kernel's connection file in Jupyter's runtime
+    folder (never the working directory) and are removed with it when the kernel stops.
+    ZeroMQ has no IPC sockets on Windows, so there the kernel keeps TCP on localhost.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    if os.name == "nt":
+        return AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            import uuid
+
+            from jupyter_core.paths import jupyter_runtime_dir
+
+            super().__init__(**kwargs)
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True)
+            self.connection_file = str(runtime / f"kernel-{uuid.uuid4()}.json")
+            self.transport = "ipc"  # the sockets: <connection file without .json>-ipc-<n>
+
+    return IPCKernelManager
+
+
 def execute(steps, out_dir: Path, progress=True) -> list[tuple[Path, float]]:
-    """Run each notebook with papermill (cwd = notebooks/); returns (executed copy, seconds) each."""
+    """Run each lesson with papermill; returns (executed notebook, seconds) each.
+
+    The kernel starts in the current directory, like papermill's own command; every path a
+    lesson uses is absolute by then (plan() resolves the file's, fl_lib.lesson the defaults).
+    """
+    import nbformat
     import papermill as pm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     env_path = os.environ.get("PYTHONPATH", "")
-    if str(REPO) not in env_path.split(os.pathsep):  # the kernel imports this fl_lib even if not installed
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env_path) if p)
+    if str(PROJECT) not in env_path.split(os.pathsep):  # the kernel imports this fl_lib even if not installed
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT), env_path) if p)
     done = []
-    for nb, values in steps:
-        target = out_dir / nb.name
-        print(f"running {nb.name} with {values or 'its defaults'}", file=sys.stderr)
+    for lesson, values in steps:
+        target = out_dir / f"{lesson.stem}.ipynb"
+        print(f"running {lesson.name} with {values or 'its defaults'}", file=sys.stderr)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(target), parameters=values, kernel_name=KERNEL,
-                                cwd=str(NOTEBOOKS_DIR), progress_bar=progress)
+            pm.execute_notebook(to_notebook(lesson), str(target), parameters=values, kernel_name=KERNEL,
+                                progress_bar=progress, kernel_manager_class=kernel_manager_class())
         except pm.PapermillExecutionError as e:
-            raise FLError(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
+            raise FLError(f"{lesson.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
                           f"the executed copy with the whole traceback is {target}") from None
         seconds = time.perf_counter() - start
-        print(f"  {nb.name}: {seconds:.0f} s", file=sys.stderr)
+        nbformat.write(settle_progress_bars(nbformat.read(str(target), as_version=4)), str(target))
+        print(f"  {lesson.name}: {seconds:.0f} s", file=sys.stderr)
         done.append((target, seconds))
     return done
+
+
+def settle_progress_bars(nb):
+    """Replace each tqdm bar in an executed notebook by one text line with its final state.
+
+    In a kernel tqdm draws an ipywidgets bar whose text fallback is frozen at its first
+    frame ("rounds: 0%| | 0/20"); the final values live in the widget state that nbclient
+    stores in the notebook's metadata. Other widgets (the lessons' sliders) are left alone.
+    """
+    import nbformat
+
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+
+    def model(ref):
+        return state.get(str(ref).removeprefix("IPY_MODEL_"), {})
+
+    def final_text(out):
+        view = out.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+        box = model(view["model_id"]) if view else {}
+        parts = [model(c) for c in box.get("state", {}).get("children", [])]
+        names = [m.get("model_name") for m in parts]
+        if box.get("model_name") != "HBoxModel" or names not in (["HTMLModel", "FloatProgressModel", "HTMLModel"],
+                                                                 ["HTMLModel", "IntProgressModel", "HTMLModel"]):
+            return None  # not a tqdm bar
+        left, right = (html.unescape(m["state"].get("value", "")) for m in (parts[0], parts[2]))
+        return f"{left} |{right}".replace("\u2007", " ")
+
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [nbformat.v4.new_output("display_data", data={"text/plain": text})
+                            if (text := final_text(out)) is not None else out for out in cell.get("outputs", [])]
+    return nb
 
 
 # -- one offline HTML file ------------------------------------------------------
@@ -208,8 +275,9 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 """
-WIDGET_NOTE = ("<p><i>An interactive widget was here: open the notebook in Jupyter to move its sliders. "
-               "The numbers and figure above it show the same computation at the parameters' values.</i></p>")
+WIDGET_NOTE = ("<p><i>An interactive widget was here: open the lesson in JupyterLab to move its sliders. "
+               "The text printed just above it comes from the same computation, at the lesson's parameter "
+               "values.</i></p>")
 _MATH = re.compile(r"\$\$(.+?)\$\$|\$([^$\n]+?)\$", re.S)
 
 
@@ -304,7 +372,8 @@ def add_arguments(p) -> None:
     p.add_argument("--name", default=None, help="report name: figures/reports/NAME/ (default: the params file's name)")
     p.add_argument("--notebooks", nargs="+", default=None, metavar="NB",
                    help="run only these notebooks, by number or name (e.g. 02 03); default all")
-    p.add_argument("--figures-dir", default="figures", help="base folder for reports (default figures)")
+    p.add_argument("--figures-dir", default=str(FOLDERS["figures_dir"]),
+                   help="base folder for reports (default: the project's figures/)")
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
 
 

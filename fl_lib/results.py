@@ -35,7 +35,7 @@ from .errors import FLError
 
 METRICS = ("round", "test_acc", "test_loss", "train_loss", "upload_bytes", "download_bytes",
            "cum_upload_bytes", "quant_error", "dropped_clients",
-           "sim_seconds", "cum_sim_seconds", "mean_bits", "mean_staleness")
+           "sim_seconds", "cum_sim_seconds", "mean_bits", "mean_staleness", "epsilon")
 RUNS_ROOT = Path(os.environ.get("FL_LIB_RUNS", "data/runs"))  # where runs without --out go
 
 
@@ -128,6 +128,7 @@ def _finish(out: Path, cfg: Config, fed, rows, timings) -> None:
         "upload_bytes_per_round": rows[-1]["upload_bytes"],
         "upload_mb_per_round": rows[-1]["upload_bytes"] / 1e6,
         "dropped_clients": sum(r["dropped_clients"] for r in rows),
+        "epsilon": rows[-1]["epsilon"],
         "total_sim_hours": rows[-1]["cum_sim_seconds"] / 3600 if rows[-1]["cum_sim_seconds"] is not None else None,
         "seconds_total": sum(seconds),
         "seconds_per_round": sum(seconds) / len(seconds) if seconds else None,

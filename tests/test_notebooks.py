@@ -1,12 +1,17 @@
-"""The notebooks: clean in git, each runs under papermill on tiny synthetic data, the report's HTML is offline.
+"""The lessons: clean text sources, each runs under papermill on tiny synthetic data, the report's HTML is offline.
 
 One report run (`report.main` with notebooks/params/smoke.yaml, datasets swapped for tiny
-synthetic .npz files) executes every notebook once; the tests below read its outputs.
+synthetic .npz files) executes every lesson once from its text source; the tests below read
+its outputs. Issue 15's tests run a lesson with papermill from an unrelated directory.
 """
 import argparse
 import ast
 import re
+import subprocess
+import sys
+from pathlib import Path
 
+import jupytext
 import nbformat
 import numpy as np
 import papermill as pm
@@ -14,14 +19,17 @@ import pytest
 import torch
 import yaml
 
-from fl_lib import report
+from fl_lib import lesson, report
+from fl_lib.analysis import channel_quant_stats
+from fl_lib.config import parse_list, parse_seeds
 from fl_lib.data import synthetic
 from fl_lib.errors import ConfigError, DataError
-from fl_lib.widgets import PartitionExplorer, QuantExplorer, channel_quant_stats
+from fl_lib.widgets import PartitionExplorer, QuantExplorer
 
-NOTEBOOKS = report.notebook_paths()
+NOTEBOOKS = report.lesson_paths()
 STEMS = [p.stem for p in NOTEBOOKS]
 SMOKE = report.NOTEBOOKS_DIR / "params" / "smoke.yaml"
+BIN = Path(sys.executable).parent  # jupytext and papermill's commands, installed beside this python
 
 
 def test_the_five_notebooks_are_there():
@@ -30,9 +38,17 @@ def test_the_five_notebooks_are_there():
 
 
 # -- clean sources ----------------------------------------------------------------------------
+def test_lessons_are_text_sources_only():
+    """One copy of each lesson: the percent-format .py; no committed .ipynb, no generator script."""
+    assert sorted(p.name for p in report.NOTEBOOKS_DIR.glob("*.ipynb")) == []
+    assert not (report.NOTEBOOKS_DIR / "make_notebooks.py").exists()
+    for path in NOTEBOOKS:
+        assert "# %% [markdown]" in path.read_text() and '# %% tags=["parameters"]' in path.read_text()
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
 def test_notebook_is_committed_without_outputs(path):
-    nb = nbformat.read(str(path), as_version=4)
+    nb = jupytext.read(str(path))
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -42,8 +58,16 @@ def test_notebook_is_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_tex_is_written_as_tex(path):
+    """No doubled backslashes: a teacher writes \\alpha as in any TeX document."""
+    for cell in jupytext.read(str(path)).cells:
+        if cell.cell_type == "markdown":
+            assert not re.search(r"\\\\[a-zA-Z]", cell.source), cell.source[:80]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
 def test_parameters_cell_holds_only_commented_annotated_scalars(path):
-    nb = nbformat.read(str(path), as_version=4)
+    nb = jupytext.read(str(path))
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     first_code = next(c for c in nb.cells if c.cell_type == "code")
     assert "parameters" in first_code.metadata.get("tags", []), "the first code cell must be tagged parameters"
@@ -60,30 +84,41 @@ def test_parameters_cell_holds_only_commented_annotated_scalars(path):
         code, sep, comment = line.partition("  # ")
         assert sep and comment.strip(), f"no trailing comment: {line}"
         assert "=" not in comment, f"papermill cannot parse a comment holding '=': {line}"
-    assert list(pm.inspect_notebook(str(path))) == names  # so `papermill --help-notebook` documents them all
+    assert list(report.lesson_parameters(path)) == names  # so `papermill --help-notebook` documents them all
     for common in ("dataset", "data_root", "figures_dir"):
         assert common in names
+    for folder in set(lesson.FOLDERS) & set(names):  # "" = the project's own folder, wherever papermill runs
+        assert ast.literal_eval(report.lesson_parameters(path)[folder]["default"]) == ""
+
+
+def test_list_parameters_have_plural_names():
+    """A comma-separated list is a plural: bit_widths, seeds, alphas; a single bit width is `bits`."""
+    for path in NOTEBOOKS:
+        params = report.lesson_parameters(path)
+        for name, p in params.items():
+            if "comma-separated" in p["help"]:
+                assert name.endswith("s"), f"{path.stem}: {name} holds a list"
+    assert "bit_widths" in report.lesson_parameters(report.lesson_paths(["04"])[0])
+    assert report.lesson_parameters(report.lesson_paths(["03"])[0])["bits"]["inferred_type_name"] == "int"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
 def test_every_code_cell_compiles(path):
-    for i, cell in enumerate(nbformat.read(str(path), as_version=4).cells):
+    for i, cell in enumerate(jupytext.read(str(path)).cells):
         if cell.cell_type == "code":
             source = "\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
             compile(source, f"{path.name}, cell {i}", "exec")
 
 
-def test_generator_and_notebooks_agree(tmp_path, monkeypatch):
-    """notebooks/make_notebooks.py writes exactly the committed notebooks."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_notebooks", report.NOTEBOOKS_DIR / "make_notebooks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.setattr(mod, "HERE", tmp_path)
-    for path in NOTEBOOKS:
-        mod.write(path.stem, getattr(mod, "NB" + path.stem[:2]))
-        assert (tmp_path / path.name).read_text() == path.read_text(), f"rerun notebooks/make_notebooks.py"
+def test_help_notebook_through_the_documented_pipe():
+    """`jupytext --to ipynb -o - LESSON.py | papermill --help-notebook -` lists every parameter."""
+    path = report.lesson_paths(["04"])[0]
+    conv = subprocess.run([str(BIN / "jupytext"), "--to", "ipynb", "-o", "-", str(path)], capture_output=True,
+                          check=True)
+    out = subprocess.run([str(BIN / "papermill"), "--help-notebook", "-"], input=conv.stdout, capture_output=True,
+                         check=True).stdout.decode()
+    for name in report.lesson_parameters(path):
+        assert f"  {name}: " in out
 
 
 # -- one smoke report ---------------------------------------------------------------------------
@@ -122,6 +157,9 @@ def smoke_report(tiny_params):
 @pytest.mark.parametrize("stem", STEMS)
 def test_notebook_runs_under_papermill(smoke_report, stem):
     nb = nbformat.read(str(smoke_report / f"{stem}.ipynb"), as_version=4)
+    source = jupytext.read(str(report.NOTEBOOKS_DIR / f"{stem}.py"))
+    executed = [c.source for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    assert executed == [c.source for c in source.cells]  # the report ran the text source as it is now
     assert not nb.metadata.papermill.get("exception")
     assert nb.metadata.papermill["duration"] < 120  # each takes seconds here; the guard is loose for busy machines
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -149,6 +187,19 @@ def test_report_html_is_one_offline_page(smoke_report):
     assert page.count("An interactive widget was here") == 2
 
 
+def test_report_shows_progress_bars_in_their_final_state(smoke_report):
+    """tqdm's widget text is frozen at 0%; the report keeps one line with the final state instead."""
+    nb = nbformat.read(str(smoke_report / "04_quantized_fedavg.ipynb"), as_version=4)
+    texts = [o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    bars = [t for t in texts if t.startswith("rounds:")]
+    assert bars and all("100%" in t and "2/2" in t for t in bars), bars[:3]
+    widgets = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets == []  # 04 has no slider; every widget output was a progress bar
+    page = (smoke_report / "report.html").read_text(encoding="utf-8")
+    assert not re.search(r"rounds:\s*0%", page) and re.search(r"rounds:\s*100%", page)
+
+
 def test_report_preflight_fails_before_running_anything(tmp_path):
     params = tmp_path / "p.yaml"
     params.write_text("02_non_iid_partitions:\n  dataset: no/such/file.npz\n")
@@ -160,9 +211,10 @@ def test_report_preflight_fails_before_running_anything(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("seedz: '0'\n", "no notebook has a parameter seedz"),
+    ("seedz: '0'\n", "no lesson has a parameter seedz"),
     ("04_quantized_fedavg:\n  alpah: 0.5\n", "has no parameter alpah"),
-    ("06_nothing:\n  seeds: '0'\n", "no notebook named 06_nothing"),
+    ("04_quantized_fedavg:\n  bits: '32,16'\n", "has no parameter bits"),
+    ("06_nothing:\n  seeds: '0'\n", "no lesson named 06_nothing"),
     ("04_quantized_fedavg:\n  num_rounds: ten\n", "num_rounds='ten' is not allowed: must be int"),
     ("- 1\n- 2\n", "mapping"),
 ])
@@ -187,13 +239,13 @@ def test_plan_merges_shared_and_own_values_and_resolves_paths(tmp_path, monkeypa
 
 
 def test_parse_helpers():
-    assert report.parse_list("32, 16,8") == [32, 16, 8]
-    assert report.parse_list("0.1,100", float) == [0.1, 100.0]
-    assert report.parse_seeds("0,1,2") == [0, 1, 2] and report.parse_seeds(4) == [4]
+    assert parse_list("32, 16,8") == [32, 16, 8]
+    assert parse_list("0.1,100", float) == [0.1, 100.0]
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds(4) == [4]
     with pytest.raises(ConfigError):
-        report.parse_seeds("")
+        parse_seeds("")
     with pytest.raises(ConfigError):
-        report.parse_list("a,b")
+        parse_list("a,b")
 
 
 # -- widgets --------------------------------------------------------------------------------------
@@ -221,10 +273,13 @@ def test_quant_explorer_redraws_in_place():
     assert "12 bits" in ex.text.value
 
 
-def test_partition_widget_in_a_real_kernel(tiny_params, tmp_path):
-    """Notebook 02 in a kernel, then the slider moved from code: the figure's data must change."""
+def test_partition_widget_in_a_real_kernel(tiny_params, tmp_path, capfd):
+    """Lesson 02 in a kernel, then the slider moved from code: the figure's data must change.
+
+    The kernel runs as the report runs it, over IPC: it must not log the TCP warning.
+    """
     _, _, images = tiny_params
-    nb = nbformat.read(str(report.NOTEBOOKS_DIR / "02_non_iid_partitions.ipynb"), as_version=4)
+    nb = report.to_notebook(report.NOTEBOOKS_DIR / "02_non_iid_partitions.py")
     nb.cells.append(nbformat.v4.new_code_cell(
         "z0 = explorer.figure.data[0].z.copy()\n"
         "explorer.alpha.value = 100.0\n"
@@ -232,9 +287,51 @@ def test_partition_widget_in_a_real_kernel(tiny_params, tmp_path):
         "explorer.num_clients.value = 7\n"
         "assert len(explorer.figure.data[0].z) == 7\n"
         "print('widget ok:', explorer.text.value)"))
-    src = tmp_path / "02_check.ipynb"
-    nbformat.write(nb, str(src))
-    out = pm.execute_notebook(str(src), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
-                              cwd=str(report.NOTEBOOKS_DIR),
+    out = pm.execute_notebook(nb, str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                              kernel_manager_class=report.kernel_manager_class(),
                               parameters={"dataset": images, "figures_dir": str(tmp_path / "figs")})
     assert "widget ok" in "".join(o.get("text", "") for o in out.cells[-1].outputs)
+    assert "TCP without encryption" not in capfd.readouterr().err
+
+
+# -- issue 15: papermill from any directory writes inside the project or where the user said ----------
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*"))
+
+
+def test_folder_defaults_are_the_projects_wherever_the_kernel_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    project = Path(lesson.__file__).resolve().parent.parent
+    assert lesson.folder("results_dir", "") == str(project / "data" / "runs")
+    assert lesson.folder("data_root", "") == str(project / "data")
+    assert lesson.folder("figures_dir", "") == str(project / "figures")
+    assert lesson.folder("results_dir", "runs") == str(tmp_path / "runs")  # relative: to the cwd
+    assert lesson.folder("figures_dir", "/abs/figs") == "/abs/figs"
+    assert _tree(tmp_path) == []  # resolving writes nothing
+
+
+def test_papermill_from_an_unrelated_directory(tiny_params, tmp_path, monkeypatch):
+    """papermill.execute_notebook run from a temporary cwd: relative paths are the cwd's, defaults the project's."""
+    _, _, images = tiny_params
+    base = tmp_path / "a"
+    cwd = base / "b" / "c"  # the kernel starts here; nothing but the output may appear in c or in b
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    path = report.lesson_paths(["05"])[0]
+    nb = jupytext.read(str(path))  # what the README's one-line conversion gives papermill
+    nb.cells.append(nbformat.v4.new_code_cell(  # the defaults as the kernel sees them
+        "from fl_lib import lesson\n"
+        "print(lesson.folder('results_dir', ''))\n"
+        "print(lesson.folder('data_root', ''))"))
+    smoke = yaml.safe_load(SMOKE.read_text())["05_what_if_report"] | {"dataset": images, "device": "cpu"}
+    pm.execute_notebook(nb, "out.ipynb", parameters=smoke | {"results_dir": "../../runs", "figures_dir": "../../figs"},
+                        kernel_name="python3", progress_bar=False, kernel_manager_class=report.kernel_manager_class())
+    assert _tree(base / "b") == ["c", "c/out.ipynb"]
+    runs = [p for p in (base / "runs").iterdir() if (p / "summary.json").is_file()]
+    assert len(runs) == 4  # 2 alphas x 2 bit widths x 1 seed, each a cached run folder
+    assert sorted(p.name for p in (base / "figs").glob("*.png")) == ["05_accuracy_grid.png", "05_upload_grid.png"]
+    out = nbformat.read("out.ipynb", as_version=4)
+    assert not out.metadata.papermill.get("exception")
+    project = Path(lesson.__file__).resolve().parent.parent
+    printed = out.cells[-1].outputs[0]["text"].split()
+    assert printed == [str(project / "data" / "runs"), str(project / "data")]  # the README's "data/runs"

@@ -1,0 +1,283 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · From SGD to FedSGD to FedAvg
+#
+# This lesson walks from plain minibatch SGD to the two algorithms of McMahan et al. (2017):
+# FedSGD, where every sampled client sends one gradient per round, and FedAvg, where every sampled
+# client trains for a while and sends its model. It then repeats the paper's MNIST experiments
+# (its Tables 1 and 2 and its Figure 1) at a size a laptop can run.
+#
+# FedAvg is the training loop of Lee & Lee, which lessons 03 and 04 follow: there, each client's
+# upload is additionally quantized channel by channel.
+#
+# The next cell holds the parameters (set them with papermill, or with
+# `python -m fl_lib report --params FILE.yaml`).
+
+# %% tags=["parameters"]
+dataset: str = "mnist"  # mnist (torchvision downloads it into data_root), synthetic-mnist, or an .npz file
+data_root: str = ""  # folder torchvision downloads into; empty: the project's data/
+num_clients: int = 100  # K, clients holding data (the paper: 100)
+client_fraction: float = 0.1  # C, fraction of clients sampled each round (the paper: 0.1)
+num_rounds: int = 50  # rounds of each 2NN run
+cnn_rounds: int = 5  # rounds of each CNN run (about 30 s per round with E 5 and B 10 on 2 CPU cores)
+cnn_rows: str = "fedsgd,e5b10"  # CNN rows to run: fedsgd, e5binf, e1b10, e5b10, e20b10, or all
+lr: float = 0.05  # learning rate of the clients' SGD in FedAvg
+fedsgd_lr: float = 0.2  # server learning rate eta of FedSGD
+target_2nn: float = 0.97  # test accuracy the 2NN rounds are counted to (the paper: 0.97)
+target_cnn: float = 0.99  # test accuracy the CNN rounds are counted to (the paper: 0.99)
+mixing_thetas: int = 50  # mixing weights theta in the shared-initialization experiment (the paper: 50)
+mixing_samples: int = 600  # training images of each of the two mixed models (the paper: 600)
+seeds: str = "0"  # comma-separated seeds; every run is repeated for each
+results_dir: str = ""  # cached runs, shared by all lessons; empty: the project's data/runs/
+figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
+device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+from fl_lib import lesson, plots
+from fl_lib.config import parse_list, parse_seeds, preset
+from fl_lib.data import load_dataset
+from fl_lib.fedavg import Federation, aggregate
+from fl_lib.metrics import local_updates, rounds_to_target
+from fl_lib.mixing import mixing_curves
+from fl_lib.results import run
+
+lesson.setup("mcmahan", "lee")
+data_root = lesson.folder("data_root", data_root)
+results_dir = lesson.folder("results_dir", results_dir)
+figures_dir = lesson.folder("figures_dir", figures_dir)
+
+seed_list = parse_seeds(seeds)
+data = load_dataset(dataset, data_root)
+n = len(data.y_train)
+print(f"{data.name}: {n} training and {len(data.y_test)} test images; "
+      f"K = {num_clients} clients of {n / num_clients:.0f} images on average")
+
+# %% [markdown]
+# ## 1. The objective and plain SGD
+#
+# Training minimizes the average loss over the n training examples. When the data are spread over
+# K clients, with client k holding the indices $P_k$ ($n_k = |P_k|$ examples), the same objective is a
+# weighted sum of the clients' own averages:
+#
+# $$f(w) = \sum_{k=1}^{K} \frac{n_k}{n} F_k(w), \qquad F_k(w) = \frac{1}{n_k} \sum_{i \in P_k} \ell(w; x_i, y_i)$$
+#
+# Minibatch SGD on one machine repeats $w \leftarrow w - \eta \nabla \ell(w; b)$ over batches b of
+# B examples. The federated versions below differ only in *where* the steps are taken and *what*
+# travels to the server. In round t the server samples a set $S_t$ of $m = \max(\mathrm{round}(CK), 1)$
+# clients and sends them the current model $w_t$.
+
+# %% [markdown]
+# ## 2. FedSGD: one gradient per client per round
+#
+# Each sampled client computes the gradient of its local objective on *all* its data at $w_t$ and
+# sends it; the server averages the gradients weighted by data size and takes one step
+# (here $n = \sum_{k \in S_t} n_k$, the data of the sampled clients):
+#
+# $$w_{t+1} = w_t - \eta \sum_{k \in S_t} \frac{n_k}{n} \nabla F_k(w_t)$$
+#
+# The cell below computes round 1 by hand from fl_lib's pieces and compares it with the engine.
+
+# %%
+cfg = preset("fedavg-mnist-2nn", dataset=dataset, data_root=data_root, num_clients=num_clients,
+             client_fraction=client_fraction, algorithm="fedsgd", local_epochs=1, batch_size=None,
+             lr=fedsgd_lr, device=device)
+fed = Federation(cfg, data=data)
+S_t = fed.sample_clients(1)
+grads = [fed.client_gradient(k, 1)[0] for k in S_t]  # grad F_k(w_t), one per sampled client
+n_k = [fed.sizes[k] for k in S_t]
+mean_grad = aggregate(grads, n_k)  # sum_k n_k / n grad F_k(w_t)
+w_next = {name: fed.global_state[name] - cfg.lr * g for name, g in mean_grad.items()}
+fed.round(1)  # the engine's round 1
+gap = max((w_next[name] - fed.global_state[name]).abs().max().item() for name in w_next)
+print(f"S_1 = {S_t} (n_k = {n_k}); largest difference from the engine: {gap:.1e}")
+
+# %% [markdown]
+# ## 3. FedAvg: local training, then a weighted average of models
+#
+# FedAvg moves computation to the clients. Starting from $w_t$, client k runs E epochs of minibatch
+# SGD with batch size B over its own data, $w^k \leftarrow w^k - \eta \nabla \ell(w^k; b)$ for every
+# batch b, and sends the result $w^k_{t+1}$. The server averages the models, weighted by data size:
+#
+# $$w_{t+1} = \sum_{k \in S_t} \frac{n_k}{n} w^k_{t+1}$$
+#
+# With E = 1 and B = ∞ (the whole local set as one batch) every client takes exactly one full-batch
+# step, and the average of the models is FedSGD's step: FedSGD is the special case. The weights are
+# $n_k / n$, not $1/m$: a plain mean of the models would be wrong whenever clients hold different
+# amounts of data, which is the usual non-IID case.
+
+# %%
+cfg = preset("fedavg-mnist-2nn", dataset=dataset, data_root=data_root, num_clients=num_clients,
+             client_fraction=client_fraction, lr=lr, device=device)
+fed = Federation(cfg, data=data)
+S_t = fed.sample_clients(1)
+local_models = []
+for k in S_t:
+    fed.train_client(k, 1)  # E epochs of minibatch SGD from w_t on client k's data
+    local_models.append({name: v.clone() for name, v in fed.model.state_dict().items()})
+w_next = aggregate(local_models, [fed.sizes[k] for k in S_t])  # sum_k n_k / n w^k_{t+1}
+fed.round(1)
+gap = max((w_next[name] - fed.global_state[name]).abs().max().item() for name in w_next)
+print(f"E = {cfg.local_epochs}, B = {cfg.batch_size}: largest difference from the engine: {gap:.1e}")
+
+# %% [markdown]
+# ## 4. How much local work: u
+#
+# McMahan et al. measure the computation per round by the number of local updates each client
+# makes, with $n / K$ the average client size (B = ∞ counts as one update per epoch, so $u = E$):
+#
+# $$u = \frac{E\,n}{K\,B}$$
+#
+# The rows below are the paper's: Table 1 for the 2NN (E = 1, C = 0.1, target 97%) and Table 2
+# for the CNN (C = 0.1, target 99%), with the rounds the paper needed to reach the target for IID
+# and non-IID (2 label shards per client) data. u is computed for our n and for the paper's
+# 60,000 training images.
+
+# %%
+ROWS = [  # model, row, algorithm, E, B, paper's rounds to target (IID, non-IID)
+    ("2nn", "FedSGD", "fedsgd", 1, None, 1474, 1796),
+    ("2nn", "FedAvg E=1 B=10", "fedavg", 1, 10, 87, 664),
+    ("cnn", "FedSGD", "fedsgd", 1, None, 626, 483),
+    ("cnn", "FedAvg E=5 B=inf", "fedavg", 5, None, 179, 1000),
+    ("cnn", "FedAvg E=1 B=10", "fedavg", 1, 10, 34, 350),
+    ("cnn", "FedAvg E=5 B=10", "fedavg", 5, 10, 20, 229),
+    ("cnn", "FedAvg E=20 B=10", "fedavg", 20, 10, 18, 173),
+]
+rows = pd.DataFrame([{"model": m, "row": row, "algorithm": a, "E": e, "B": "inf" if b is None else b,
+                      "key": "fedsgd" if a == "fedsgd" else f"e{e}b{b or 'inf'}",
+                      "u_ours": local_updates(e, b, n, num_clients), "u_paper": local_updates(e, b, 60000, 100),
+                      "paper_iid": iid, "paper_non_iid": non_iid} for m, row, a, e, b, iid, non_iid in ROWS])
+wanted = set(rows.key) if cnn_rows.strip() == "all" else set(parse_list(cnn_rows, str))
+rows["run"] = (rows.model == "2nn") | (rows.key.isin(wanted) & (cnn_rounds > 0))
+rows[["model", "row", "E", "B", "u_ours", "u_paper", "paper_iid", "paper_non_iid", "run"]]
+
+
+# %% [markdown]
+# ## 5. FedSGD vs FedAvg on MNIST, IID and non-IID
+#
+# Every run goes through `fl_lib.results.run`, which caches it under `results_dir` by a hash of its
+# config: rerunning the lesson, or another lesson asking for the same run, loads it at once.
+# `partition="shards"` is the paper's pathological non-IID split (sort by label, 200 shards, 2 per
+# client); `iid` is a uniform random split.
+
+# %%
+def config_for(r, partition, seed):
+    model_rounds = num_rounds if r.model == "2nn" else cnn_rounds
+    return preset(f"fedavg-mnist-{r.model}", dataset=dataset, data_root=data_root, num_clients=num_clients,
+                  client_fraction=client_fraction, partition=partition, seed=seed, device=device,
+                  num_rounds=model_rounds, algorithm=r.algorithm, local_epochs=int(r.E),
+                  batch_size=None if r.B == "inf" else int(r.B), lr=fedsgd_lr if r.algorithm == "fedsgd" else lr)
+
+frames = []
+for r in rows[rows.run].itertuples():
+    for partition in ("iid", "shards"):
+        for seed in seed_list:
+            result = run(config_for(r, partition, seed), root=results_dir)
+            label = f"{r.row}, {'IID' if partition == 'iid' else 'non-IID'}"
+            frames.append(result.metrics.assign(model=r.model, row=r.row, partition=partition, seed=seed,
+                                                label=label))
+metrics = pd.concat(frames, ignore_index=True)
+
+# %%
+for model in ("2nn", "cnn"):
+    m = metrics[metrics.model == model]
+    if len(m):
+        plots.accuracy_over_rounds(m, hue="label", title=f"MNIST {model.upper()}: FedSGD vs FedAvg",
+                                   name=f"01_accuracy_{model}", figures_dir=figures_dir).show()
+
+
+# %% [markdown]
+# ### Rounds to the target accuracy
+#
+# Rounds are counted as in the paper: the accuracy curve is first made monotone (the best accuracy
+# so far), then the round where it crosses the target is found by linear interpolation between the
+# evaluated rounds. With several seeds the table shows their mean, if every seed got there; "> R"
+# means the target was not reached within the R rounds run.
+
+# %%
+def rounds_or_none(g, target):
+    per_seed = [rounds_to_target(s.set_index("round").test_acc, target) for _, s in g.groupby("seed")]
+    if any(r is None for r in per_seed):
+        return f"> {int(g['round'].max())}"
+    return round(sum(per_seed) / len(per_seed), 1)
+
+table = []
+for r in rows[rows.run].itertuples():
+    target = target_2nn if r.model == "2nn" else target_cnn
+    entry = {"model": r.model, "row": r.row, "u (ours)": round(r.u_ours, 1), "target": target}
+    for partition, paper in (("iid", r.paper_iid), ("shards", r.paper_non_iid)):
+        g = metrics[(metrics.row == r.row) & (metrics.model == r.model) & (metrics.partition == partition)]
+        name = "IID" if partition == "iid" else "non-IID"
+        entry[f"{name}: best acc"] = round(g.groupby("seed").test_acc.max().mean(), 4)
+        entry[f"{name}: rounds (ours)"] = rounds_or_none(g, target)
+        entry[f"{name}: rounds (paper)"] = paper
+    entry["rounds run"] = int(metrics[(metrics.model == r.model)]["round"].max())
+    table.append(entry)
+table = pd.DataFrame(table)
+table
+
+# %%
+cnn_run = rows[rows.run & (rows.model == "cnn")]
+best = metrics.groupby(["model", "partition", "row", "seed"]).test_acc.max().groupby(["model", "partition", "row"]).mean()
+found = []
+for (model, partition), b in best.groupby(level=["model", "partition"]):
+    b = b.droplevel(["model", "partition"])
+    others = ", ".join(f"{row} {acc:.3f}" for row, acc in b.items() if row != "FedSGD")
+    rounds_run = num_rounds if model == "2nn" else cnn_rounds
+    found.append(f"* {model.upper()}, {'IID' if partition == 'iid' else 'non-IID'}, best accuracy within "
+                 f"{rounds_run} rounds: FedSGD {b.get('FedSGD', float('nan')):.3f}; {others}")
+display(Markdown(
+    f"**What these runs used.** {n:,} training images ({n / num_clients:.0f} per client on average; the paper: "
+    f"all 60,000, 600 per client), {len(seed_list)} seed(s), {num_rounds} rounds per 2NN run and "
+    f"{cnn_rounds if len(cnn_run) else 0} per CNN run ({', '.join(cnn_run.row) or 'none'}). "
+    f"The paper ran every configuration until it reached the target, up to 1,796 rounds, so where our "
+    f"runs stop short the rounds cannot be compared; the best accuracies can, row against row:\n\n"
+    + "\n".join(found)
+    + "\n\nIn the paper FedAvg needs far fewer rounds than FedSGD: for the CNN on IID data 20 rounds "
+    "(E=5, B=10) against 626, 31 times fewer; on non-IID data 229 against 483."))
+
+# %% [markdown]
+# ## 6. Why averaging models works: a shared starting point (the paper's Figure 1)
+#
+# Averaging the weights of two neural networks trained separately usually gives a bad model, since
+# their hidden units need not line up. McMahan et al. show that this changes when both start from the
+# same initialization. Two 2NNs are trained on disjoint IID samples of 600 training images (SGD,
+# lr 0.1, minibatches of 50, 240 updates = 20 passes), then mixed as
+#
+# $$\theta w + (1-\theta) w'$$
+#
+# for 50 values of $\theta$ in [-0.2, 1.2], and each mixture's loss is measured on the whole training
+# set: once from two independent initializations, once from a shared one.
+
+# %%
+mix = mixing_curves(data, num_thetas=mixing_thetas, num_samples=mixing_samples, seed=seed_list[0])
+plots.lines(mix, "theta", "loss", "init", title="Training loss of theta w + (1 - theta) w'",
+            xlabel="theta", ylabel="loss on the whole training set", log_y=True,
+            name="01_mixing", figures_dir=figures_dir).show()
+def loss_at(g, theta):  # the loss at the evaluated theta nearest to `theta`
+    return g.loss.iloc[(g.theta - theta).abs().argmin()]
+
+pd.DataFrame({init: {"theta = 0 (w')": loss_at(g, 0), "theta = 0.5": loss_at(g, 0.5), "theta = 1 (w)": loss_at(g, 1),
+                     "lowest": g.loss.min(), "lowest at theta": g.theta.iloc[g.loss.argmin()]}
+              for init, g in mix.groupby("init")}).T.round(4)
+
+# %% [markdown]
+# With independent initializations the mixture near $\theta = 0.5$ is far worse than either parent.
+# From a shared initialization the mixture is smooth in $\theta$ and, in the paper, better than
+# both parents around the middle. FedAvg relies on exactly this: every round starts all clients from
+# the same global model $w_t$.

@@ -1,0 +1,194 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Channel-wise symmetric quantization
+#
+# Lee & Lee shrink each client's upload by sending every weight as a b-bit integer with one
+# floating-point scale per output channel (after Krishnamoorthi 2018). This lesson computes the
+# quantizer's three equations on a real SqueezeNet 1.0 layer, compares per-channel with per-tensor
+# scales across bit widths, and rebuilds the paper's Table 1 (bytes uploaded per round).
+
+# %% tags=["parameters"]
+dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
+data_root: str = ""  # folder torchvision downloads into; empty: the project's data/
+model: str = "squeezenet1_0"  # network whose weights are quantized
+layer: str = "features.0.weight"  # tensor of the worked example
+channel: int = 0  # output channel of the worked example
+bits: int = 4  # bit width of the worked example (the slider starts here)
+local_epochs: int = 1  # epochs one client trains before the errors are measured (0: untrained)
+num_clients: int = 10  # K, clients uploading per round in Table 1 (the paper: 10)
+seed: int = 0  # seed of the initialization and of the local training
+figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
+device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+
+# %%
+import pandas as pd
+import torch
+from IPython.display import Markdown, display
+
+from fl_lib import lesson, plots
+from fl_lib.analysis import channel_quant_stats, describe_quant
+from fl_lib.config import preset
+from fl_lib.data import load_dataset
+from fl_lib.fedavg import Federation
+from fl_lib.metrics import model_quant_error, quantization_errors
+from fl_lib.quant import dequantize, quantize
+from fl_lib.traffic import PAPER_MIB, format_table, traffic_table
+from fl_lib.widgets import QuantExplorer
+
+lesson.setup("lee", "krishnamoorthi")
+data_root = lesson.folder("data_root", data_root)
+figures_dir = lesson.folder("figures_dir", figures_dir)
+
+data = load_dataset(dataset, data_root)
+cfg = preset("paper", dataset=dataset, data_root=data_root, model=model, num_clients=num_clients,
+             local_epochs=max(local_epochs, 1), seed=seed, device=device)
+fed = Federation(cfg, data=data)
+init = {k: v.detach().cpu().clone() for k, v in fed.global_state.items()}
+if local_epochs > 0:
+    fed.train_client(0, 1)  # client 0's local training in round 1, exactly as in a FedAvg run
+trained = {k: v.detach().cpu().clone() for k, v in fed.model.state_dict().items()}
+update = {k: trained[k] - init[k] for k in init if init[k].is_floating_point()}
+print(f"{model}: {sum(v.numel() for v in init.values()):,} values in {len(init)} tensors; "
+      f"client 0 trained {local_epochs} epoch(s) on {fed.sizes[0]} images")
+
+# %% [markdown]
+# ## The quantizer, equation by equation
+#
+# A *channel* c is one slice of a weight tensor along its first dimension (one output channel of a
+# convolution); a bias is a single channel. With b bits the integer grid is symmetric around zero,
+# $q_{\max} = 2^{b-1}-1$ and $q_{\min} = -q_{\max}$, so zero is exact and no zero point is needed.
+# Equation (1) gives each channel its own scale, from its largest weight:
+#
+# $$s_c = \frac{\max_i |w_{c,i}|}{q_{\max}} \quad (1)$$
+
+# %%
+W = trained[layer].float()
+w = W.reshape(W.shape[0], -1)  # row c holds channel c's weights w_{c,i}
+q_max, q_min = 2 ** (bits - 1) - 1, -(2 ** (bits - 1) - 1)
+s = w.abs().amax(dim=1) / q_max  # (1)
+print(f"{layer}: shape {tuple(W.shape)}, {w.shape[0]} channels of {w.shape[1]} weights; {bits} bits: "
+      f"q_max = {q_max}; s_c from {s.min():.3g} to {s.max():.3g}")
+
+# %% [markdown]
+# Equation (2) maps each weight to the nearest grid point and clips to the grid (with the scale of
+# (1) nothing is actually clipped: the largest weight lands on $q_{\max}$):
+#
+# $$q_{c,i} = \mathrm{clip}(\mathrm{round}(w_{c,i} / s_c),\, q_{\min},\, q_{\max}) \quad (2)$$
+
+# %%
+q = torch.clamp(torch.round(w / s[:, None]), q_min, q_max)  # (2)
+print(f"codes from {int(q.min())} to {int(q.max())}; channel {channel}: {q[channel, :8].int().tolist()} ...")
+
+# %% [markdown]
+# Equation (3) restores real weights on the receiving side, and the error of each weight is at most
+# half a grid step, $|w_{c,i} - \hat{w}_{c,i}| \le s_c / 2$:
+#
+# $$\hat{w}_{c,i} = s_c \, q_{c,i} \quad (3)$$
+
+# %%
+w_hat = s[:, None] * q  # (3)
+qt = quantize(W, bits)  # fl_lib's quantizer, the one the uploads use
+print(f"codes that differ from fl_lib.quant's: {int((qt.q.reshape_as(q).float() != q).sum())} of {q.numel()}")
+print(f"largest difference from fl_lib's reconstruction: {(dequantize(qt).reshape_as(w) - w_hat).abs().max():.1e}")
+print(f"max |w - w_hat| / (s_c / 2) over all channels: {((w - w_hat).abs().amax(1) / (s / 2)).max():.3f} (<= 1)")
+pd.DataFrame({"w_ci": w[channel, :8], "w_ci / s_c": w[channel, :8] / s[channel], "q_ci": q[channel, :8],
+              "w_hat_ci": w_hat[channel, :8]}).round(5)
+
+# %% [markdown]
+# ## Per channel or per tensor?
+#
+# A per-tensor quantizer uses one scale for the whole tensor, $s = \max_{c,i} |w_{c,i}| / q_{\max}$.
+# A channel whose weights are small next to the tensor's largest weight then uses only a few grid
+# levels. The relative error $\|\hat{w} - w\| / \|w\|$ over the whole model, for the untrained
+# initialization, the weights after local training, and the update (trained minus initial weights,
+# what `upload="delta"` sends):
+
+# %%
+bit_range = list(range(2, 17))
+curves = []
+for what, state in (("initial weights", init), ("trained weights", trained), ("update", update)):
+    for per_channel in (True, False):
+        for b in bit_range:
+            curves.append({"bits": b, "relative error": model_quant_error(state, b, per_channel),
+                           "quantizer": f"{what}, per {'channel' if per_channel else 'tensor'}"})
+curves = pd.DataFrame(curves)
+plots.lines(curves, "bits", "relative error", "quantizer", title=f"{model}: quantization error of the whole model",
+            log_y=True, name="03_error_vs_bits", figures_dir=figures_dir).show()
+table = curves.pivot(index="bits", columns="quantizer", values="relative error")
+ratio = {what: table.loc[bits, f"{what}, per tensor"] / table.loc[bits, f"{what}, per channel"]
+         for what in ("initial weights", "trained weights", "update")}
+display(Markdown(
+    f"At {bits} bits one scale per tensor gives {ratio['initial weights']:.2f}x the error of per-channel scales on "
+    f"the initial weights, {ratio['trained weights']:.2f}x on the trained weights and {ratio['update']:.2f}x on "
+    f"the update. SqueezeNet's initialization draws every channel of a layer from the same range, so the "
+    f"channels' largest weights barely differ and neither do the two quantizers. The update's channels "
+    f"differ in size from the first epoch on, and that is where a scale per channel pays off most."))
+table.loc[[b for b in (2, 4, 8, 16) if b in table.index]]
+
+# %% [markdown]
+# Layer by layer at the worked example's bit width: the spread of the channel scales
+# (largest / smallest $s_c$) says how much a single scale must give up.
+
+# %%
+layers = quantization_errors({k: v for k, v in trained.items() if v.dim() > 1}, [bits])
+def scale_spread(t):  # largest over smallest channel maximum |w_ci|
+    amax = t.reshape(t.shape[0], -1).abs().amax(1)
+    return float(amax.max() / amax.clamp_min(1e-12).min())
+
+layers["scale spread"] = [scale_spread(trained[name]) for name in layers.layer]
+layers["per tensor / per channel"] = layers.per_tensor / layers.per_channel
+layers.sort_values("per tensor / per channel", ascending=False).round(4).head(10)
+
+# %% [markdown]
+# ## Try it: one channel at any bit width
+#
+# The slider redraws channel `channel` of `layer`: its weights, their reconstructions $\hat{w}$ and
+# (up to 6 bits) the grid $s_c q$. The text under it comes from `channel_quant_stats`, which the next
+# cell calls directly:
+
+# %%
+print(describe_quant(channel_quant_stats(W[channel], bits)))
+
+# %% tags=["widget"]
+QuantExplorer(W[channel], bits, title=f"{layer}[{channel}]")
+
+# %% [markdown]
+# ## Bytes per round: the paper's Table 1
+#
+# Each of the K clients uploads its whole model every round. At b bits a tensor with N values in C
+# channels costs N b bits of codes plus C 32-bit scales. `traffic_table` (also printed by
+# `python -m fl_lib traffic`) counts it two ways: `encoded` is fl_lib's bit-packed upload, the bytes the
+# experiments log; `torch_save` is the size of a `torch.save` file of the float32 state dict, or of the
+# integer codes (int8/int16) plus float32 scales, which is how the paper's numbers come out.
+
+# %%
+rows1 = traffic_table(model, num_clients, bits=(32, 16, 8, 4, 2), num_classes=data.num_classes)
+print(format_table(rows1))
+table1 = pd.DataFrame(rows1)
+table1[["label", "encoded_mb", "encoded_mib", "encoded_reduction_pct", "torch_save_mib",
+        "torch_save_reduction_pct", "paper_mib"]].round(3)
+
+# %%
+if PAPER_MIB and model == "squeezenet1_0" and num_clients == 10 and data.num_classes == 10:
+    by_bits = table1.set_index("bits")
+    fp32, int16 = by_bits.loc[32], by_bits.loc[16]
+    display(Markdown(
+        f"The paper reports {PAPER_MIB[32]} MB (FP32) and {PAPER_MIB[16]} MB (INT16) per round, "
+        f"{100 * (1 - PAPER_MIB[16] / PAPER_MIB[32]):.1f}% less. Those are MiB (2^20 bytes) of "
+        f"torch.save files: ours are {fp32.torch_save_mib:.2f} and {int16.torch_save_mib:.2f} MiB "
+        f"({int16.torch_save_reduction_pct:.1f}% less). Bit-packed as fl_lib sends them, INT16 saves "
+        f"{int16.encoded_reduction_pct:.1f}%, INT8 {by_bits.loc[8].encoded_reduction_pct:.1f}% and "
+        f"INT4 {by_bits.loc[4].encoded_reduction_pct:.1f}%."))
