@@ -1,4 +1,4 @@
-"""`python -m fl_lib {run,traffic,report}`: flags made from `Config`'s fields."""
+"""`python -m fl_lib {run,traffic,leakage,report}`: flags made from `Config`'s fields."""
 from __future__ import annotations
 
 import argparse
@@ -54,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, nargs="+", default=[32, 16, 8, 4, 2], help="bit widths")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    from . import report
+    from . import leakage, report
 
+    p = sub.add_parser("leakage", help="gradient inversion of one client upload at several bit widths (leakage.py)",
+                       description="Reconstruct a client's images from what the server receives; prints PSNR.")
+    leakage.add_arguments(p)
     p = sub.add_parser("report", help="run the notebooks with papermill into an HTML report")
     report.add_arguments(p)
     return parser
@@ -71,6 +74,9 @@ def main(argv=None) -> int:
             return _run(args)
         if args.command == "traffic":
             return _traffic(args)
+        if args.command == "leakage":
+            from . import leakage
+            return leakage.main(args)
         from . import report
         return report.main(args)
     except (ConfigError, DataError) as e:

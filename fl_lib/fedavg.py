@@ -283,7 +283,7 @@ class Federation:
             if cfg.dp_clip > 0:  # the client clips its own update before it quantizes it
                 sent = self._clipped(sent)
             if cfg.secure_aggregation:  # no codec: the upload is a masked share of a sum (_secure_update)
-                uploads.append(sent)
+                uploads.append({n: v.clone() for n, v in sent.items()})  # the next client reuses the model
             else:
                 size, received, error = self.send(k, t, sent, bits[k], reference)
                 upload_bytes += size
@@ -406,3 +406,21 @@ class Federation:
 
 def _cpu(state):
     return None if state is None else {k: v.detach().cpu() for k, v in state.items()}
+
+
+def replay_clock(cfg: Config, link: str, data: Dataset | None = None) -> list[float]:
+    """sim_seconds of every round of `cfg` had it run on `link`, without training anything.
+
+    With fixed bits and no deadline the clock never changes what is trained (nobody is
+    dropped, every width is `bits`), so a finished run without a link, or with another
+    one, gets its exact clock on any link profile from its config alone: the same
+    sampled clients, link draws and encoded sizes as a real run with that link.
+    """
+    cfg = cfg.replace(link=link)
+    if cfg.bits_policy != "fixed" or cfg.deadline > 0 or cfg.algorithm == "fedbuff":
+        raise ConfigError("replay_clock needs bits_policy='fixed', deadline=0 and a synchronous algorithm: "
+                          "otherwise the clock changes what is trained, so run it instead")
+    if cfg.link == "none":
+        raise ConfigError("replay_clock needs a link profile, e.g. mobile")
+    fed = Federation(cfg, data=data)
+    return [fed.plan(t, fed.sample_clients(t))[1] for t in range(1, cfg.num_rounds + 1)]

@@ -172,3 +172,14 @@ def test_runs_with_a_clock_are_deterministic(data):
     for r in a:
         r.pop("seconds")
     assert a[0] == a[1]
+
+
+def test_replay_clock_equals_the_clock_of_a_real_run(data):
+    from fl_lib.fedavg import replay_clock
+
+    cfg = tiny(link="none", client_fraction=0.5, bits=8, num_rounds=3)
+    fed = Federation(cfg.replace(link="mobile"), data=data)
+    real = [fed.round(t)["sim_seconds"] for t in (1, 2, 3)]
+    assert replay_clock(cfg, "mobile", data=data) == real
+    with pytest.raises(Exception, match="bits_policy='fixed'"):
+        replay_clock(cfg.replace(link="mobile", deadline=1.0), "mobile", data=data)

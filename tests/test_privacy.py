@@ -1,0 +1,112 @@
+"""DP-FedAvg and secure aggregation inside the engine: the steps a round takes, by hand."""
+import pytest
+import torch
+
+from fl_lib import dp, secagg
+from fl_lib.config import Config
+from fl_lib.data import synthetic
+from fl_lib.errors import ConfigError
+from fl_lib.fedavg import SECAGG_MARGIN, Federation
+from fl_lib.rng import SERVER, Stream, torch_generator
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(num_train=160, num_test=40, channels=1, size=28, seed=0, name="synthetic-mnist")
+
+
+def tiny(**kw) -> Config:
+    base = dict(dataset="synthetic-mnist", model="2nn", num_clients=4, partition="dirichlet", local_epochs=1,
+                batch_size=16, lr=0.05, momentum=0.0, weight_decay=0.0, num_rounds=4, augment=False,
+                device="cpu", checkpoint_every=0)
+    base.update(kw)
+    return Config(**base)
+
+
+def client_weights(cfg, data, t=1):
+    """Each sampled client's weights after local training from the same start, as the engine trains them."""
+    ref = Federation(cfg, data=data)
+    out = {}
+    for k in ref.sample_clients(t):
+        sent, _ = ref.local_update(k, t)
+        out[k] = {n: v.clone() for n, v in sent.items()}
+    return ref, out
+
+
+@pytest.mark.parametrize("upload", ["weights", "delta"])
+def test_dp_round_is_clipped_updates_plus_noise_over_a_fixed_denominator(data, upload):
+    cfg = tiny(dp_clip=0.5, dp_noise=0.3, upload=upload, bits=32)
+    ref, trained = client_weights(cfg, data)
+    start = ref.global_state
+    updates = [dp.clip_update({n: w[n] - start[n] for n in w}, 0.5)[0] for w in trained.values()]
+    assert all(dp.update_norm(u) <= 0.5 + 1e-6 for u in updates)
+    noise = torch_generator(cfg.seed, 1, SERVER, Stream.DP_NOISE)
+    step = dp.dp_average(updates, 0.3, 0.5, cfg.clients_per_round, noise)
+    fed = Federation(cfg, data=data)
+    row = fed.round(1)
+    for n in start:
+        torch.testing.assert_close(fed.global_state[n], start[n] + step[n], rtol=1e-5, atol=1e-6)
+    assert row["epsilon"] == pytest.approx(dp.epsilon(1.0, 0.3, 1, 1e-5))
+
+
+def test_epsilon_column_follows_opacus_round_by_round(data):
+    cfg = tiny(dp_clip=1.0, dp_noise=1.1, client_fraction=0.5, num_clients=8)
+    fed = Federation(cfg, data=data)
+    for t in (1, 2, 3):
+        assert fed.round(t)["epsilon"] == dp.epsilon(0.5, 1.1, t, 1e-5)
+
+
+def test_dp_with_clipping_only_has_no_epsilon_and_bounded_steps(data):
+    cfg = tiny(dp_clip=0.01, dp_noise=0.0)
+    fed = Federation(cfg, data=data)
+    start = {n: v.clone() for n, v in fed.global_state.items()}
+    row = fed.round(1)
+    assert row["epsilon"] is None  # no noise: no privacy guarantee to report
+    step = {n: fed.global_state[n] - start[n] for n in start}
+    assert dp.update_norm(step) <= 0.01 + 1e-6  # the mean of updates clipped to 0.01
+
+
+def test_secure_aggregation_equals_the_shared_scale_mean_without_masks(data):
+    cfg = tiny(bits=8, secure_aggregation=True)
+    ref, trained = client_weights(cfg, data)
+    bound = secagg.channel_bound(ref.global_state, margin=SECAGG_MARGIN)
+    clear = secagg.shared_scale_mean([{n: v.float() for n, v in w.items()} for w in trained.values()],
+                                     [ref.sizes[k] for k in trained], 8, bound)
+    fed = Federation(cfg, data=data)
+    row = fed.round(1)
+    for n in clear:
+        assert torch.equal(fed.global_state[n], clear[n])  # the masks cancel exactly
+    assert row["upload_bytes"] > 4 * fed.upload_size(8)  # masked values cost more than 8 bits each
+
+
+def test_secure_aggregation_survives_a_client_dropping_out(data):
+    cfg = tiny(bits=8, secure_aggregation=True, num_clients=6, link="lognormal:2,1.0")
+    probe = Federation(cfg, data=data)
+    totals = sorted(probe.client_time(1, k, 8).total for k in range(6))
+    cfg = cfg.replace(deadline=(totals[-1] + totals[-2]) / 2)  # exactly one client is late
+    ref, trained = client_weights(cfg, data)
+    late = max(trained, key=lambda k: probe.client_time(1, k, 8).total)
+    kept = [k for k in trained if k != late]
+    bound = secagg.channel_bound(ref.global_state, margin=SECAGG_MARGIN)
+    clear = secagg.shared_scale_mean([{n: v.float() for n, v in trained[k].items()} for k in kept],
+                                     [ref.sizes[k] for k in kept], 8, bound)
+    fed = Federation(cfg, data=data)
+    row = fed.round(1)
+    assert row["dropped_clients"] == 1
+    for n in clear:
+        assert torch.equal(fed.global_state[n], clear[n])
+
+
+@pytest.mark.parametrize("fields,needle", [
+    (dict(dp_clip=-1.0), "dp_clip=-1.0 is not allowed: must be float in [0, 1000000]"),
+    (dict(dp_noise=1.0), "dp_noise=1.0 needs dp_clip > 0"),
+    (dict(dp_clip=1.0, dp_delta=1.0), "dp_delta=1.0 is not allowed: must be float in (0, 1)"),
+    (dict(dp_clip=1.0, dp_delta=0.0), "dp_delta=0.0 is not allowed"),
+    (dict(secure_aggregation=True), "secure_aggregation needs every client's integer codes on one grid"),
+    (dict(secure_aggregation=True, bits=8, upload="delta"), "needs a public bound"),
+    (dict(dp_clip=1.0, algorithm="fedsgd"), "apply to fedavg rounds only"),
+])
+def test_bad_privacy_settings_get_one_line(fields, needle):
+    with pytest.raises(ConfigError) as err:
+        tiny(**fields)
+    assert needle in str(err.value) and "\n" not in str(err.value)
