@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PARAMS ?= notebooks/params/default.yaml
 NAME ?= study
 
-.PHONY: setup study test report bench clean-notebooks
+.PHONY: setup study test report bench
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -48,7 +48,7 @@ DEFAULT_METHOD = {"lenet": "dlg", "cifar_cnn": "cosine"}  # L-BFGS needs a smoot
 DEFAULT_STEPS = {"dlg": 100, "cosine": 2000}  # about a minute per setting at B = 1 on 2 CPU cores (measured)
 LOCAL_STEPS = {"dlg": 1, "cosine": 5}  # dlg inverts one gradient (FedSGD); cosine a FedAvg delta of E steps
 CLIENT_LR = 0.01  # the victim's plain-SGD step size for the FedAvg delta
-TV_WEIGHT = 1e-2  # total-variation weight of the cosine attack, images in [0, 1]
+TV_WEIGHT = 0.1  # total-variation weight of the cosine attack (Geiping et al.'s default; best of 0.01-0.3 here)
 COSINE_LR = 0.1  # Adam step on x' in [0, 1] (Geiping et al. use 0.1)
 _KEY_MODEL, _KEY_DATA, _KEY_DUMMY = 0x6C65616B, 0x64617461, 0x64756D79  # seed_for keys, one per purpose
 

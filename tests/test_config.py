@@ -36,6 +36,10 @@ BAD = {
     "deadline": [-1, -0.5, float("nan"), float("inf"), "60", True],
     "bits_policy": ["dynamic", None],
     "buffer_size": [-1, 2.5, True],
+    "dp_clip": [-1.0, float("nan"), "1"],
+    "dp_noise": [-0.5, float("inf"), 1e4],
+    "dp_delta": [0, 0.0, 1, 1.0, -1e-5],
+    "secure_aggregation": [1, "yes", None],
     "eval_every": [0, -1],
     "checkpoint_every": [-1, 0.5],
 }
