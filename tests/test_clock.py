@@ -72,13 +72,13 @@ def test_without_a_link_there_is_no_clock_and_nothing_is_dropped(data):
 def test_adaptive_widths_always_fit_the_budget(data, with_deadline):
     cfg = tiny(link="lognormal:0.5,1.2", num_clients=8, bits_policy="adaptive")
     probe = Federation(cfg, data=data)
-    deadline = 1.2 * statistics.median(probe.client_time(1, k, 16).total for k in range(8)) if with_deadline else 0.0
+    deadline = 1.05 * statistics.median(probe.client_time(1, k, 16).total for k in range(8)) if with_deadline else 0.0
     fed = Federation(cfg.replace(deadline=deadline), data=data)
     seen = set()
     for t in range(1, 30):
         chosen = fed.sample_clients(t)
         bits, duration, kept = fed.plan(t, chosen)
-        budget = deadline or statistics.median(fed.client_time(t, k, 16).total for k in chosen)
+        budget = deadline or max(fed.client_time(t, k, 2).total for k in chosen)
         for k, keep in zip(chosen, kept):
             if bits[k] is None:
                 assert not keep  # a straggler: not even 2 bits fits
@@ -90,7 +90,7 @@ def test_adaptive_widths_always_fit_the_budget(data, with_deadline):
                 assert fed.client_time(t, k, bits[k] + 1).total > budget  # and the widest that fits
             seen.add(bits[k])
         assert duration <= budget + 1e-12
-    assert len(seen) >= 3  # the links really spread the widths
+    assert len(seen) >= 2  # the links really spread the widths
 
 
 def test_mixed_widths_in_one_round_decode_and_aggregate(data):

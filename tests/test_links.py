@@ -170,9 +170,9 @@ def test_pick_bits_never_misses_the_budget(up, budget, fixed, params):
         assert bits == max(fits)  # the widest that fits, so also never one that misses
 
 
-def test_default_budget_is_the_median_total_at_16_bits():
-    assert default_budget([5.0, 1.0, 3.0]) == 3.0
-    assert default_budget([ClientTime(0, 0, 0, 0, 2.0), ClientTime(0, 0, 0, 0, 4.0)]) == 3.0
+def test_default_budget_is_the_slowest_total_at_2_bits():
+    assert default_budget([5.0, 1.0, 3.0]) == 5.0
+    assert default_budget([ClientTime(0, 0, 0, 0, 2.0), ClientTime(0, 0, 0, 0, 4.0)]) == 4.0
     with pytest.raises(ValueError):
         default_budget([])
 
