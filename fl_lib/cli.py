@@ -99,8 +99,10 @@ def _run(args) -> int:
                     log=lambda msg: print(msg, file=sys.stderr))
     s = r.summary
     acc = "n/a" if s["final_test_acc"] is None else f"{s['final_test_acc']:.4f}"
+    clock = "" if s.get("total_sim_hours") is None else f", {s['total_sim_hours'] * 60:.1f} simulated minutes"
+    privacy = "" if s.get("epsilon") is None else f", epsilon {s['epsilon']:.2f}"
     print(f"{r.dir}: {s['rounds']} rounds, final test accuracy {acc}, "
-          f"uploaded {s['total_upload_mb']:.2f} MB, {s['seconds_total']:.1f} s")
+          f"uploaded {s['total_upload_mb']:.2f} MB{clock}{privacy}, {s['seconds_total']:.1f} s")
     return 0
 
 
