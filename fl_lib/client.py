@@ -23,9 +23,14 @@ def autocast(precision: str, device: torch.device):
 def batch_inputs(data, idx, *, train: bool, augment: bool, channels_last: bool, generator=None):
     """Images and labels at `idx`, normalized (and augmented when training), in the model's memory format."""
     x, y = get_batch(data, idx, train=train, augment=augment and data.augment, generator=generator)
-    if channels_last:
+    if channels_last and x.dim() == 4:  # text batches are (B, L) ids
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
+
+
+def num_targets(y) -> int:
+    """Targets that count in a batch's loss: every label, or every character but the padding of text."""
+    return len(y) if y.dim() == 1 else int((y != -100).sum())  # -100: F.cross_entropy's ignore_index
 
 
 def client_batches(data, idx, cfg, generator: torch.Generator, channels_last: bool):

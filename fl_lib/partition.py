@@ -1,4 +1,4 @@
-"""Split a training set over clients: IID, label shards, and two Dirichlet label-skew variants.
+"""Split a training set over clients: IID, label shards, two Dirichlet label-skew variants, and natural roles.
 
 Every function returns one sorted 1-D np.int64 index array per client; together they hold
 every training index exactly once. All randomness comes from np.random.default_rng(seed).
@@ -173,8 +173,22 @@ def label_counts(parts, labels, num_classes=None):
     return np.bincount(flat, minlength=len(parts) * num_classes).reshape(len(parts), num_classes)
 
 
+def roles(groups, num_clients):
+    """The data's own clients (Shakespeare: one per role); groups[i] is the client of sample i."""
+    groups = _as_labels(groups)
+    found = int(groups.max()) + 1
+    if num_clients != found:
+        raise ConfigError(f"num_clients={num_clients}: partition=roles gives one client per role, and this "
+                          f"dataset has {found} roles; set num_clients={found}")
+    return _groups(groups, num_clients)
+
+
 def make_partition(kind, labels, num_clients, seed, alpha=0.5, shards_per_client=2, min_size=10):
-    """Dispatch on kind, one of PARTITIONS; the extra arguments are used only by the kinds that need them."""
+    """Dispatch on kind, one of PARTITIONS; the extra arguments are used only by the kinds that need them.
+
+    For text (Shakespeare) `labels` holds each sample's role: `roles` keeps them as clients, `iid`
+    deals the same samples evenly over as many clients.
+    """
     if kind == "iid":
         return iid(len(_as_labels(labels)), num_clients, seed)
     if kind == "shards":
@@ -183,4 +197,6 @@ def make_partition(kind, labels, num_clients, seed, alpha=0.5, shards_per_client
         return dirichlet(labels, num_clients, alpha, seed, min_size=min_size)
     if kind == "dirichlet_per_client":
         return dirichlet_per_client(labels, num_clients, alpha, seed)
+    if kind == "roles":
+        return roles(labels, num_clients)
     raise ConfigError(f"unknown partition kind {kind!r}; allowed: {', '.join(PARTITIONS)}")

