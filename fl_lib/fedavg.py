@@ -26,7 +26,7 @@ from .data import Dataset, load_dataset
 from .errors import ConfigError, DivergenceError
 from .dp import add_noise, clip_update, dp_average, epsilon_per_round
 from .fedbuff import FedBuff
-from .links import (WIDTHS, ClientTime, Links, client_seconds, default_budget, parse_link, pick_bits, sync_round,
+from .links import (WIDTHS, ClientTime, Links, client_seconds, default_budget, parse_link, sync_round,
                     train_flops_per_sample)
 from .models import build_model
 from .partition import make_partition
@@ -239,13 +239,13 @@ class Federation:
             budget = cfg.deadline
         else:
             budget = cfg.deadline or default_budget([self.client_time(t, k, min(WIDTHS)) for k in chosen])
-            sizes = {b: self.upload_size(b) for b in WIDTHS}
-            bits = {}
-            for k in chosen:
-                fixed = self.client_time(t, k, 16)
-                bits[k] = pick_bits(self.links.state(t, k), sizes, budget, fixed.total - fixed.upload)
+            # links.pick_bits's rule, on the very totals the round is timed with (so that the
+            # slowest client fits its own budget exactly, whatever the float rounding)
+            bits = {k: next((b for b in WIDTHS if self.client_time(t, k, b).total <= budget), None)
+                    for k in chosen}
         times = [self.client_time(t, k, bits[k] or min(WIDTHS)) for k in chosen]
         duration, kept = sync_round(times, budget)
+        kept = [keep and bits[k] is not None for k, keep in zip(chosen, kept)]
         return bits, duration, kept
 
     # -- one round --------------------------------------------------------

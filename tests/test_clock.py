@@ -183,3 +183,12 @@ def test_replay_clock_equals_the_clock_of_a_real_run(data):
     assert replay_clock(cfg, "mobile", data=data) == real
     with pytest.raises(Exception, match="bits_policy='fixed'"):
         replay_clock(cfg.replace(link="mobile", deadline=1.0), "mobile", data=data)
+
+
+def test_adaptive_without_a_deadline_keeps_every_client(data):
+    """The budget is the slowest client's own time at 2 bits: it always fits, to the last float."""
+    fed = Federation(tiny(link="mobile", num_clients=8, bits_policy="adaptive"), data=data)
+    for t in range(1, 40):
+        chosen = fed.sample_clients(t)
+        bits, _, kept = fed.plan(t, chosen)
+        assert all(kept) and None not in bits.values()
