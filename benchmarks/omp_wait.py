@@ -3,8 +3,8 @@
 fl_lib sets OMP_WAIT_POLICY=PASSIVE when it is imported before torch (fl_lib/__init__.py).
 This measures why: it starts two processes that each train the small CIFAR CNN for a
 fixed number of steps with every core's worth of threads, at the same time, once with
-the policy left to the runtime (an empty OMP_WAIT_POLICY: threads spin before they
-sleep) and once PASSIVE, alternating the two settings over --repeats pairs. It prints
+the policy left to the runtime (OMP_WAIT_POLICY unset; the worker imports torch
+before fl_lib, so fl_lib's default does not apply: threads spin before they sleep) and once PASSIVE, alternating the two settings over --repeats pairs. It prints
 the median wall time of each and their ratio.
 """
 from __future__ import annotations
@@ -35,6 +35,8 @@ for _ in range(int(sys.argv[1])):
 def pair(policy: str, steps: int) -> float:
     """Wall seconds until both of two simultaneous workers have finished."""
     env = {**os.environ, "OMP_WAIT_POLICY": policy}
+    if not policy:
+        env.pop("OMP_WAIT_POLICY")  # the worker imports torch before fl_lib, so the runtime's default holds
     env.pop("OMP_NUM_THREADS", None)  # every process takes all cores, as a notebook kernel does
     start = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(steps)], env=env) for _ in range(2)]
