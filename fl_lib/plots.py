@@ -159,3 +159,142 @@ def grid_heatmap(table, title="", fmt=".3f", colorbar="", name=None, figures_dir
         ax.set(title=title)
         save_figure(sfig, name, figures_dir)
     return fig
+
+
+def common_grid(df, x, y, hue, run="seed", points=60):
+    """Each run's y interpolated onto one x grid per `hue` value, so `lines` can average runs at equal x.
+
+    For an x that differs between runs of one hue (simulated time, or bytes under an adaptive
+    policy), rows of different seeds never share an x, and a mean per (hue, x) would just zigzag
+    between seeds. The grid spans what every run of that hue covers (the latest first x to the
+    earliest last x), in `points` even steps; y is interpolated linearly between a run's rows.
+    Rows without y (rounds without an evaluation) are skipped. Returns columns hue, run, x, y.
+    """
+    d = df.dropna(subset=[x, y])
+    out = []
+    for h, g in d.groupby(hue, sort=False):
+        curves = [(r, c.sort_values(x)) for r, c in g.groupby(run, sort=False)]
+        lo = max(c[x].iloc[0] for _, c in curves)
+        hi = min(c[x].iloc[-1] for _, c in curves)
+        grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
+        for r, c in curves:
+            out.append(pd.DataFrame({hue: h, run: r, x: grid,
+                                     y: np.interp(grid, c[x].to_numpy(float), c[y].to_numpy(float))}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=[hue, run, x, y])
+
+
+def histogram_edges(values, bins=30, log_x=False):
+    """Shared bin edges for all values: even steps, or even steps of log10 x (positive values only) if log_x."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)] if log_x else v[np.isfinite(v)]
+    if len(v) == 0:
+        return np.array([0.0, 1.0]) if not log_x else np.array([1.0, 10.0])
+    lo, hi = v.min(), v.max()
+    if hi <= lo:  # every value equal: one bin around it
+        lo, hi = (lo / 1.1, hi * 1.1) if log_x else (lo - 0.5, hi + 0.5)
+    return np.geomspace(lo, hi, bins + 1) if log_x else np.linspace(lo, hi, bins + 1)
+
+
+def step_xy(values, edges):
+    """(x, y) of a step outline of the histogram of `values` over `edges`, for a line with shape 'hv'."""
+    counts, _ = np.histogram(np.asarray(values, dtype=float), bins=edges)
+    return np.r_[edges[0], edges], np.r_[0, counts, 0]
+
+
+def histogram(df, x, hue, title="", xlabel=None, ylabel="count", bins=30, log_x=False, name=None,
+              figures_dir="figures"):
+    """Overlaid step histograms of `x`, one per value of `hue`, on shared bin edges (log-spaced if log_x)."""
+    order = list(dict.fromkeys(df[hue]))
+    edges = histogram_edges(df[x], bins, log_x)
+    fig = go.Figure()
+    for i, h in enumerate(order):
+        sx, sy = step_xy(df.loc[df[hue] == h, x], edges)
+        fig.add_trace(go.Scatter(x=sx, y=sy, mode="lines", line_shape="hv", name=str(h),
+                                 line=dict(color=COLORS[i % len(COLORS)], width=2)))
+    fig.update_layout(title=title, xaxis_title=xlabel or x, yaxis_title=ylabel, legend_title=hue,
+                      template="plotly_white", height=420)
+    if log_x:
+        fig.update_xaxes(type="log")
+    if name:
+        sfig, (ax,) = _static()
+        for i, h in enumerate(order):
+            counts, _ = np.histogram(df.loc[df[hue] == h, x].to_numpy(float), bins=edges)
+            ax.stairs(counts, edges, label=str(h), color=COLORS[i % len(COLORS)], linewidth=2)
+        ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel, xscale="log" if log_x else "linear")
+        ax.legend(title=hue, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        save_figure(sfig, name, figures_dir)
+    return fig
+
+
+# -- lesson 06: gradient leakage ---------------------------------------------------
+def _image(img):
+    """(C, H, W) in [0, 1] (float) or uint8 -> (H, W, 3) floats in [0, 1] for imshow."""
+    a = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)
+    a = a.astype(float) / 255 if a.dtype == np.uint8 else a.astype(float)
+    a = np.clip(a, 0, 1).transpose(1, 2, 0)
+    return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
+
+
+def image_table(rows, name, figures_dir="figures", size=1.3):
+    """Save a PNG of images laid out in rows: `rows` is a list of lists of (title, (C, H, W) image); return its path."""
+    ncols = max(len(r) for r in rows)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size * ncols, (size + 0.35) * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(ncols):
+            ax = axes[i][j]
+            ax.set_xticks([]), ax.set_yticks([])
+            if j >= len(row):
+                ax.set_axis_off()
+                continue
+            title, img = row[j]
+            ax.imshow(_image(img))
+            ax.set_title(title, fontsize=7)
+    return save_figure(fig, name, figures_dir)
+
+
+def psnr_panels(rows, reference=None, name=None, figures_dir="figures"):
+    """Attack quality in three panels: PSNR against bits (one line per batch size, no noise), against batch size
+    (FP32, no noise) and against the client's noise std (FP32, the smallest batch). `reference`: a dashed line
+    (e.g. the PSNR of a flat gray guess)."""
+    df = pd.DataFrame(rows)
+    clean = df[df.noise == 0]
+    fp32 = clean[clean.bits == 32].sort_values("batch_size")
+    noisy = df[(df.bits == 32) & (df.batch_size == df.batch_size.min())].sort_values("noise")
+    panels = [("bit width of the upload", clean, "bits", "batch_size"),
+              ("batch size B (FP32)", fp32, "batch_size", None),
+              ("client noise std (FP32)", noisy, "noise", None)]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[p[0] for p in panels], shared_yaxes=True)
+    for col, (_, d, x, hue) in enumerate(panels, start=1):
+        groups = d.groupby(hue, sort=True) if hue else [(None, d)]
+        for i, (h, g) in enumerate(groups):
+            g = g.sort_values(x, ascending=x != "bits")
+            fig.add_trace(go.Scatter(x=[str(v) if x == "bits" else v for v in g[x]], y=g.psnr, mode="lines+markers",
+                                     name=f"B = {h}" if hue else x, showlegend=bool(hue),
+                                     line=dict(color=COLORS[i % len(COLORS)])), 1, col)
+        if reference is not None:
+            fig.add_hline(y=reference, line_dash="dash", line_color="gray", row=1, col=col)
+    fig.update_xaxes(type="category", title_text="bits", row=1, col=1)
+    fig.update_xaxes(title_text="B", row=1, col=2)
+    fig.update_xaxes(title_text="noise std", row=1, col=3)
+    fig.update_yaxes(title_text="PSNR (dB)", row=1, col=1)
+    fig.update_layout(title="Reconstruction quality" + (f" (dashed: flat gray guess, {reference:.1f} dB)"
+                                                        if reference is not None else ""),
+                      template="plotly_white", height=400, legend_title="batch size")
+    if name:
+        sfig, axes = _static(figsize=(12, 3.6), ncols=3)
+        for ax, (title, d, x, hue) in zip(axes, panels):
+            groups = d.groupby(hue, sort=True) if hue else [(None, d)]
+            for i, (h, g) in enumerate(groups):
+                g = g.sort_values(x, ascending=x != "bits")
+                ax.plot([str(v) for v in g[x]] if x == "bits" else g[x], g.psnr, "o-",
+                        color=COLORS[i % len(COLORS)], label=f"B = {h}" if hue else None)
+            if reference is not None:
+                ax.axhline(reference, ls="--", color="gray")
+            ax.set(title=title, xlabel=x, ylabel="PSNR (dB)")
+            if hue:
+                ax.legend(frameon=False)
+        save_figure(sfig, name, figures_dir)
+    return fig

@@ -1,10 +1,13 @@
-"""Sliders for lessons 02 and 03. They only redraw: no widget ever starts training.
+"""Sliders for lessons 02, 03 and 07. They only redraw: no widget ever starts training.
 
-Each explorer calls the same fl_lib.analysis function the lesson calls directly (`partition_stats`,
-`channel_quant_stats`), so a headless run (papermill, the HTML report) still prints every
-number, and the figure (a plotly FigureWidget) is updated in place when a slider moves.
+Each explorer calls the same function the lesson calls directly (`partition_stats`,
+`channel_quant_stats`, `clock_stats`), so a headless run (papermill, the HTML report) still prints
+every number, and the figure (a plotly FigureWidget) is updated in place when a slider moves.
 """
 from __future__ import annotations
+
+import copy
+import math
 
 import numpy as np
 
@@ -96,6 +99,244 @@ class QuantExplorer:
             grid = f"{levels} levels" + ("" if levels <= MAX_GRID_LINES else ", too dense to draw")
             self.figure.layout.title = f"{self.title}: {s['bits']} bits ({grid})"
         self.text.value = describe_quant(s)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+# -- links and adaptive bit widths (lesson 07) ---------------------------------
+def clock_view(fed, **changes):
+    """`fed` under other clock settings (link, deadline, bits_policy, bits), for `plan` and `client_time` only.
+
+    A shallow copy: it shares the federation's data, clients, model and cached encoded sizes,
+    and gets the changed (and checked) config and the links that config draws. The engine's own
+    `plan` then gives the widths, duration and kept clients; nothing is trained.
+    """
+    from .links import Links, parse_link
+
+    view = copy.copy(fed)
+    view.cfg = fed.cfg.replace(**changes)
+    profile = parse_link(view.cfg.link)
+    view.links = Links(profile, view.cfg.num_clients, view.cfg.seed) if profile is not None else None
+    return view
+
+
+def width_label(bits) -> str:
+    """32 -> 'FP32', 16 -> 'INT16', None (a client that cannot fit even 2 bits) -> 'late'."""
+    if bits is None or (isinstance(bits, float) and math.isnan(bits)):
+        return "late"
+    return "FP32" if int(bits) == 32 else f"INT{int(bits)}"
+
+
+def clock_stats(fed, link: str, deadline: float = 0.0, bit_widths=(32, 16, 8), num_rounds=None):
+    """Every sampled client of rounds 1..num_rounds on `link`, at each fixed width and under the adaptive policy.
+
+    One row per (policy, round, client): policy ('FP32', 'INT16', ..., 'adaptive'), round, client,
+    bits (the width it uploads at; NaN for an adaptive straggler), the parts of its time
+    T_k = D/down_k + n_k E F/speed_k + U_k/up_k + latency_k (download_s, compute_s, upload_s,
+    latency_s, total_s), kept (False: dropped by the deadline or the adaptive budget) and
+    round_s (the round's duration). Everything comes from `Federation.plan` and `client_time`
+    on a `clock_view` of `fed`: the engine's own clock, without training.
+    """
+    import pandas as pd
+
+    num_rounds = num_rounds or fed.cfg.num_rounds
+    views = {width_label(b): clock_view(fed, link=link, deadline=deadline, bits_policy="fixed", bits=b)
+             for b in bit_widths}
+    views["adaptive"] = clock_view(fed, link=link, deadline=deadline, bits_policy="adaptive")
+    rows = []
+    for t in range(1, num_rounds + 1):
+        chosen = fed.sample_clients(t)
+        for policy, view in views.items():
+            widths, duration, kept = view.plan(t, chosen)
+            for k, keep in zip(chosen, kept):
+                c = view.client_time(t, k, widths[k] or 2)  # a straggler's time at the narrowest width
+                rows.append({"policy": policy, "round": t, "client": k,
+                             "bits": float("nan") if widths[k] is None else widths[k],
+                             "download_s": c.download, "compute_s": c.compute, "upload_s": c.upload,
+                             "latency_s": c.latency, "total_s": c.total, "kept": keep, "round_s": duration})
+    return pd.DataFrame(rows)
+
+
+def clock_summary(stats):
+    """Per policy: mean round seconds, median and largest upload seconds, share of clients dropped, mean kept width."""
+    import pandas as pd
+
+    g = stats.groupby("policy", sort=False)
+    rounds = stats.drop_duplicates(["policy", "round"]).groupby("policy", sort=False).round_s
+    kept = stats[stats.kept].groupby("policy", sort=False).bits
+    return pd.DataFrame({"mean round (s)": rounds.mean(), "median upload (s)": g.upload_s.median(),
+                         "largest upload (s)": g.upload_s.max(), "dropped (%)": 100 * (1 - g.kept.mean()),
+                         "mean bits of kept clients": kept.mean()})
+
+
+class LinkExplorer:
+    """Sliders for the spread sigma of a `lognormal:MEDIAN,SIGMA` link and the deadline.
+
+    Redraws the clients' upload times at the fixed widths (a histogram over rounds and clients)
+    and the widths the adaptive policy picks, with `clock_stats` on the federation `fed`
+    (its data sizes, model and FLOPs). It only redraws: nothing is trained.
+    """
+
+    def __init__(self, fed, sigma=None, deadline=0.0, median_mbps=None, bit_widths=(32, 16, 8), num_rounds=None,
+                 max_deadline=None, bins=30):
+        import ipywidgets as w
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        from .links import MAX_SIGMA, MOBILE, WIDTHS
+
+        profile = fed.links.profile if fed.links is not None else MOBILE
+        self.fed, self.bit_widths, self.num_rounds, self.bins = fed, tuple(bit_widths), num_rounds, bins
+        self.median_mbps = profile.up_mbps if median_mbps is None else median_mbps
+        sigma = profile.up_sigma if sigma is None else sigma
+        self.sigma = w.FloatSlider(value=round(sigma, 2), min=0.0, max=MAX_SIGMA, step=0.05, description="sigma",
+                                   continuous_update=False, readout_format=".2f")
+        if max_deadline is None:  # twice the slowest FP32 client at the starting spread
+            start = clock_stats(fed, self.link(), 0.0, (32,), num_rounds)
+            max_deadline = max(2 * start.total_s.max(), deadline)
+        step = 10 ** math.floor(math.log10(max_deadline / 100))
+        self.deadline = w.FloatSlider(value=deadline, min=0.0, max=math.ceil(max_deadline / step) * step, step=step,
+                                      description="deadline (s)", continuous_update=False, readout_format=".3g",
+                                      style={"description_width": "initial"})
+        self.categories = [str(b) for b in WIDTHS] + ["late"]
+        fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
+                            subplot_titles=("upload seconds of every client and round", "adaptive widths picked"))
+        for i, b in enumerate(self.bit_widths):
+            fig.add_trace(go.Scatter(x=[], y=[], mode="lines", line_shape="hv", name=width_label(b),
+                                     line=dict(width=2)), 1, 1)
+        fig.add_trace(go.Bar(x=self.categories, y=[0] * len(self.categories), name="adaptive",
+                             marker_color="gray"), 1, 2)
+        fig.update_xaxes(type="log", title_text="upload seconds U_k / up_k", row=1, col=1)
+        fig.update_xaxes(type="category", title_text="bits", row=1, col=2)
+        fig.update_yaxes(title_text="client-rounds", row=1, col=1)
+        fig.update_layout(template="plotly_white", height=440)
+        self.figure = go.FigureWidget(fig)
+        self.text = w.HTML()
+        self.sigma.observe(self.redraw, names="value")
+        self.deadline.observe(self.redraw, names="value")
+        self.widget = w.VBox([w.HBox([self.sigma, self.deadline]), self.figure, self.text])
+        self.redraw()
+
+    def link(self) -> str:
+        return f"lognormal:{self.median_mbps:g},{self.sigma.value:g}"
+
+    def redraw(self, change=None):
+        from .plots import histogram_edges, step_xy
+
+        self.stats = s = clock_stats(self.fed, self.link(), self.deadline.value, self.bit_widths, self.num_rounds)
+        fixed = s[s.policy != "adaptive"]
+        edges = histogram_edges(fixed.upload_s, self.bins, log_x=True)
+        picked = s[s.policy == "adaptive"].bits.map(lambda b: "late" if math.isnan(b) else str(int(b)))
+        self.widths = picked.value_counts().reindex(self.categories, fill_value=0)
+        with self.figure.batch_update():
+            for i, b in enumerate(self.bit_widths):
+                self.figure.data[i].x, self.figure.data[i].y = step_xy(fixed.upload_s[fixed.policy == width_label(b)],
+                                                                       edges)
+            self.figure.data[-1].y = self.widths.to_numpy()
+            deadline = f"deadline {self.deadline.value:.3g} s" if self.deadline.value > 0 else "no deadline"
+            self.figure.layout.title = f"{self.link()}, {deadline}"
+        self.summary = clock_summary(s)
+        self.text.value = self.summary.round(3).to_html()
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+# -- gradient leakage (lesson 06) -------------------------------------------------
+def attack_key(model, batch_size, bits, noise) -> str:
+    """The key `leakage.run_grid` stores one reconstruction under in reconstructions.npz."""
+    return f"{model}_B{batch_size}_bits{bits}_noise{noise:g}"
+
+
+def load_attacks(*folders):
+    """Rows (a DataFrame) and images ({key: uint8 (B, C, H, W)}) of the run_grid outputs in `folders`, merged."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    rows, images = [], {}
+    for folder in folders:
+        folder = Path(folder)
+        rows += json.loads((folder / "leakage_rows.json").read_text())
+        with np.load(folder / "reconstructions.npz") as z:
+            images.update({k: z[k] for k in z.files})
+    return pd.DataFrame(rows), images
+
+
+def _rgb(img):
+    """(C, H, W) uint8 -> (H, W, 3) uint8 for plotly's Image trace (gray channels repeated)."""
+    img = np.asarray(img).transpose(1, 2, 0)
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+
+
+class LeakageExplorer:
+    """Sliders for the upload's bit width and the client's noise; redraw a stored reconstruction beside the original.
+
+    `rows` and `images` are `leakage.run_grid`'s outputs (see `load_attacks`): nothing is attacked
+    or trained here. A setting that was not attacked shows a gray panel and says so.
+    """
+
+    def __init__(self, rows, images, model="lenet", batch_size=1, bits=None, noise=None):
+        import ipywidgets as w
+        import pandas as pd
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        rows = pd.DataFrame(rows)
+        self.rows = rows[(rows.model == model) & (rows.batch_size == batch_size)]
+        if self.rows.empty:
+            raise ValueError(f"no stored attack on model={model!r} at batch_size={batch_size}")
+        self.model, self.batch_size, self.images = model, batch_size, images
+        self.original = images[f"{model}_B{batch_size}_original"]
+        bit_options = sorted(self.rows.bits.unique(), reverse=True)
+        noise_options = sorted(self.rows.noise.unique())
+        self.bits = w.SelectionSlider(options=[(width_label(b), int(b)) for b in bit_options],
+                                      value=int(bits if bits is not None else bit_options[0]),
+                                      description="bits", continuous_update=False)
+        self.noise = w.SelectionSlider(options=[(f"{s:g}", float(s)) for s in noise_options], value=float(noise if noise is not None else noise_options[0]),
+                                       description="noise std", continuous_update=False,
+                                       style={"description_width": "initial"})
+        fig = make_subplots(rows=2, cols=batch_size, vertical_spacing=0.08, horizontal_spacing=0.02,
+                            row_titles=["original", "what the server rebuilds"])
+        for i in range(batch_size):
+            fig.add_trace(go.Image(z=_rgb(self.original[i]), hoverinfo="skip"), 1, i + 1)
+        for i in range(batch_size):
+            fig.add_trace(go.Image(z=_rgb(self.original[i]), hoverinfo="skip"), 2, i + 1)
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        fig.update_layout(template="plotly_white", height=360, width=max(360, 180 * batch_size),
+                          margin=dict(l=10, r=40, t=60, b=10))
+        self.figure = go.FigureWidget(fig)
+        self.text = w.HTML()
+        self.bits.observe(self.redraw, names="value")
+        self.noise.observe(self.redraw, names="value")
+        self.widget = w.VBox([w.HBox([self.bits, self.noise]), self.figure, self.text])
+        self.redraw()
+
+    def key(self) -> str:
+        return attack_key(self.model, self.batch_size, self.bits.value, self.noise.value)
+
+    def redraw(self, change=None):
+        key = self.key()
+        hit = self.rows[(self.rows.bits == self.bits.value) & (self.rows.noise == self.noise.value)]
+        self.row = hit.iloc[0].to_dict() if len(hit) and key in self.images else None
+        recon = self.images[key] if self.row is not None else np.full_like(self.original, 128)
+        setting = f"{width_label(self.bits.value)}, noise std {self.noise.value:g}"
+        with self.figure.batch_update():
+            for i in range(self.batch_size):
+                self.figure.data[self.batch_size + i].z = _rgb(recon[i])
+            self.figure.layout.title = (f"{self.model}, B = {self.batch_size}, {setting}: "
+                                        + (f"{self.row['psnr']:.1f} dB" if self.row is not None else "not attacked"))
+        if self.row is None:
+            done = ", ".join(f"{width_label(b)} / noise {s:g}" for b, s in zip(self.rows.bits, self.rows.noise))
+            self.text.value = f"<p>{setting} was not attacked in this lesson; stored settings: {done}.</p>"
+        else:
+            r = self.row
+            self.text.value = (f"<p>PSNR {r['psnr']:.2f} dB (worst image {r['psnr_min']:.2f} dB), labels "
+                               f"{'recovered' if r['label_correct'] else 'wrong'}; upload {r['upload_bytes']:,} B "
+                               f"(rms {r['upload_rms']:.3g}); {r['method']} attack, {r['steps']} steps.</p>")
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
