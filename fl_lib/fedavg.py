@@ -310,9 +310,14 @@ class Federation:
         elif not late:  # every client that sent diverged (a round whose clients were all late is not divergence)
             self.dead_rounds += 1
             if self.dead_rounds >= MAX_DEAD_ROUNDS:
+                if cfg.dp_noise > 0:
+                    cause = (f"the DP noise (std dp_noise * dp_clip / clients per round = "
+                             f"{cfg.dp_noise * cfg.dp_clip / cfg.clients_per_round:.3g} per coordinate) probably broke "
+                             f"the model; try a smaller dp_noise or more clients per round")
+                else:
+                    cause = f"the learning rate lr={cfg.lr} is probably too high for model={cfg.model}; try a smaller lr"
                 raise DivergenceError(
-                    f"every client diverged (NaN/inf) for {self.dead_rounds} rounds in a row up to round {t}: "
-                    f"the learning rate lr={cfg.lr} is probably too high for model={cfg.model}; try a smaller lr")
+                    f"every client diverged (NaN/inf) for {self.dead_rounds} rounds in a row up to round {t}: {cause}")
         row = {"round": t, "test_acc": None, "test_loss": None,
                "train_loss": float(torch.stack(losses).mean()) if losses else None,
                "upload_bytes": upload_bytes, "download_bytes": self.model_bytes * (len(chosen) + len(late)),

@@ -329,14 +329,23 @@ def masking_overhead_bits(bits: int, num_clients: int, total_weight: int | None 
     return modulus_bits(bits, num_clients if total_weight is None else total_weight) - bits
 
 
-def channel_bound(reference: dict[str, torch.Tensor], margin: float = 1.0) -> dict[str, torch.Tensor]:
-    """A public per-channel bound margin * max_i |r_ci| from a model every client has (e.g. the global one)."""
+MIN_BOUND = 0.01  # the smallest channel bound: a channel that is all zero (a fresh bias) must still be able to grow
+
+
+def channel_bound(reference: dict[str, torch.Tensor], margin: float = 1.0,
+                  floor: float = MIN_BOUND) -> dict[str, torch.Tensor]:
+    """A public per-channel bound margin * max(max_i |r_ci|, floor) from a model every client has (e.g. the global one).
+
+    Without the floor a channel that is zero in the reference (zero-initialized
+    biases) would get scale 0, so its codes would be 0 and it could never move.
+    """
     out = {}
     for name, r in reference.items():
         if torch.is_tensor(r) and r.is_floating_point():
             c = num_channels(r.shape)
             x = r.detach().float().reshape(c, -1)
-            out[name] = (x.abs().amax(dim=1) if x.numel() else x.new_zeros(c)) * float(margin)
+            peak = x.abs().amax(dim=1) if x.numel() else x.new_zeros(c)
+            out[name] = peak.clamp_min(float(floor)) * float(margin)
     return out
 
 

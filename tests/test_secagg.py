@@ -242,3 +242,10 @@ def test_equal_sample_counts_cost_what_uniform_weights_cost():
     b, bytes_b = secure_mean(ups, None, 8, 0.1, seed=1, round=2)
     assert bytes_a == bytes_b == masked_upload_bytes(6 * 27 + 6 + 240, 8, 4)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_channel_bound_lets_zero_channels_grow():
+    from fl_lib.secagg import MIN_BOUND, channel_bound
+    b = channel_bound({"bias": torch.zeros(3), "w": torch.tensor([[0.5, -2.0], [0.0, 0.0]])}, margin=1.5)
+    assert torch.allclose(b["bias"], torch.full((3,), MIN_BOUND * 1.5))
+    assert torch.allclose(b["w"], torch.tensor([3.0, MIN_BOUND * 1.5]))
