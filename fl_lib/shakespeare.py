@@ -205,16 +205,15 @@ def pick_roles(num_roles: int, n: int) -> np.ndarray:
     return np.unique(np.linspace(0, num_roles - 1, n).round().astype(np.int64))
 
 
-def load(name="shakespeare", root="data"):
-    """The dataset `name` ('shakespeare' or 'shakespeare:N') as an fl_lib Dataset; `groups` holds each
-    training sequence's role, which `partition="roles"` turns into one client per role."""
+def load(name="shakespeare", root="data") -> dict:
+    """The fields of the Dataset `name` ('shakespeare' or 'shakespeare:N'): `data.load_dataset` builds it
+    (this module does not import data.py, which imports it). `groups` holds each training sequence's
+    role, which `partition="roles"` turns into one client per role."""
     return from_arrays(load_arrays(root), name)
 
 
-def from_arrays(a: dict[str, np.ndarray], name="shakespeare"):
-    """A Dataset from the arrays of `arrays` (or the cache), keeping the roles that `name` selects."""
-    from .data import Dataset
-
+def from_arrays(a: dict[str, np.ndarray], name="shakespeare") -> dict:
+    """Dataset fields from the arrays of `arrays` (or the cache), keeping the roles that `name` selects."""
     n = parse_name(name)
     keep = np.arange(len(a["play"])) if n is None else pick_roles(len(a["play"]), n)
     new_id = np.full(len(a["play"]), -1, dtype=np.int64)
@@ -225,8 +224,9 @@ def from_arrays(a: dict[str, np.ndarray], name="shakespeare"):
         t["x_" + split] = torch.from_numpy(a["x_" + split][rows].astype(np.int64))
         t["y_" + split] = torch.from_numpy(a["y_" + split][rows].astype(np.int64))
         t["role_" + split] = torch.from_numpy(new_id[a["role_" + split][rows]])
-    return Dataset(name, t["x_train"], t["y_train"], t["x_test"], t["y_test"], num_classes=len(VOCAB),
-                   mean=torch.zeros(1), std=torch.ones(1), augment=False, groups=t["role_train"])
+    return dict(name=name, x_train=t["x_train"], y_train=t["y_train"], x_test=t["x_test"], y_test=t["y_test"],
+                num_classes=len(VOCAB), mean=torch.zeros(1), std=torch.ones(1), augment=False,
+                groups=t["role_train"])
 
 
 def role_table(root="data", name="shakespeare"):

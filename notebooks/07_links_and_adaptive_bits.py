@@ -180,12 +180,18 @@ def time_to(m, x, target):
     return rounds_to_target(m.dropna(subset=["test_acc"]).set_index(x).test_acc, target)
 
 
+def reach_by(frame, by, target, x="sim_time"):
+    """time_to for every group of `frame` as a float Series (NaN where the target was not reached)."""
+    reach = {key: time_to(m, x, target) for key, m in frame.groupby(by, sort=False)}
+    index = pd.MultiIndex.from_tuples(reach, names=by) if isinstance(by, list) else pd.Index(reach, name=by)
+    return pd.Series([float("nan") if v is None else v for v in reach.values()], index=index, dtype=float)
+
+
 deadline_table = pd.DataFrame({
     "final test_acc": deadline_runs.groupby("label").test_acc.last(),
     f"simulated {unit}": deadline_runs.groupby("label").sim_time.max(),
     "dropped client-rounds": deadline_runs.groupby("label").dropped_clients.sum(),
-    f"{unit} to {target:g}": deadline_runs.groupby("label")[["sim_time", "test_acc"]].apply(
-        lambda m: time_to(m, "sim_time", target))})
+    f"{unit} to {target:g}": reach_by(deadline_runs, "label", target)})
 deadline_table.round(4)
 
 # %% [markdown]
@@ -320,8 +326,7 @@ async_table = pd.DataFrame({
     "mean update interval (s)": async_runs.groupby("label").sim_seconds.mean(),
     "mean staleness": async_runs.groupby("label").mean_staleness.mean(),
     f"best test_acc by {common_end:.3g} {unit}": {"FedAvg": acc_at(sync, common_end), "FedBuff": acc_at(buff, common_end)},
-    f"{unit} to {target:g}": async_runs.groupby("label")[["sim_time", "test_acc"]].apply(
-        lambda m: time_to(m, "sim_time", target))})
+    f"{unit} to {target:g}": reach_by(async_runs, "label", target)})
 async_table.round(4)
 
 # %% [markdown]
@@ -352,7 +357,7 @@ plots.lines(plots.common_grid(what_if, "sim_time", "test_acc", "label"), "sim_ti
             title=f"The same runs on {what_if_link} (replayed clock)", xlabel=f"simulated {w_unit}",
             ylabel="test accuracy", name="07_what_if", figures_dir=figures_dir).show()
 per_run = what_if.groupby(["label", "seed"], sort=False)
-what_if_reach = per_run[["sim_time", "test_acc"]].apply(lambda m: time_to(m, "sim_time", target)).astype(float)
+what_if_reach = reach_by(what_if, ["label", "seed"], target)
 what_if_table = pd.DataFrame({
     f"{link}: {unit} per run": metrics.groupby(["label", "seed"], sort=False).sim_time.max()
     .groupby("label", sort=False).mean().reindex([label[b] for b in bits_list]),

@@ -26,7 +26,7 @@ def test_sizes_follow_input_shape():
     assert count_parameters(build_model("cifar_cnn")) < 500_000
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [m for m in MODELS if m != "char_lstm"])  # image models; text: test_shakespeare
 @pytest.mark.parametrize("in_channels, image_size", [(3, 32), (1, 28)])
 def test_forward_shape(name, in_channels, image_size):
     model = build_model(name, num_classes=7, in_channels=in_channels, image_size=image_size)

@@ -86,7 +86,7 @@ def test_parameters_cell_holds_only_commented_annotated_scalars(path):
         assert sep and comment.strip(), f"no trailing comment: {line}"
         assert "=" not in comment, f"papermill cannot parse a comment holding '=': {line}"
     assert list(report.lesson_parameters(path)) == names  # so `papermill --help-notebook` documents them all
-    for common in ("dataset", "data_root", "figures_dir"):
+    for common in ("data_root", "figures_dir"):
         assert common in names
     for folder in set(lesson.FOLDERS) & set(names):  # "" = the project's own folder, wherever papermill runs
         assert ast.literal_eval(report.lesson_parameters(path)[folder]["default"]) == ""

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from fl_lib import shakespeare as sh
 from fl_lib.config import Config, preset
-from fl_lib.data import get_batch
+from fl_lib.data import Dataset, get_batch
 from fl_lib.errors import ConfigError, DataError
 from fl_lib.fedavg import Federation
 from fl_lib.models import build_model, count_parameters
@@ -85,7 +85,7 @@ def test_sequences_make_every_character_a_target_once():
 @pytest.mark.parametrize("partition", ["roles", "iid"])
 def test_every_training_character_belongs_to_exactly_one_client(partition):
     a = excerpt_arrays(times=30)
-    data = sh.from_arrays(a)
+    data = Dataset(**sh.from_arrays(a))
     roles = sh.build_roles({"tragedies/a-play": PLAY * 30})
     fed = Federation(tiny(partition=partition), data=data)
     owned = torch.cat(fed.clients)
@@ -117,7 +117,7 @@ def test_char_lstm_parameter_count_is_pinned():
 
 def test_fedavg_one_client_one_epoch_equals_plain_sgd():
     a = excerpt_arrays(times=20)
-    data = sh.from_arrays(a, "shakespeare:1")  # one role: one client
+    data = Dataset(**sh.from_arrays(a, "shakespeare:1"))  # one role: one client
     cfg = tiny(num_clients=1, batch_size=3)
     fed = Federation(cfg, data=data)
     torch.manual_seed(cfg.seed)
@@ -138,7 +138,7 @@ def test_fedavg_one_client_one_epoch_equals_plain_sgd():
 
 
 def test_fedsgd_step_and_evaluation_count_characters():
-    data = sh.from_arrays(excerpt_arrays(times=10))
+    data = Dataset(**sh.from_arrays(excerpt_arrays(times=10)))
     cfg = tiny(algorithm="fedsgd", batch_size=None)
     fed = Federation(cfg, data=data)
     torch.manual_seed(cfg.seed)
@@ -158,7 +158,7 @@ def test_fedsgd_step_and_evaluation_count_characters():
 
 
 def test_same_config_gives_identical_rounds():
-    data = sh.from_arrays(excerpt_arrays(times=10))
+    data = Dataset(**sh.from_arrays(excerpt_arrays(times=10)))
     rows, states = [], []
     for _ in range(2):
         fed = Federation(tiny(client_fraction=0.5), data=data)
