@@ -170,7 +170,7 @@ class Federation:
         """Accuracy and mean loss of the global model on the whole test split."""
         self._load_global()
         self.model.eval()
-        x_all, y_all = self.data.x_test, self.data.y_test
+        y_all = self.data.y_test
         correct = torch.zeros((), device=self.device)
         loss = torch.zeros((), device=self.device)
         for start in range(0, len(y_all), EVAL_BATCH):

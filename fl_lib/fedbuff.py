@@ -33,7 +33,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
 
 from .client import all_finite
 from .errors import DivergenceError

