@@ -27,6 +27,7 @@ BITS = tuple(range(2, 17)) + (32,)  # upload bit widths: 2..16 quantized, 32 = f
 ROUNDINGS = ("nearest", "stochastic")
 ALGORITHMS = ("fedavg", "fedsgd", "fedbuff")
 BITS_POLICIES = ("fixed", "adaptive")
+ENGINES = ("sequential", "batched", "pool", "auto")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ class Config:
     augment: bool = _field(True, "random crop + flip on 3-channel 32x32 training batches")
     seed: int = _field(0, "fixes init, partition, sampling, batch order")
     device: str = _field("auto", "auto = cuda, then mps, then cpu")
-    engine: str = _field("sequential", "clients one by one, batched (vmap), or auto")
+    engine: str = _field("sequential", "clients one by one, batched (vmap), pool (worker processes, pool.py), "
+                                       "or auto (batched on CUDA, pool on a multi-core CPU where it pays)")
+    workers: int = _field(0, "worker processes of engine=pool (0 or auto = one per core)")
     channels_last: str = _field("auto", "memory format of conv models: auto, on, off")
     precision: str = _field("fp32", "fp32, or bf16 autocast (GPU)")
     link: str = _field("none", "client links and devices (links.py): none = no clock, or a profile")
@@ -135,9 +138,11 @@ class Config:
         if text and self.link != "none":
             raise ConfigError(f"link={self.link!r}: the clock counts FLOPs of image models; "
                               f"model=char_lstm runs without a link")
-        if text and self.engine != "sequential":
+        if text and self.engine == "batched":
             raise ConfigError(f"engine={self.engine!r}: the batched engine trains image models; "
-                              f"model=char_lstm runs engine=sequential")
+                              f"model=char_lstm runs engine=sequential or pool")
+        if self.engine == "pool" and self.algorithm == "fedbuff":
+            raise ConfigError("engine='pool' trains synchronous rounds; algorithm='fedbuff' runs engine=sequential")
         if text and self.partition not in ("roles", "iid"):
             raise ConfigError(f"partition={self.partition!r} splits by image label; dataset={self.dataset!r} "
                               f"is split by role (partition roles) or evenly (iid)")
@@ -160,9 +165,14 @@ class Config:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """Hash of every field that changes the numbers: names a cached run."""
+        """Hash of every field that changes the numbers: names a cached run.
+
+        `num_rounds` is left out: a run of N rounds is the first N rounds of a longer
+        one, so one folder holds both (results.run extends it or returns a prefix).
+        `workers` only changes how the same clients are spread over processes.
+        """
         d = self.to_dict()
-        for k in ("checkpoint_every", "data_root", "device"):
+        for k in ("checkpoint_every", "data_root", "device", "workers", "num_rounds"):
             d.pop(k)
         if d["dataset"].endswith(".npz") and os.path.exists(d["dataset"]):
             d["dataset"] = _file_digest(d["dataset"])  # the file's content, not its path
@@ -208,7 +218,8 @@ RULES: dict[str, Rule] = {
     "augment": Rule(bool),
     "seed": Rule(int, 0, 2**31 - 1),
     "device": Rule(str, choices=("auto", "cpu", "cuda", "mps"), open_choice="cuda:N"),
-    "engine": Rule(str, choices=("sequential", "batched", "auto")),
+    "engine": Rule(str, choices=ENGINES),
+    "workers": Rule(int, 0, 1024),
     "channels_last": Rule(str, choices=("auto", "on", "off")),
     "precision": Rule(str, choices=("fp32", "bf16")),
     "link": Rule(str, choices=LINK_NAMES, open_choice=LINK_OPEN_CHOICE),
@@ -284,6 +295,8 @@ def parse_value(name: str, text: str) -> Any:
             if low in ("false", "0", "no", "off"):
                 return False
             raise ValueError
+        if name == "workers" and t.lower() == "auto":
+            return 0
         if rule.kind is int:
             return int(t)
         if rule.kind is float:

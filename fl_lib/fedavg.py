@@ -12,6 +12,7 @@ one exactly.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 import time
 import warnings
 import numpy as np
@@ -23,13 +24,14 @@ from .aggregation import aggregate  # noqa: F401  (the engine's public average, 
 from .client import all_finite, autocast, batch_inputs, client_batches, num_targets
 from .config import Config
 from .data import Dataset, load_dataset
-from .errors import ConfigError, DivergenceError
+from .errors import CodecError, ConfigError, DivergenceError
 from .dp import add_noise, clip_update, dp_average, epsilon_per_round
 from .fedbuff import FedBuff
 from .links import (WIDTHS, ClientTime, Links, client_seconds, default_budget, parse_link, sync_round,
                     train_flops_per_sample)
 from .models import build_model
 from .partition import make_partition
+from .pool import Pool, pool_size, usable_cores
 from .quant import relative_error
 from .rng import SERVER, Stream, sampling_generator, stream_seed, torch_generator
 from .secagg import SecAggError, channel_bound, masked_upload_bytes, secure_mean, shared_scale_mean
@@ -53,6 +55,37 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device={name!r} is not available here: use auto or cpu")
     return dev
+
+
+POOL_MIN_FLOPS = 2e10  # training FLOPs per round below which auto keeps the clients in one process
+
+
+def use_pool(cfg: Config, fed) -> bool:
+    """Whether rounds train their clients in worker processes: engine=pool, or auto where that pays.
+
+    auto picks the pool on a CPU with 2 or more usable cores, for synchronous rounds
+    with 2 or more clients, when a round trains at least POOL_MIN_FLOPS (about 2-4 s
+    of one core here): `benchmarks/bench.py --pool` measured 1.3x on 2 cores for the
+    quick and paper models, while a smoke round (milliseconds) would only pay the
+    workers' start-up (a few seconds: each imports torch).
+    """
+    if cfg.engine not in ("pool", "auto"):
+        return False
+    if fed.device.type != "cpu":
+        if cfg.engine == "pool":
+            raise ConfigError(f"engine='pool' trains clients in CPU processes; device={cfg.device!r} is "
+                              f"{fed.device.type}: use engine=auto or sequential there")
+        return False
+    if cfg.engine == "pool":
+        return True
+    if cfg.algorithm == "fedbuff" or usable_cores() < 2 or cfg.clients_per_round < 2:
+        return False
+    if fed.data.is_text:
+        return False  # not measured for the LSTM: engine=pool asks for it
+    epochs = 1 if cfg.algorithm == "fedsgd" else cfg.local_epochs
+    mean_size = sum(fed.sizes) / len(fed.sizes)
+    flops = fed.flops_per_sample() * mean_size * epochs * cfg.clients_per_round
+    return flops >= POOL_MIN_FLOPS
 
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
@@ -92,6 +125,8 @@ class Federation:
         self._upload_sizes: dict[int, int] = {}
         self._flops = None
         self.fedbuff = FedBuff(self) if cfg.algorithm == "fedbuff" else None
+        self.pool = None  # worker processes for engine=pool, started by the first round that needs them (pool.py)
+        self.use_pool = use_pool(cfg, self)
         self.epsilons = None  # epsilon after each round (DP with noise), from Opacus's accountant
         if cfg.dp_clip > 0 and cfg.dp_noise > 0:
             q = cfg.clients_per_round / cfg.num_clients
@@ -256,76 +291,136 @@ class Federation:
             row = self.fedbuff.step(t)
         else:
             row = self._sync_round(t)
+        row = self.evaluate_row(t, row)
+        row["seconds"] = time.perf_counter() - start
+        return row
+
+    def evaluate_row(self, t: int, row: dict) -> dict:
+        """Add test_acc / test_loss to round t's row when t is evaluated (every eval_every rounds, and the last)."""
         if t % self.cfg.eval_every == 0 or t == self.cfg.num_rounds:
             row["test_acc"], row["test_loss"] = self.evaluate()
             if not math.isfinite(row["test_loss"]):  # finite weights can still overflow the loss
                 warnings.warn(f"round {t}: test loss is {row['test_loss']}; recorded as empty")
                 row["test_loss"] = None
-        row["seconds"] = time.perf_counter() - start
         return row
 
     def _sync_round(self, t: int) -> dict:
         """FedAvg or FedSGD round t: every kept client trains from the global model, the server averages."""
+        chosen, bits, duration, late = self.round_plan(t)
+        reference = self.reference()
+        if self.use_pool and chosen:  # engine=pool: the clients train in worker processes (pool.py)
+            if self.pool is None:
+                self.pool = Pool(self, *pool_size(self.cfg))
+            uploads = self.pool.uploads(t, chosen, bits, self.global_state)
+        else:
+            # engine=batched (or auto on CUDA): every kept client trained at once, see batched.py
+            trained = batched.train_clients(self, chosen, t) if chosen and batched.use_batched(self.cfg, self.device) \
+                else {}
+            uploads = [self.client_upload(k, t, bits[k], reference, trained.pop(k, None)) for k in chosen]
+        return self.server_round(t, uploads, late, duration)
+
+    # -- the two halves of a synchronous round --------------------------------
+    def round_plan(self, t: int) -> tuple[list[int], dict[int, int | None], float | None, list[int]]:
+        """Round t's clients that train, each one's bit width, the round's duration and the late clients."""
+        sampled = self.sample_clients(t)
+        bits, duration, kept = self.plan(t, sampled)
+        late = [k for k, keep in zip(sampled, kept) if not keep]
+        chosen = [k for k, keep in zip(sampled, kept) if keep]  # late clients' work would be thrown away
+        return chosen, bits, duration, late
+
+    def reference(self):
+        """What an upload is taken against: the global model for delta uploads, else None (weights)."""
+        delta = self.cfg.algorithm == "fedavg" and self.cfg.upload == "delta"
+        return _cpu(self.global_state) if delta else None
+
+    def client_upload(self, k: int, t: int, bits: int, reference=None, trained=None) -> "Upload":
+        """Client k's side of round t, from `global_state`: train, clip (DP), encode.
+
+        `trained` is (weights, loss) when the batched engine already trained the client.
+        With secure aggregation nothing is encoded: the values go to `_secure_update`.
+        """
+        sent, loss = trained if trained is not None else self.local_update(k, t)
+        up = Upload(k, bits, self.sizes[k], float(loss), None, None)
+        if not all_finite(loss, sent):
+            return up  # no blob: the server counts the client as diverged
+        if self.cfg.dp_clip > 0:  # the client clips its own update before it quantizes it
+            sent = self._clipped(sent)
+        if self.cfg.secure_aggregation:  # the upload is a masked share of a sum (_secure_update)
+            up.received = {n: v.detach().clone() for n, v in sent.items()}  # the next client reuses the model
+            return up
+        blob = codec.encode(sent, bits=bits, rounding=self.cfg.rounding, reference=reference,
+                            generator=self.generator(t, k, Stream.ROUNDING))
+        up.blob = blob
+        up.received = {name: v.to(self.device) for name, v in codec.decode(blob, reference=reference).items()}
+        lossless = bits == 32 and reference is None  # float32 uploads arrive bit for bit: error 0
+        up.error = 0.0 if lossless else relative_error(sent, up.received)
+        return up
+
+    def server_round(self, t: int, uploads: list["Upload"], late=(), duration=None) -> dict:
+        """The server's side of round t: decode each upload, average with n_k/n weights, return the metrics row.
+
+        An upload that does not decode (truncated, checksum mismatch) is refused with a
+        warning and counted in `dropped_clients`; the round goes on without it.
+        """
         cfg = self.cfg
-        chosen = self.sample_clients(t)
-        bits, duration, kept = self.plan(t, chosen)
-        late = [k for k, keep in zip(chosen, kept) if not keep]
-        chosen = [k for k, keep in zip(chosen, kept) if keep]  # late clients' work would be thrown away
-        uploads, weights, losses, errors, widths, upload_bytes, dropped = [], [], [], [], [], 0, len(late)
-        delta = cfg.algorithm == "fedavg" and cfg.upload == "delta"
-        reference = _cpu(self.global_state) if delta else None  # what a delta is taken against
-        senders = []  # clients whose upload the server uses
-        # engine=batched (or auto on CUDA): every kept client trained at once, see batched.py
-        trained = batched.train_clients(self, chosen, t) if chosen and batched.use_batched(cfg, self.device) else {}
-        for k in chosen:
-            sent, loss = trained.pop(k) if k in trained else self.local_update(k, t)
-            if not all_finite(loss, sent):
+        reference = self.reference()
+        received, weights, losses, errors, widths, senders = [], [], [], [], [], []
+        upload_bytes, dropped = 0, len(late)
+        for up in uploads:
+            k = up.client
+            if up.blob is None and up.received is None:
                 dropped += 1
                 warnings.warn(f"round {t}: client {k} sent non-finite values (diverged); left out of the average")
                 continue
-            if cfg.dp_clip > 0:  # the client clips its own update before it quantizes it
-                sent = self._clipped(sent)
-            if cfg.secure_aggregation:  # no codec: the upload is a masked share of a sum (_secure_update)
-                uploads.append({n: v.clone() for n, v in sent.items()})  # the next client reuses the model
-            else:
-                size, received, error = self.send(k, t, sent, bits[k], reference)
-                upload_bytes += size
-                errors.append(error)
-                uploads.append(received)
+            values = up.received
+            if up.blob is not None:
+                upload_bytes += len(up.blob)
+                if values is None:
+                    try:
+                        values = {n: v.to(self.device) for n, v in codec.decode(up.blob, reference=reference).items()}
+                    except CodecError as e:
+                        dropped += 1
+                        warnings.warn(f"round {t}: refused client {k}'s upload ({e}); the round goes on without it")
+                        continue
+                errors.append(up.error)
+            received.append(values)
             senders.append(k)
-            weights.append(self.sizes[k])
-            losses.append(loss)
-            widths.append(bits[k])
-        if uploads:
+            weights.append(up.num_samples)
+            losses.append(up.loss)
+            widths.append(up.bits)
+        if received:
             self.dead_rounds = 0
             if cfg.secure_aggregation:
-                upload_bytes, errors = self._secure_update(t, self.sample_clients(t), senders, uploads, weights)
+                upload_bytes, errors = self._secure_update(t, self.sample_clients(t), senders, received, weights)
             elif cfg.dp_clip > 0:
-                self._dp_update(t, uploads)
+                self._dp_update(t, received)
             elif cfg.algorithm == "fedavg":
-                self.global_state = aggregate(uploads, weights)
+                self.global_state = aggregate(received, weights)
             else:  # w_{t+1} = w_t - lr * sum_k n_k/n g_k
-                for name, grad in aggregate(uploads, weights).items():
+                for name, grad in aggregate(received, weights).items():
                     self.global_state[name] = self.global_state[name] - cfg.lr * grad
         elif not late:  # every client that sent diverged (a round whose clients were all late is not divergence)
-            self.dead_rounds += 1
-            if self.dead_rounds >= MAX_DEAD_ROUNDS:
-                if cfg.dp_noise > 0:
-                    cause = (f"the DP noise (std dp_noise * dp_clip / clients per round = "
-                             f"{cfg.dp_noise * cfg.dp_clip / cfg.clients_per_round:.3g} per coordinate) probably broke "
-                             f"the model; try a smaller dp_noise or more clients per round")
-                else:
-                    cause = f"the learning rate lr={cfg.lr} is probably too high for model={cfg.model}; try a smaller lr"
-                raise DivergenceError(
-                    f"every client diverged (NaN/inf) for {self.dead_rounds} rounds in a row up to round {t}: {cause}")
-        row = {"round": t, "test_acc": None, "test_loss": None,
-               "train_loss": float(torch.stack(losses).mean()) if losses else None,
-               "upload_bytes": upload_bytes, "download_bytes": self.model_bytes * (len(chosen) + len(late)),
-               "quant_error": float(np.mean(errors)) if errors else None, "dropped_clients": dropped,
-               "sim_seconds": duration, "mean_bits": float(np.mean(widths)) if widths else None,
-               "mean_staleness": 0.0 if widths else None,
-               "epsilon": self.epsilons[t - 1] if self.epsilons else None}
-        return row
+            self._count_dead_round(t)
+        return {"round": t, "test_acc": None, "test_loss": None,
+                "train_loss": float(torch.tensor(losses, dtype=torch.float32).mean()) if losses else None,
+                "upload_bytes": upload_bytes, "download_bytes": self.model_bytes * (len(uploads) + len(late)),
+                "quant_error": float(np.mean(errors)) if errors else None, "dropped_clients": dropped,
+                "sim_seconds": duration, "mean_bits": float(np.mean(widths)) if widths else None,
+                "mean_staleness": 0.0 if widths else None,
+                "epsilon": self.epsilons[t - 1] if self.epsilons else None}
+
+    def _count_dead_round(self, t: int) -> None:
+        cfg = self.cfg
+        self.dead_rounds += 1
+        if self.dead_rounds >= MAX_DEAD_ROUNDS:
+            if cfg.dp_noise > 0:
+                cause = (f"the DP noise (std dp_noise * dp_clip / clients per round = "
+                         f"{cfg.dp_noise * cfg.dp_clip / cfg.clients_per_round:.3g} per coordinate) probably broke "
+                         f"the model; try a smaller dp_noise or more clients per round")
+            else:
+                cause = f"the learning rate lr={cfg.lr} is probably too high for model={cfg.model}; try a smaller lr"
+            raise DivergenceError(
+                f"every client diverged (NaN/inf) for {self.dead_rounds} rounds in a row up to round {t}: {cause}")
 
     # -- privacy --------------------------------------------------------------
     def _update_of(self, weights_k) -> dict[str, torch.Tensor]:
@@ -398,6 +493,12 @@ class Federation:
                                  for n, g in self.global_state.items()}
         return per_client * len(senders), errors
 
+    def close(self) -> None:
+        """Stop the worker processes, if any (engine=pool); the next round starts them again."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
     # -- checkpoints --------------------------------------------------------
     def engine_state(self) -> dict:
         """What a checkpoint must hold besides the global model to resume exactly."""
@@ -410,6 +511,24 @@ class Federation:
         self.dead_rounds = state["dead_rounds"]
         if self.cfg.algorithm == "fedbuff":
             self.fedbuff.load_state_dict(state["fedbuff"])
+
+
+@dataclass
+class Upload:
+    """What client k sends in round t: its encoded bytes (None if its training diverged), n_k, loss and width.
+
+    `error` is the client's own relative quantization error. `received` is an
+    in-process shortcut (the decoded upload, or the plain values under secure
+    aggregation); it never crosses a process or a network.
+    """
+
+    client: int
+    bits: int
+    num_samples: int
+    loss: float  # mean training loss, a float32 value
+    blob: bytes | None
+    error: float | None
+    received: dict | None = None
 
 
 def _cpu(state):

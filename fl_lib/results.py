@@ -55,98 +55,282 @@ def run_dir(cfg: Config, root=None) -> Path:
 
 
 def run(cfg: Config, out=None, *, force: bool = False, progress: bool = True, root=None,
-        data=None, log=print) -> Run:
-    """Run `cfg` into `out` (default: its cache folder), or return it at once if finished.
+        data=None, log=print, on_round=None) -> Run:
+    """Run `cfg` into `out` (default: its cache folder), or return it at once if it is stored.
 
-    An unfinished run in `out` resumes from its last good checkpoint. `force` reruns
-    from scratch; the old results stay in place until the new run has finished.
+    A folder holds one run of its config at any length (the cache key leaves out
+    `num_rounds`): asking for fewer rounds than stored returns the stored prefix,
+    asking for more continues from the last stored round, and an unfinished run
+    resumes from its last good checkpoint. Every round depends only on the config
+    and the model it starts from, so a run extended from 3 to 5 rounds writes the
+    same metrics.csv as 5 rounds in one go. `force` reruns from scratch; the old
+    results stay in place until the new run has finished. Two processes asking for
+    the same folder at once take turns (a file lock): the second one reads what
+    the first one computed. `on_round(t)` is called after each computed round.
     """
     out = Path(out) if out is not None else run_dir(cfg, root)
     key = cfg.key()
-    if (out / "summary.json").exists():
-        stored = _read_json(out / "summary.json").get("config_key")
-        if stored == key and not force:
-            return load_run(out)
-        if stored != key and not force:
-            raise FLError(f"{out} holds a finished run of another config (key {stored}, this one {key}): "
-                          f"choose another --out, or pass --force to replace it")
+    with run_lock(out, log):
+        if (out / "summary.json").exists() and not force:
+            stored = _read_json(out / "summary.json")
+            if stored.get("config_key") != key:
+                raise FLError(f"{out} holds a finished run of another config (key {stored.get('config_key')}, this "
+                              f"one {key}): choose another --out, or pass --force to replace it")
+            if stored["rounds"] >= cfg.num_rounds:
+                return load_run(out, num_rounds=cfg.num_rounds)
+        return _compute(cfg, out, key, force, progress, data, log, on_round)
+
+
+def _compute(cfg, out, key, force, progress, data, log, on_round) -> Run:
     from .fedavg import Federation  # heavy imports only when a run really starts
 
     fed = Federation(cfg, data=data)
     ckpt_dir = out / "checkpoints"
     state = None if force else checkpoint.latest(ckpt_dir, key)
     rows, timings, start = [], [], 1
+    if state is not None and state["round"] > cfg.num_rounds:  # a longer unfinished run: begin again
+        state = None
     if state is not None:
         fed.global_state = {k: v.to(fed.device) for k, v in state["global"].items()}
         fed.load_engine_state(state["engine"])
         rows, timings, start = state["metrics"], state["timings"], state["round"] + 1
-        log(f"resuming from round {state['round']} (checkpoint in {ckpt_dir})")
-    bar = _progress(range(start, cfg.num_rounds + 1), cfg.num_rounds, start - 1, progress)
-    cum = rows[-1]["cum_upload_bytes"] if rows else 0
-    clock = rows[-1]["cum_sim_seconds"] if rows else 0.0
-    for t in bar:
-        row = fed.round(t)
-        cum += row["upload_bytes"]
-        row["cum_upload_bytes"] = cum
-        if row["sim_seconds"] is not None:  # a run with a link model has a clock
-            clock += row["sim_seconds"]
-            row["cum_sim_seconds"] = clock
+        last = rows[-1]
+        if last["round"] % cfg.eval_every and start <= cfg.num_rounds:
+            # round `last` was evaluated only because it ended a shorter run; a run
+            # made at full length does not evaluate it (evaluating changes nothing else)
+            last["test_acc"] = last["test_loss"] = None
+        if (out / "summary.json").exists():
+            log(f"extending the stored {state['round']} rounds to {cfg.num_rounds}")
         else:
-            row["cum_sim_seconds"] = None
-        timings.append({"round": t, "seconds": row.pop("seconds")})
-        rows.append(row)
-        if hasattr(bar, "set_postfix"):
-            last_acc = next((r["test_acc"] for r in reversed(rows) if r["test_acc"] is not None), None)
-            bar.set_postfix(acc=f"{last_acc:.3f}" if last_acc is not None else "-", up_MB=f"{cum / 1e6:.1f}")
-        if cfg.checkpoint_every and t % cfg.checkpoint_every == 0 and t < cfg.num_rounds:
-            checkpoint.save(ckpt_dir, t, {
-                "config_key": key, "config": cfg.to_dict(), "round": t, "engine": fed.engine_state(),
-                "global": {k: v.detach().cpu() for k, v in fed.global_state.items()},
-                "metrics": rows, "timings": timings})
-    _finish(out, cfg, fed, rows, timings)
+            log(f"resuming from round {state['round']} (checkpoint in {ckpt_dir})")
+    bar = _progress(range(start, cfg.num_rounds + 1), cfg.num_rounds, start - 1, progress)
+    try:
+        for t in bar:
+            row = fed.round(t)
+            record_round(rows, timings, row)
+            if hasattr(bar, "set_postfix"):
+                last_acc = next((r["test_acc"] for r in reversed(rows) if r["test_acc"] is not None), None)
+                bar.set_postfix(acc=f"{last_acc:.3f}" if last_acc is not None else "-",
+                                up_MB=f"{rows[-1]['cum_upload_bytes'] / 1e6:.1f}")
+            if (cfg.checkpoint_every and t % cfg.checkpoint_every == 0) or t == cfg.num_rounds:
+                # the last round's state always stays: it is where a longer run continues from
+                checkpoint.save(ckpt_dir, t, {
+                    "config_key": key, "config": cfg.to_dict(), "round": t, "engine": fed.engine_state(),
+                    "global": {k: v.detach().cpu() for k, v in fed.global_state.items()},
+                    "metrics": rows, "timings": timings})
+            if on_round is not None:
+                on_round(t)
+    finally:
+        fed.close()
+    write_run(out, cfg, rows, timings, fed.device)
+    for p in checkpoint.list_checkpoints(ckpt_dir)[1:]:  # keep only the last round's state
+        p.unlink(missing_ok=True)
     return load_run(out)
+
+
+def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log=print) -> list[Run]:
+    """Run independent configs on a pool of processes and return their `Run`s in order.
+
+    Stored runs are read back at once; configs that differ only in `num_rounds`
+    are computed once, at the longest length. `workers` processes (0 = one per
+    usable core, never more than the runs to compute) each run one config at a
+    time with cores // workers threads and that many cores for its own
+    engine=auto decision, so runs and clients never oversubscribe the CPU. One
+    progress bar counts the rounds of all of them. Each run is cached and locked
+    like `run`'s, so a notebook and a terminal asking for the same config share it.
+    """
+    from .pool import usable_cores
+
+    configs = list(configs)
+    root = Path(root if root is not None else RUNS_ROOT).resolve()
+    longest: dict[str, Config] = {}  # the runs to compute, by cache key
+    for cfg in configs:
+        if _stored_rounds(run_dir(cfg, root)) >= cfg.num_rounds:
+            continue
+        key = cfg.key()
+        if key not in longest or cfg.num_rounds > longest[key].num_rounds:
+            longest[key] = cfg
+    todo = list(longest.values())
+    cores = usable_cores()
+    workers = min(workers or cores, len(todo))
+    if todo and workers <= 1:
+        for cfg in todo:
+            run(cfg, root=root, progress=progress, log=log)
+    elif todo:
+        _run_in_processes(todo, workers, max(1, cores // workers), root, progress)
+    return [load_run(run_dir(cfg, root), num_rounds=cfg.num_rounds) for cfg in configs]
+
+
+def _stored_rounds(folder: Path) -> int:
+    """Rounds of the finished run in `folder` (0 if none)."""
+    try:
+        return int(_read_json(folder / "summary.json")["rounds"])
+    except (FLError, OSError, KeyError, ValueError):
+        return 0
+
+
+def _run_in_processes(todo: list, workers: int, threads: int, root: Path, progress: bool) -> None:
+    import multiprocessing
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .pool import _main_hidden
+
+    ctx = multiprocessing.get_context("spawn")
+    ticks = ctx.Queue()
+    total = sum(cfg.num_rounds - _stored_rounds(run_dir(cfg, root)) for cfg in todo)
+    bar = _progress(None, total, 0, progress) if progress else None
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_run_process_init,
+                             initargs=(threads, ticks)) as executor:
+        with _main_hidden():
+            pending = {executor.submit(_run_one, cfg, str(root)) for cfg in todo}
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(ticks, bar, queue)
+                for future in done:
+                    future.result()  # a failed run raises here, with its own message
+        except BrokenProcessPool as e:
+            raise FLError(f"a run's process died ({e}); finished runs are stored: run again to compute the rest") \
+                from None
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+        finally:
+            _drain(ticks, bar, queue)
+            if bar is not None:
+                bar.close()
+
+
+def _drain(ticks, bar, queue) -> None:
+    while True:
+        try:
+            ticks.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            return
+        if bar is not None:
+            bar.update(1)
+
+
+_ticks = None  # in a run_many process: where each finished round is reported
+
+
+def _run_process_init(threads: int, ticks) -> None:
+    global _ticks
+    from . import pool
+
+    torch.set_num_threads(threads)
+    pool.CORE_BUDGET = threads  # the run's own engine=auto sees only its share of the cores
+    _ticks = ticks
+
+
+def _run_one(cfg: Config, root: str) -> None:
+    run(cfg, root=root, progress=False, log=lambda msg: None, on_round=lambda t: _ticks.put(t))
+
+
+def record_round(rows: list, timings: list, row: dict, seconds: float | None = None) -> None:
+    """Append round `row` (a `Federation.round` row) with its cumulative columns, and its wall-clock seconds."""
+    if seconds is None:
+        seconds = row.pop("seconds")
+    prev = rows[-1] if rows else {"cum_upload_bytes": 0, "cum_sim_seconds": 0.0}
+    row["cum_upload_bytes"] = prev["cum_upload_bytes"] + row["upload_bytes"]
+    if row["sim_seconds"] is not None:  # a run with a link model has a clock
+        row["cum_sim_seconds"] = (prev["cum_sim_seconds"] or 0.0) + row["sim_seconds"]
+    else:
+        row["cum_sim_seconds"] = None
+    rows.append(row)
+    timings.append({"round": row["round"], "seconds": seconds})
+
+
+class run_lock:
+    """An exclusive lock on a run folder (`<out>/.lock`), held while a process computes or reads it.
+
+    The operating system releases it when the process ends, however it ends. Where
+    there is no fcntl (Windows) runs are not locked.
+    """
+
+    def __init__(self, out: Path, log=print):
+        self.path, self.log, self.file = Path(out) / ".lock", log, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.log(f"waiting: another process is computing {self.path.parent}")
+            fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            self.file.close()  # closing releases the lock
+            self.file = None
 
 
 def _progress(it, total, initial, enabled):
     if not enabled:
         return it
     from tqdm.auto import tqdm
-    return tqdm(it, total=total, initial=initial, desc="rounds", unit="round")
+    return tqdm(it, total=total, initial=initial, desc="rounds", unit="round", dynamic_ncols=True)
 
 
-def _finish(out: Path, cfg: Config, fed, rows, timings) -> None:
-    metrics_text = _csv(rows, METRICS)
+def _totals(rows: list, timings: list) -> dict:
+    """The summary's numbers over `rows` (round dicts) and their `timings`."""
     accs = [r["test_acc"] for r in rows if r["test_acc"] is not None]
-    seconds = [t["seconds"] for t in timings]
-    summary = {
-        "config_key": cfg.key(),
+    seconds = [t["seconds"] for t in timings if t["seconds"] is not None]
+    last = rows[-1]
+    return {
         "rounds": len(rows),
         "final_test_acc": accs[-1] if accs else None,
         "best_test_acc": max(accs) if accs else None,
-        "total_upload_bytes": rows[-1]["cum_upload_bytes"],
-        "total_upload_mb": rows[-1]["cum_upload_bytes"] / 1e6,
-        "upload_bytes_per_round": rows[-1]["upload_bytes"],
-        "upload_mb_per_round": rows[-1]["upload_bytes"] / 1e6,
+        "total_upload_bytes": last["cum_upload_bytes"],
+        "total_upload_mb": last["cum_upload_bytes"] / 1e6,
+        "upload_bytes_per_round": last["upload_bytes"],
+        "upload_mb_per_round": last["upload_bytes"] / 1e6,
         "dropped_clients": sum(r["dropped_clients"] for r in rows),
-        "epsilon": rows[-1]["epsilon"],
-        "total_sim_hours": rows[-1]["cum_sim_seconds"] / 3600 if rows[-1]["cum_sim_seconds"] is not None else None,
+        "epsilon": last["epsilon"],
+        "total_sim_hours": last["cum_sim_seconds"] / 3600 if last["cum_sim_seconds"] is not None else None,
         "seconds_total": sum(seconds),
         "seconds_per_round": sum(seconds) / len(seconds) if seconds else None,
-        "device": _device_name(fed.device),
+    }
+
+
+def write_run(out, cfg: Config, rows: list, timings: list, device, extra_summary: dict | None = None) -> None:
+    """Write a finished run folder: metrics.csv, timings.csv, config.json, then summary.json (which marks it done).
+
+    `rows` come from `record_round`. `extra_summary` adds fields to summary.json
+    (the Flower runtime adds the bytes of its own messages).
+    """
+    out = Path(out)
+    metrics_text = _csv(rows, METRICS)
+    summary = {
+        "config_key": cfg.key(),
+        **_totals(rows, timings),
+        "device": _device_name(device) if isinstance(device, torch.device) else str(device),
         "fl_lib_version": __version__,
         "torch_version": torch.__version__,
         "metrics_sha256": hashlib.sha256(metrics_text.encode()).hexdigest(),
+        **(extra_summary or {}),
     }
     checkpoint.atomic_write(out / "metrics.csv", metrics_text)
     checkpoint.atomic_write(out / "timings.csv", _csv(timings, ("round", "seconds")))
     checkpoint.atomic_write(out / "config.json", _json({"key": cfg.key(), **cfg.to_dict()}))
     checkpoint.atomic_write(out / "summary.json", _json(summary))  # last: marks the run finished
-    for p in checkpoint.list_checkpoints(out / "checkpoints"):
-        p.unlink(missing_ok=True)
 
 
-def load_run(folder) -> Run:
-    """Load a finished run folder: config, metrics (with seconds joined in) and summary."""
+def load_run(folder, num_rounds: int | None = None) -> Run:
+    """Load a finished run folder: config, metrics (with seconds joined in) and summary.
+
+    `num_rounds` below the stored rounds gives the first `num_rounds` rounds, with
+    the summary recomputed over them (the config then says num_rounds too).
+    """
     import pandas as pd
 
     folder = Path(folder)
@@ -162,9 +346,24 @@ def load_run(folder) -> Run:
                       f"rerun the same command to finish it")
     metrics = pd.read_csv(io.StringIO(text))
     timings_path = folder / "timings.csv"
-    if timings_path.exists():
-        metrics = metrics.merge(pd.read_csv(timings_path), on="round", how="left")
+    timings = pd.read_csv(timings_path) if timings_path.exists() else None
+    if num_rounds is not None and num_rounds < summary["rounds"]:
+        if num_rounds < 1:
+            raise FLError(f"num_rounds={num_rounds} is not allowed: must be int in [1, {summary['rounds']}]")
+        metrics = metrics.iloc[:num_rounds].copy()
+        timings = timings.iloc[:num_rounds] if timings is not None else None
+        cfg = cfg.replace(num_rounds=num_rounds)
+        steps = timings.to_dict("records") if timings is not None else [{"seconds": None}] * num_rounds
+        summary = {**summary, **_totals(_records(metrics), steps)}
+    if timings is not None:
+        metrics = metrics.merge(timings, on="round", how="left")
     return Run(folder, cfg, metrics, summary)
+
+
+def _records(frame) -> list[dict]:
+    """DataFrame rows as dicts of Python values, with empty cells as None."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in frame.to_dict("records")]
 
 
 def _csv(rows, columns) -> str:

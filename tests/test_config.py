@@ -30,6 +30,7 @@ BAD = {
     "seed": [-1, 2**31, 1.5],
     "device": ["tpu", "cuda:x", ""],
     "engine": ["parallel"],
+    "workers": [-1, 1.5, 2000, "2"],
     "channels_last": [True, "yes"],
     "precision": ["fp16", "int8"],
     "link": ["wifi7", "lognormal:", "lognormal:-1,0.5", "lognormal:5", "lognormal:5,9", "", None],
@@ -110,9 +111,16 @@ def test_from_dict_refuses_unknown_fields():
 
 def test_key_ignores_where_things_run_but_not_what_is_run(tmp_path):
     base = Config()
-    assert base.key() == base.replace(device="cpu", checkpoint_every=3, data_root="elsewhere").key()
+    assert base.key() == base.replace(device="cpu", checkpoint_every=3, data_root="elsewhere", workers=3).key()
+    assert base.key() == base.replace(num_rounds=7).key()  # one folder holds a run at every length
     assert base.key() != base.replace(bits=16).key()
     assert base.key() != base.replace(seed=1).key()
+
+
+def test_workers_auto_means_one_per_core():
+    assert parse_value("workers", "auto") == 0 and parse_value("workers", "3") == 3
+    with pytest.raises(ConfigError, match="fedbuff"):
+        Config(engine="pool", algorithm="fedbuff", link="mobile")
 
 
 def test_config_is_frozen():

@@ -1,0 +1,129 @@
+"""engine=pool (worker processes per round), run_many (runs in parallel) and two processes sharing one run."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fl_lib import pool, results
+from fl_lib.config import Config
+from fl_lib.errors import FLError
+from fl_lib.fedavg import Federation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(**kw) -> Config:
+    base = dict(dataset="synthetic-mnist", model="2nn", num_clients=5, partition="dirichlet", alpha=0.5,
+                local_epochs=1, batch_size=16, lr=0.05, num_rounds=3, augment=False, device="cpu", checkpoint_every=0)
+    base.update(kw)
+    return Config(**base)
+
+
+def rounds(fed, n):
+    out = []
+    for t in range(1, n + 1):
+        row = fed.round(t)
+        row.pop("seconds")
+        out.append(row)
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count: then every client's arithmetic is the same
+    yield
+    torch.set_num_threads(before)
+
+
+def test_pool_engine_equals_the_sequential_engine(one_thread):
+    cfg = tiny(bits=8, upload="delta", client_fraction=0.8)
+    expected = rounds(Federation(cfg), 3)
+    fed = Federation(cfg.replace(engine="pool", workers=2))
+    try:
+        got = rounds(fed, 3)
+        assert fed.pool is not None and fed.pool.workers == 2
+    finally:
+        fed.close()
+    assert got == expected  # byte for byte: same thread count, same client order at the server
+
+
+def test_a_killed_worker_is_detected_and_the_round_retried(one_thread):
+    cfg = tiny(engine="pool", workers=2)
+    expected = rounds(Federation(cfg.replace(engine="sequential")), 2)
+    fed = Federation(cfg)
+    try:
+        got = rounds(fed, 1)
+        victim = next(iter(fed.pool._executor._processes.values()))
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(10)
+        got += [fed.round(2)]
+        got[-1].pop("seconds")
+    finally:
+        fed.close()
+    assert got == expected
+
+
+def test_workers_that_keep_dying_stop_the_run_with_a_message(one_thread):
+    fed = Federation(tiny(engine="pool", workers=2))
+    stop = threading.Event()
+
+    def killer():  # kills every worker as soon as it exists, so the retry dies too
+        while not stop.is_set():
+            executor = fed.pool._executor if fed.pool is not None else None
+            for proc in list((getattr(executor, "_processes", None) or {}).values()):
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, TypeError):
+                    pass
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(FLError, match="died twice"):
+            fed.round(1)
+    finally:
+        stop.set()
+        thread.join()
+        fed.close()
+
+
+def test_pool_size_follows_cores_and_clients():
+    assert pool.assign([0, 1, 2, 3], {0: 10, 1: 10, 2: 30, 3: 5}, 2) == [[2], [0, 1, 3]]
+    cfg = tiny(engine="pool", workers=8, client_fraction=0.4)  # 2 clients per round
+    assert pool.pool_size(cfg)[0] == 2
+
+
+def test_run_many_equals_a_loop_and_computes_a_prefix_once(tmp_path, one_thread):
+    configs = [tiny(seed=0), tiny(seed=1), tiny(seed=0, num_rounds=2)]
+    got = results.run_many(configs, workers=2, root=tmp_path / "many", progress=False)
+    assert [r.config for r in got] == configs
+    assert len(list((tmp_path / "many").iterdir())) == 2  # seed 0 at 2 rounds is the prefix of seed 0 at 3
+    for cfg, r in zip(configs, got):
+        alone = results.run(cfg, root=tmp_path / "loop", progress=False)
+        assert r.metrics.drop(columns="seconds").equals(alone.metrics.drop(columns="seconds"))
+        assert r.summary["final_test_acc"] == alone.summary["final_test_acc"]
+    again = results.run_many(configs, workers=2, root=tmp_path / "many", progress=False)  # all stored
+    assert [r.summary["rounds"] for r in again] == [3, 3, 2]
+
+
+def test_two_processes_asking_for_the_same_run_share_it(tmp_path):
+    cmd = [sys.executable, "-m", "fl_lib", "run", "--preset", "smoke", "--dataset", "synthetic", "--num-rounds", "4",
+           "--device", "cpu", "--no-progress", "--out", str(tmp_path / "same")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert outs[0][0] == outs[1][0].replace(outs[1][0].rsplit(", ", 1)[-1], outs[0][0].rsplit(", ", 1)[-1])
+    waited = [err for _, err in outs if "waiting: another process" in err]
+    assert len(waited) <= 1  # the later one waited for the lock (unless the first had finished before it asked)
+    r = results.load_run(tmp_path / "same")  # checksums agree: nothing was written twice at once
+    assert r.summary["rounds"] == 4
