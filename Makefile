@@ -29,7 +29,10 @@ report: study
 test: setup
 	$(PY) -m pytest -q
 
-# e.g. make bench BENCH_ARGS="--mnist ../shared/data/mnist_subset.npz --cifar10 ../shared/data/cifar10_subset.npz"
+# e.g. make bench BENCH_ARGS="--mnist ../shared/data/mnist_subset.npz --cifar10 ../shared/data/cifar10_subset.npz" \
+#                  PARALLEL_ARGS="--cifar10 ../shared/data/cifar10_subset.npz"
 BENCH_ARGS ?=
+PARALLEL_ARGS ?=
 bench: setup
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+	$(PY) benchmarks/parallel.py $(PARALLEL_ARGS)

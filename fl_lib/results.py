@@ -128,7 +128,8 @@ def _compute(cfg, out, key, force, progress, data, log, on_round) -> Run:
     return load_run(out)
 
 
-def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log=print) -> list[Run]:
+def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log=print,
+             return_errors: bool = False) -> list:
     """Run independent configs on a pool of processes and return their `Run`s in order.
 
     Stored runs are read back at once; configs that differ only in `num_rounds`
@@ -138,6 +139,8 @@ def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log
     engine=auto decision, so runs and clients never oversubscribe the CPU. One
     progress bar counts the rounds of all of them. Each run is cached and locked
     like `run`'s, so a notebook and a terminal asking for the same config share it.
+    A run that fails (say it diverges) raises its FLError once the others have
+    finished; with `return_errors` its place in the list holds the error instead.
     """
     from .pool import usable_cores
 
@@ -153,12 +156,19 @@ def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log
     todo = list(longest.values())
     cores = usable_cores()
     workers = min(workers or cores, len(todo))
+    failed: dict[str, FLError] = {}
     if todo and workers <= 1:
         for cfg in todo:
-            run(cfg, root=root, progress=progress, log=log)
+            try:
+                run(cfg, root=root, progress=progress, log=log)
+            except FLError as e:
+                failed[cfg.key()] = e
     elif todo:
-        _run_in_processes(todo, workers, max(1, cores // workers), root, progress)
-    return [load_run(run_dir(cfg, root), num_rounds=cfg.num_rounds) for cfg in configs]
+        failed = _run_in_processes(todo, workers, max(1, cores // workers), root, progress)
+    if failed and not return_errors:
+        raise next(iter(failed.values()))
+    return [failed[cfg.key()] if cfg.key() in failed else load_run(run_dir(cfg, root), num_rounds=cfg.num_rounds)
+            for cfg in configs]
 
 
 def _stored_rounds(folder: Path) -> int:
@@ -169,7 +179,8 @@ def _stored_rounds(folder: Path) -> int:
         return 0
 
 
-def _run_in_processes(todo: list, workers: int, threads: int, root: Path, progress: bool) -> None:
+def _run_in_processes(todo: list, workers: int, threads: int, root: Path, progress: bool) -> dict:
+    """Compute `todo` on `workers` processes; returns {key: FLError} of the runs that failed."""
     import multiprocessing
     import queue
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -184,13 +195,17 @@ def _run_in_processes(todo: list, workers: int, threads: int, root: Path, progre
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_run_process_init,
                              initargs=(threads, ticks)) as executor:
         with _main_hidden():
-            pending = {executor.submit(_run_one, cfg, str(root)) for cfg in todo}
+            key_of = {executor.submit(_run_one, cfg, str(root)): cfg.key() for cfg in todo}
+        pending, failed = set(key_of), {}
         try:
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 _drain(ticks, bar, queue)
                 for future in done:
-                    future.result()  # a failed run raises here, with its own message
+                    try:
+                        future.result()
+                    except FLError as e:  # the run's own one-line message (a divergence, bad data)
+                        failed[key_of[future]] = e
         except BrokenProcessPool as e:
             raise FLError(f"a run's process died ({e}); finished runs are stored: run again to compute the rest") \
                 from None
@@ -202,6 +217,7 @@ def _run_in_processes(todo: list, workers: int, threads: int, root: Path, progre
             _drain(ticks, bar, queue)
             if bar is not None:
                 bar.close()
+    return failed
 
 
 def _drain(ticks, bar, queue) -> None:

@@ -40,6 +40,7 @@ seeds: str = "0,1,2"  # comma-separated seeds; every bit width runs once per see
 results_dir: str = ""  # cached runs, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
 from pathlib import Path
@@ -49,7 +50,7 @@ from IPython.display import Markdown, display
 
 from fl_lib import config, lesson, plots
 from fl_lib.config import parse_list, parse_seeds
-from fl_lib.results import run
+from fl_lib.results import run, run_many
 
 lesson.setup("lee", "mcmahan")
 data_root = lesson.folder("data_root", data_root)
@@ -65,6 +66,16 @@ label = {b: "FP32" if b == 32 else f"INT{b}" for b in sorted(set(bits_list + del
 shown = ["model", "dataset", "num_clients", "partition", "alpha", "client_fraction", "local_epochs", "batch_size",
          "lr", "momentum", "weight_decay", "augment", "num_rounds"]
 pd.DataFrame([{k: getattr(base, k) for k in shown}], index=["base config"])
+
+# %% [markdown]
+# Every run of this lesson at once: `run_many` spreads independent runs over the machine's cores (one
+# process per core) and caches each one; the cells below read them back with `run`. A stored run is
+# not computed again, and a longer `num_rounds` continues a stored run from its last round.
+
+# %%
+run_many([base.replace(bits=b, seed=s) for s in seed_list for b in sorted(set(bits_list) | {32})]
+         + [base.replace(bits=b, upload=u, seed=s) for s in seed_list for b in delta_list for u in ("weights", "delta")],
+         root=results_dir, workers=workers);
 
 # %%
 frames = []

@@ -32,6 +32,7 @@ seeds: str = "0"  # comma-separated seeds; every cell runs once per seed
 results_dir: str = ""  # cached runs, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
 from pathlib import Path
@@ -41,7 +42,7 @@ from IPython.display import Markdown, display
 
 from fl_lib import config, lesson, plots
 from fl_lib.config import parse_list, parse_seeds
-from fl_lib.results import run
+from fl_lib.results import run_many
 
 lesson.setup("lee", "mcmahan")
 data_root = lesson.folder("data_root", data_root)
@@ -57,14 +58,12 @@ print(f"{len(alpha_list)} alphas x {len(bits_list)} bit widths x {len(seed_list)
       f"{len(alpha_list) * len(bits_list) * len(seed_list)} runs of {num_rounds} rounds ({base.model})")
 
 # %%
-cells = []
-for a in alpha_list:
-    for b in bits_list:
-        for seed in seed_list:
-            r = run(base.replace(alpha=a, bits=b, seed=seed), root=results_dir)
-            cells.append({"alpha": a, "bits": b, "seed": seed, "final_test_acc": r.summary["final_test_acc"],
-                          "best_test_acc": r.summary["best_test_acc"],
-                          "total_upload_mb": r.summary["total_upload_mb"]})
+grid_configs = {(a, b, seed): base.replace(alpha=a, bits=b, seed=seed)
+                for a in alpha_list for b in bits_list for seed in seed_list}
+runs = run_many(grid_configs.values(), root=results_dir, workers=workers)  # in parallel, one process per core; cached
+cells = [{"alpha": a, "bits": b, "seed": seed, "final_test_acc": r.summary["final_test_acc"],
+          "best_test_acc": r.summary["best_test_acc"], "total_upload_mb": r.summary["total_upload_mb"]}
+         for (a, b, seed), r in zip(grid_configs, runs)]
 cells = pd.DataFrame(cells)
 grid = cells.groupby(["alpha", "bits"]).mean(numeric_only=True).drop(columns="seed")
 acc_table = grid.final_test_acc.unstack("bits")[bits_list]

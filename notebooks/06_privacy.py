@@ -57,6 +57,7 @@ seeds: str = "0,1"  # comma-separated seeds; each DP setting runs once per seed,
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
 import hashlib
@@ -78,7 +79,7 @@ from fl_lib.errors import DivergenceError
 from fl_lib.fedavg import SECAGG_MARGIN, Federation
 from fl_lib.models import build_model
 from fl_lib.quant import fake_quantize, relative_error
-from fl_lib.results import run
+from fl_lib.results import run, run_many
 from fl_lib.widgets import LeakageExplorer, load_attacks, width_label
 
 lesson.setup("mcmahan")
@@ -352,17 +353,24 @@ pd.DataFrame(budget).set_index("z") if budget else None
 # A client whose model the noise has blown up is left out of its round and counted in dropped_clients;
 # if every client diverges for several rounds in a row the engine stops the run (DivergenceError).
 warnings.filterwarnings("ignore", message=".*sent non-finite values")
+dp_configs = {(s, None): base.replace(seed=s) for s in seed_list}
+dp_configs.update({(s, z): base.replace(seed=s, dp_clip=dp_clip, dp_noise=z, dp_delta=dp_delta)
+                   for s in seed_list for z in z_list})
+dp_configs[("secagg", None)] = base.replace(seed=seed, secure_aggregation=True)  # for the last section
+# in parallel, one process per core; a run that diverges comes back as its error
+dp_runs = dict(zip(dp_configs, run_many(dp_configs.values(), root=results_dir, workers=workers,
+                                        return_errors=True)))
 frames, diverged = [], []
-for s in seed_list:
-    r = run(base.replace(seed=s), root=results_dir)
-    frames.append(r.metrics.assign(seed=s, z=float("nan"), label="no DP"))
-    for z in z_list:
-        try:
-            r = run(base.replace(seed=s, dp_clip=dp_clip, dp_noise=z, dp_delta=dp_delta), root=results_dir)
-        except DivergenceError as e:
-            diverged.append(f"* z = {z:g}, seed {s}: {e}")
-            continue
-        frames.append(r.metrics.assign(seed=s, z=z, label="clip only" if z == 0 else f"z = {z:g}"))
+for (s, z), r in dp_runs.items():
+    if s == "secagg":
+        continue
+    if isinstance(r, DivergenceError):
+        diverged.append(f"* z = {z:g}, seed {s}: {r}")
+    elif isinstance(r, Exception):
+        raise r
+    else:
+        frames.append(r.metrics.assign(seed=s, z=float("nan") if z is None else z,
+                                       label="no DP" if z is None else "clip only" if z == 0 else f"z = {z:g}"))
 dp_metrics = pd.concat(frames, ignore_index=True)
 if diverged:
     display(Markdown("**Runs the noise destroyed** (the noise per coordinate, zS/m, outgrew the weights; the "

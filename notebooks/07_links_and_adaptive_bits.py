@@ -45,6 +45,7 @@ buffer_size: int = 0  # FedBuff uploads per server update; 0: the clients per ro
 results_dir: str = ""  # cached runs, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
 from pathlib import Path
@@ -58,7 +59,7 @@ from fl_lib.config import parse_list, parse_seeds
 from fl_lib.data import load_dataset
 from fl_lib.fedavg import Federation, replay_clock
 from fl_lib.metrics import rounds_to_target
-from fl_lib.results import run
+from fl_lib.results import run, run_many
 from fl_lib.widgets import LinkExplorer, clock_stats, clock_summary, width_label
 
 lesson.setup("lee", "mcmahan")
@@ -163,11 +164,11 @@ print("slowest client of a round (client: rounds):", slow_clients.to_dict())
 # %%
 seed0 = seed_list[0]
 d = deadline if deadline > 0 else float(f"{fp32.total_s.median():.2g}")
-frames = []
-for name, cfg in ((f"{width_label(ref_bits)}, no deadline", base.replace(bits=ref_bits, seed=seed0)),
-                  (f"{width_label(ref_bits)}, deadline {d:g} s", base.replace(bits=ref_bits, seed=seed0, deadline=d))):
-    frames.append(run(cfg, root=results_dir).metrics.assign(label=name, seed=seed0))
-deadline_runs = pd.concat(frames, ignore_index=True)
+pair = {f"{width_label(ref_bits)}, no deadline": base.replace(bits=ref_bits, seed=seed0),
+        f"{width_label(ref_bits)}, deadline {d:g} s": base.replace(bits=ref_bits, seed=seed0, deadline=d)}
+pair_runs = run_many(pair.values(), root=results_dir, workers=workers)
+deadline_runs = pd.concat([r.metrics.assign(label=name, seed=seed0) for name, r in zip(pair, pair_runs)],
+                          ignore_index=True)
 total_s = deadline_runs.groupby("label").cum_sim_seconds.max().max()
 unit, per = ("hours", 3600.0) if total_s >= 3600 else ("minutes", 60.0)  # the clock's unit in every figure
 deadline_runs["sim_time"] = deadline_runs.cum_sim_seconds / per
@@ -223,13 +224,11 @@ pd.DataFrame({"late (% of rounds)": 100 * late_share, "n_k": [fed.sizes[k] for k
 
 # %%
 label = {b: width_label(b) for b in bits_list}
-frames = []
-for seed in seed_list:
-    for b in bits_list:
-        frames.append(run(base.replace(bits=b, seed=seed), root=results_dir).metrics.assign(label=label[b], seed=seed))
-    r = run(base.replace(bits=32, bits_policy="adaptive", seed=seed), root=results_dir)
-    frames.append(r.metrics.assign(label="adaptive", seed=seed))
-metrics = pd.concat(frames, ignore_index=True)
+grid = {(label[b], seed): base.replace(bits=b, seed=seed) for seed in seed_list for b in bits_list}
+grid.update({("adaptive", seed): base.replace(bits=32, bits_policy="adaptive", seed=seed) for seed in seed_list})
+runs = run_many(grid.values(), root=results_dir, workers=workers)  # in parallel, one process per core; cached
+metrics = pd.concat([r.metrics.assign(label=name, seed=seed) for (name, seed), r in zip(grid, runs)],
+                    ignore_index=True)
 metrics["sim_time"] = metrics.cum_sim_seconds / per
 metrics["cum_upload_mb"] = metrics.cum_upload_bytes / 1e6
 policies = list(dict.fromkeys(metrics.label))

@@ -115,7 +115,8 @@ def test_run_many_equals_a_loop_and_computes_a_prefix_once(tmp_path, one_thread)
 
 
 def test_two_processes_asking_for_the_same_run_share_it(tmp_path):
-    cmd = [sys.executable, "-m", "fl_lib", "run", "--preset", "smoke", "--dataset", "synthetic", "--num-rounds", "4",
+    cmd = [sys.executable, "-m", "fl_lib", "run", "--preset", "smoke", "--dataset", "synthetic-mnist", "--model", "2nn",
+           "--num-rounds", "4",
            "--device", "cpu", "--no-progress", "--out", str(tmp_path / "same")]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
