@@ -128,3 +128,17 @@ def test_two_processes_asking_for_the_same_run_share_it(tmp_path):
     assert len(waited) <= 1  # the later one waited for the lock (unless the first had finished before it asked)
     r = results.load_run(tmp_path / "same")  # checksums agree: nothing was written twice at once
     assert r.summary["rounds"] == 4
+
+
+def test_one_core_means_no_processes(monkeypatch, tmp_path):
+    """On one core auto stays sequential and run_many loops in this process: nothing to lose there."""
+    monkeypatch.setattr(pool, "CORE_BUDGET", 1)
+    fed = Federation(tiny(engine="auto", model="cifar_cnn", dataset="synthetic", augment=True, num_clients=4))
+    assert fed.use_pool is False
+    monkeypatch.setattr(pool, "CORE_BUDGET", 2)
+    assert Federation(tiny(engine="auto", model="cifar_cnn", dataset="synthetic", num_clients=4)).use_pool is True
+    assert Federation(tiny(engine="auto")).use_pool is False  # the 2NN's rounds are too small to pay for workers
+    monkeypatch.setattr(pool, "CORE_BUDGET", 1)
+    monkeypatch.setattr(results, "_run_in_processes", lambda *a: pytest.fail("processes started on one core"))
+    got = results.run_many([tiny(seed=0), tiny(seed=1)], root=tmp_path, progress=False)
+    assert [r.summary["rounds"] for r in got] == [3, 3]
