@@ -76,8 +76,29 @@ def assign(chosen: list[int], work: dict[int, float], workers: int) -> list[list
     return [sorted(s) for s in shares if s]
 
 
-def _init(cfg, data, threads: int) -> None:
+def exit_with_parent(parent: int) -> None:
+    """End this worker process when its parent dies, however it dies (SIGKILL included).
+
+    An orphaned worker would otherwise wait on its task queue forever, holding a
+    dataset and a model. A daemon thread watches the parent's pid (an orphan is
+    re-parented, so its parent pid changes). `parent` is the pid the parent
+    passed at start: if it died while this process was still starting, the
+    watch ends it at once.
+    """
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init(cfg, data, threads: int, parent: int) -> None:
     global _worker
+    exit_with_parent(parent)
     torch.set_num_threads(threads)
     from .fedavg import Federation  # a worker imports the engine once, at start
 
@@ -136,7 +157,7 @@ class Pool:
     def _start(self):
         ctx = multiprocessing.get_context("spawn")  # fork after torch's threads started is unsafe
         self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,
-                                             initargs=(self.fed.cfg, self.fed.data, self.threads))
+                                             initargs=(self.fed.cfg, self.fed.data, self.threads, os.getpid()))
 
     def uploads(self, t: int, chosen: list[int], bits: dict, global_state: dict) -> list:
         """Every chosen client's `Upload` for round t, in client order; retried once if a worker dies."""

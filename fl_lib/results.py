@@ -193,7 +193,7 @@ def _run_in_processes(todo: list, workers: int, threads: int, root: Path, progre
     total = sum(cfg.num_rounds - _stored_rounds(run_dir(cfg, root)) for cfg in todo)
     bar = _progress(None, total, 0, progress) if progress else None
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_run_process_init,
-                             initargs=(threads, ticks)) as executor:
+                             initargs=(threads, ticks, os.getpid())) as executor:
         with _main_hidden():
             key_of = {executor.submit(_run_one, cfg, str(root)): cfg.key() for cfg in todo}
         pending, failed = set(key_of), {}
@@ -233,10 +233,11 @@ def _drain(ticks, bar, queue) -> None:
 _ticks = None  # in a run_many process: where each finished round is reported
 
 
-def _run_process_init(threads: int, ticks) -> None:
+def _run_process_init(threads: int, ticks, parent: int) -> None:
     global _ticks
     from . import pool
 
+    pool.exit_with_parent(parent)
     torch.set_num_threads(threads)
     pool.CORE_BUDGET = threads  # the run's own engine=auto sees only its share of the cores
     _ticks = ticks

@@ -142,3 +142,40 @@ def test_one_core_means_no_processes(monkeypatch, tmp_path):
     monkeypatch.setattr(results, "_run_in_processes", lambda *a: pytest.fail("processes started on one core"))
     got = results.run_many([tiny(seed=0), tiny(seed=1)], root=tmp_path, progress=False)
     assert [r.summary["rounds"] for r in got] == [3, 3]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see whether the workers are gone")
+def test_workers_end_when_the_run_is_killed(tmp_path):
+    """SIGKILL of the process running the federation leaves no worker behind."""
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os\n"
+        "from fl_lib.config import Config\n"
+        "from fl_lib.fedavg import Federation\n"
+        "fed = Federation(Config(dataset='synthetic-mnist', model='2nn', num_clients=4, local_epochs=1,\n"
+        "                        augment=False, device='cpu', engine='pool', workers=2))\n"
+        "fed.round(1)\n"
+        "print(' '.join(str(p.pid) for p in fed.pool._executor._processes.values()), flush=True)\n"
+        "os.kill(os.getpid(), 9)\n")  # no __main__ guard on purpose: the workers must not rerun this script
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.time() + 10
+    alive = pids
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in pids if _alive(p)]
+    for p in alive:  # clean up before failing
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived their killed parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
