@@ -44,6 +44,7 @@ seeds: str = "0"  # comma-separated seeds; every run is repeated for each
 results_dir: str = ""  # cached runs, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
 import pandas as pd
@@ -55,7 +56,7 @@ from fl_lib.data import load_dataset
 from fl_lib.fedavg import Federation, aggregate
 from fl_lib.metrics import local_updates, rounds_to_target
 from fl_lib.mixing import mixing_curves
-from fl_lib.results import run
+from fl_lib.results import run_many
 
 lesson.setup("mcmahan", "lee")
 data_root = lesson.folder("data_root", data_root)
@@ -170,8 +171,10 @@ rows[["model", "row", "E", "B", "u_ours", "u_paper", "paper_iid", "paper_non_iid
 # %% [markdown]
 # ## 5. FedSGD vs FedAvg on MNIST, IID and non-IID
 #
-# Every run goes through `fl_lib.results.run`, which caches it under `results_dir` by a hash of its
-# config: rerunning the lesson, or another lesson asking for the same run, loads it at once.
+# Every run goes through `fl_lib.results.run_many`, which computes independent runs side by side (one
+# process per core) and caches each under `results_dir` by a hash of its config: rerunning the lesson,
+# or another lesson asking for the same run, loads it at once, and asking for more rounds continues a
+# stored run from its last round.
 # `partition="shards"` is the paper's pathological non-IID split (sort by label, 200 shards, 2 per
 # client); `iid` is a uniform random split.
 
@@ -183,14 +186,12 @@ def config_for(r, partition, seed):
                   num_rounds=model_rounds, algorithm=r.algorithm, local_epochs=int(r.E),
                   batch_size=None if r.B == "inf" else int(r.B), lr=fedsgd_lr if r.algorithm == "fedsgd" else lr)
 
-frames = []
-for r in rows[rows.run].itertuples():
-    for partition in ("iid", "shards"):
-        for seed in seed_list:
-            result = run(config_for(r, partition, seed), root=results_dir)
-            label = f"{r.row}, {'IID' if partition == 'iid' else 'non-IID'}"
-            frames.append(result.metrics.assign(model=r.model, row=r.row, partition=partition, seed=seed,
-                                                label=label))
+grid = [(r, partition, seed) for r in rows[rows.run].itertuples() for partition in ("iid", "shards")
+        for seed in seed_list]
+runs = run_many([config_for(*g) for g in grid], root=results_dir, workers=workers)  # side by side on the cores
+frames = [result.metrics.assign(model=r.model, row=r.row, partition=partition, seed=seed,
+                                label=f"{r.row}, {'IID' if partition == 'iid' else 'non-IID'}")
+          for (r, partition, seed), result in zip(grid, runs)]
 metrics = pd.concat(frames, ignore_index=True)
 
 # %%
