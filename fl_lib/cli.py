@@ -1,4 +1,4 @@
-"""`python -m fl_lib {run,traffic,leakage,report}`: flags made from `Config`'s fields."""
+"""`python -m fl_lib {run,traffic,leakage,flower,report}`: flags made from `Config`'s fields."""
 from __future__ import annotations
 
 import argparse
@@ -59,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leakage", help="gradient inversion of one client upload at several bit widths (leakage.py)",
                        description="Reconstruct a client's images from what the server receives; prints PSNR.")
     leakage.add_arguments(p)
+    p = sub.add_parser("flower", help="the same experiment on Flower (flower.py): simulation, or a real federation",
+                       description="Run a config on Flower: `run` in its Simulation Runtime on this machine, "
+                                   "`deploy` on a running SuperLink and its SuperNodes (README: Beyond one machine).")
+    fsub = p.add_subparsers(dest="flower_command", required=True, parser_class=_Parser)
+    for name, text in (("run", "Flower's Simulation Runtime: one virtual SuperNode per client, on this machine"),
+                       ("deploy", "submit to a SuperLink (flwr run) whose SuperNodes hold partition-id 0..K-1")):
+        fp = fsub.add_parser(name, help=text, description=text)
+        _add_config_flags(fp)
+        fp.add_argument("--out", required=True, help="results folder, written on the machine that runs the server")
+        fp.add_argument("--round-timeout", type=float, default=600.0,
+                        help="seconds the server waits for a round's uploads; later clients are dropped (600)")
+        if name == "deploy":
+            fp.add_argument("--superlink", default=None, metavar="NAME",
+                            help="SuperLink connection in Flower's config.toml (default: its default connection)")
+            fp.add_argument("--connect-timeout", type=float, default=120.0,
+                            help="seconds the server waits for every SuperNode to connect (120)")
     p = sub.add_parser("report", help="run the notebooks with papermill into an HTML report")
     report.add_arguments(p)
     return parser
@@ -74,6 +90,8 @@ def main(argv=None) -> int:
             return _run(args)
         if args.command == "traffic":
             return _traffic(args)
+        if args.command == "flower":
+            return _flower(args)
         if args.command == "leakage":
             from . import leakage
             return leakage.main(args)
@@ -103,6 +121,29 @@ def _run(args) -> int:
     privacy = "" if s.get("epsilon") is None else f", epsilon {s['epsilon']:.2f}"
     print(f"{r.dir}: {s['rounds']} rounds, final test accuracy {acc}, "
           f"uploaded {s['total_upload_mb']:.2f} MB{clock}{privacy}, {s['seconds_total']:.1f} s")
+    return 0
+
+
+def _flower(args) -> int:
+    from pathlib import Path
+
+    from . import flower
+
+    cfg = config_from_args(args)
+    flower.check_flower_config(cfg)
+    if args.round_timeout <= 0:
+        raise ConfigError(f"round_timeout={args.round_timeout} is not allowed: must be float in (0, inf)")
+    if args.flower_command == "run":
+        flower.run_simulation(cfg, args.out, round_timeout=args.round_timeout)
+        r_dir = Path(args.out)
+    else:
+        return flower.deploy(cfg, args.out, args.superlink, args.round_timeout, args.connect_timeout)
+    from .results import load_run
+
+    s = load_run(r_dir).summary
+    print(f"{r_dir}: {s['rounds']} rounds on {s['runtime']}, final test accuracy {s['final_test_acc']:.4f}, "
+          f"fl_lib counted {s['total_upload_mb']:.2f} MB up; Flower's messages {s['flower_bytes_up'] / 1e6:.2f} MB up, "
+          f"{s['flower_bytes_down'] / 1e6:.2f} MB down")
     return 0
 
 

@@ -226,6 +226,36 @@ def deployment_main(grid: Grid, context: Context) -> None:
              float(rc.get("connect-timeout", 120.0)), progress=False)
 
 
+APP_DIR = Path(__file__).parent / "flower_app"  # the Flower App (pyproject.toml) that `flwr run` submits
+
+
+def deploy(cfg: Config, out, superlink: str | None = None, round_timeout: float = 600.0,
+           connect_timeout: float = 120.0) -> int:
+    """Submit `cfg` to a running SuperLink with `flwr run` and stream its log; returns flwr's exit status.
+
+    The ServerApp runs where the SuperLink runs it and writes `out` there; every
+    SuperNode must hold fl_lib and a partition-id (see README "Beyond one machine").
+    """
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    check_flower_config(cfg)
+    flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or shutil.which("flwr")
+    if flwr is None:
+        raise FLError("the flwr command is not installed: pip install 'flwr[simulation]>=1.41'")
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        # TOML literal strings: the JSON needs no escaping
+        f.write(f"config = '{json.dumps(cfg.to_dict())}'\nout = '{Path(out).resolve()}'\n"
+                f"round-timeout = {float(round_timeout)}\nconnect-timeout = {float(connect_timeout)}\n")
+    try:
+        cmd = [flwr, "run", str(APP_DIR)] + ([superlink] if superlink else []) + ["--run-config", f.name, "--stream"]
+        return subprocess.run(cmd).returncode
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+
+
 def run_simulation(cfg: Config, out, round_timeout: float = 600.0, progress: bool = True) -> None:
     """Run `cfg` in Flower's Simulation Runtime on this machine: one virtual SuperNode per client.
 

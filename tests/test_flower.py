@@ -1,0 +1,198 @@
+"""fl_lib on Flower: the Simulation Runtime and a localhost deployment give the in-process engine's run."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+flwr = pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.41')")
+
+from flwr.app import Context, Message, RecordDict  # noqa: E402
+
+from fl_lib import flower, results  # noqa: E402
+from fl_lib.config import preset  # noqa: E402
+from fl_lib.fedavg import Federation  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def tiny(**kw):
+    base = dict(dataset="synthetic-mnist", model="2nn", augment=False, device="cpu", num_rounds=2, bits=8)
+    base.update(kw)
+    return preset("smoke", **base)
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Flower processes below (OMP_NUM_THREADS=1)
+    yield
+    torch.set_num_threads(before)
+
+
+def same_run(flower_dir, cfg, tmp_path):
+    """The Flower run folder against results.run of the same config: the issue's equivalence."""
+    got = results.load_run(flower_dir)
+    ref = results.run(cfg, tmp_path / "in-process", progress=False)
+    assert got.metrics["upload_bytes"].tolist() == ref.metrics["upload_bytes"].tolist()  # same clients, same codec
+    assert got.metrics["dropped_clients"].tolist() == ref.metrics["dropped_clients"].tolist()
+    assert (got.metrics["test_acc"] - ref.metrics["test_acc"]).abs().max() <= 0.005
+    return got
+
+
+# -- the Simulation Runtime ---------------------------------------------------------
+def test_simulation_equals_the_in_process_engine(tmp_path, one_thread):
+    cfg = tiny(client_fraction=0.5)  # 2 of 4 clients per round: the sampling must agree too
+    flower.run_simulation(cfg, tmp_path / "sim", progress=False)
+    got = same_run(tmp_path / "sim", cfg, tmp_path)
+    assert got.summary["runtime"] == "flower-simulation" and got.summary["flower_nodes"] == cfg.num_clients
+    # Flower's messages carry the codec's bytes plus their own framing: a little more, never less
+    assert got.summary["total_upload_bytes"] <= got.summary["flower_bytes_up"] <= 1.05 * got.summary[
+        "total_upload_bytes"] + 10_000 * cfg.num_rounds
+
+
+# -- a corrupted upload, through the real ClientApp and strategy (no transport) -----------
+@pytest.fixture
+def task_identity():
+    """What Flower's runtime sets in a ServerApp process before messages are made."""
+    from flwr.supercore.task_identity import TaskIdentity
+    saved = (TaskIdentity._run_id, getattr(TaskIdentity, "_node_id", None), getattr(TaskIdentity, "_task_id", None))
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def test_a_corrupted_upload_is_refused_and_the_round_goes_on(recwarn, task_identity):
+    cfg = tiny(num_clients=3, num_rounds=1)
+    fed = Federation(cfg)
+    strategy = flower.FLStrategy(fed, nodes={0: 10, 1: 11, 2: 12})
+    messages = strategy.configure_train(1, None, None, None)
+    replies = []
+    for msg in messages:
+        k = int(msg.content["job"]["client"])
+        msg.metadata.__dict__["_message_id"] = f"m{k}"  # replies need an id to answer to
+        context = Context(run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(),
+                          run_config={})
+        reply = flower.train(msg, context)
+        if k == 1:
+            blob = bytearray(reply.content["upload"]["blob"])
+            blob[len(blob) // 2] ^= 0xFF  # one damaged byte on the way
+            reply.content["upload"]["blob"] = bytes(blob)
+        replies.append(reply)
+    strategy.aggregate_train(1, replies)
+    row = strategy.rows[0]
+    assert row["dropped_clients"] == 1
+    assert any("refused client 1" in str(w.message) for w in recwarn)
+    # the refused bytes still crossed the network: they count as traffic
+    assert row["upload_bytes"] == sum(len(r.content["upload"]["blob"]) for r in replies)
+    assert row["test_acc"] is not None and row["train_loss"] is not None
+
+
+# -- a real federation on localhost: a SuperLink and 2 SuperNodes -----------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Flower starts its executors detached, in their own sessions)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    for pid in descendants(proc.pid) + [proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """A SuperLink on 127.0.0.1 and 2 SuperNodes (partition-id 0 and 1), stopped however the tests end."""
+    if not Path("/proc").is_dir():
+        pytest.skip("the fixture finds Flower's child processes through /proc")
+    home = tmp_path_factory.mktemp("flwr_home")
+    port = free_port()
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "localhost"\n\n[superlink.localhost]\n'
+                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    env = {**os.environ, "FLWR_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    logs = home / "logs"
+    logs.mkdir()
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [BIN / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
+             "--disable-runtime-dependency-installation"],
+            env=env, stdout=open(logs / "superlink.log", "w"), stderr=subprocess.STDOUT))
+        for k in range(2):
+            procs.append(subprocess.Popen(
+                [BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
+                 "--port", str(free_port()), "--node-config", f"partition-id={k} num-partitions=2"],
+                env=env, stdout=open(logs / f"supernode{k}.log", "w"), stderr=subprocess.STDOUT))
+        yield {"env": env, "procs": procs, "logs": logs}
+    finally:
+        for p in procs:
+            kill_tree(p)
+
+
+def deploy_cmd(cfg, out, *flags):
+    return [sys.executable, "-m", "fl_lib", "flower", "deploy", "--preset", "smoke", "--dataset", cfg.dataset,
+            "--model", cfg.model, "--augment", "false", "--device", "cpu", "--num-clients", str(cfg.num_clients),
+            "--num-rounds", str(cfg.num_rounds), "--bits", str(cfg.bits), "--out", str(out),
+            "--connect-timeout", "60", *flags]
+
+
+def test_deployment_on_localhost_equals_in_process_until_a_supernode_is_killed(federation, tmp_path, one_thread):
+    """Round 1 on a real SuperLink with 2 SuperNodes equals the in-process round; then SuperNode 1 is
+    killed as round 2's messages go out, and round 2 ends at the timeout with the client that answered."""
+    cfg = tiny(num_clients=2)
+    proc = subprocess.Popen(deploy_cmd(cfg, tmp_path / "deployed", "--round-timeout", "60"), cwd=ROOT,
+                            env=federation["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "[ROUND 2/2]" in line:  # round 2's train messages are on their way
+                kill_tree(federation["procs"][2])
+                break
+        rest, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    assert proc.returncode == 0, "".join(lines)[-3000:] + rest[-3000:]
+    got = results.load_run(tmp_path / "deployed")  # a valid run folder: its checksums agree
+    assert got.summary["runtime"] == "flower-deployment" and got.summary["flower_nodes"] == 2
+    ref = results.run(cfg, tmp_path / "in-process", progress=False)
+    first, ref_first = got.metrics.iloc[0], ref.metrics.iloc[0]
+    assert first["upload_bytes"] == ref_first["upload_bytes"] and first["dropped_clients"] == 0
+    assert abs(first["test_acc"] - ref_first["test_acc"]) <= 0.005
+    second = got.metrics.iloc[1]
+    assert second["dropped_clients"] == 1 and second["upload_bytes"] == ref_first["upload_bytes"] // 2
+    assert pd_notna(second["test_acc"])
+
+
+def pd_notna(x) -> bool:
+    return x == x and x is not None
