@@ -256,6 +256,38 @@ def deploy(cfg: Config, out, superlink: str | None = None, round_timeout: float 
         Path(f.name).unlink(missing_ok=True)
 
 
+def stop_tree(proc) -> None:
+    """SIGKILL a process started for a local federation (a SuperLink, a SuperNode) and all it started.
+
+    Flower starts its executors (flower-superexec, flwr-clientapp) detached, in their
+    own sessions, so they are found as descendants through /proc (Linux); elsewhere
+    only `proc` itself is stopped.
+    """
+    import os
+    import signal
+
+    children: dict[int, list[int]] = {}
+    proc_dir = Path("/proc")
+    for entry in proc_dir.iterdir() if proc_dir.is_dir() else []:
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [proc.pid], [proc.pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            tree.append(child)
+            todo.append(child)
+    for pid in reversed(tree):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
 def run_simulation(cfg: Config, out, round_timeout: float = 600.0, progress: bool = True) -> None:
     """Run `cfg` in Flower's Simulation Runtime on this machine: one virtual SuperNode per client.
 

@@ -171,9 +171,9 @@ def preflight(steps) -> None:
                 load_dataset(dataset, root)
             except DataError as e:
                 hint = "" if str(dataset).endswith(".npz") else (
-                    f". The whole report without internet: point the dataset lines of "
-                    f"notebooks/params/offline.yaml at your .npz files and run python -m fl_lib report "
-                    f"--params notebooks/params/offline.yaml (README: 'Running offline')")
+                    ". The whole report without internet: point the dataset lines of "
+                    "notebooks/params/offline.yaml at your .npz files and run python -m fl_lib report "
+                    "--params notebooks/params/offline.yaml (README: 'Running offline')")
                 raise DataError(f"{lesson.stem}: {e}{hint}") from None
 
 
