@@ -78,6 +78,7 @@ def deploy(cfg, out: Path, tmp: Path) -> None:
     procs = [subprocess.Popen([BIN / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
                                "--disable-runtime-dependency-installation"], env=env, stdout=log, stderr=log)]
     try:
+        flower.wait_for_port(port)
         for k in range(cfg.num_clients):
             procs.append(subprocess.Popen(
                 [BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",

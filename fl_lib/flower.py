@@ -256,6 +256,20 @@ def deploy(cfg: Config, out, superlink: str | None = None, round_timeout: float 
         Path(f.name).unlink(missing_ok=True)
 
 
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 60.0) -> None:
+    """Block until something listens on host:port (a SuperLink that is starting), or FLError."""
+    import socket
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            s.settimeout(1.0)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise FLError(f"nothing listens on {host}:{port} after {timeout:.0f} s (did the SuperLink start?)")
+
+
 def stop_tree(proc) -> None:
     """SIGKILL a process started for a local federation (a SuperLink, a SuperNode) and all it started.
 

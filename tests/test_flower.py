@@ -121,6 +121,7 @@ def federation(tmp_path_factory):
             [BIN / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
              "--disable-runtime-dependency-installation"],
             env=env, stdout=open(logs / "superlink.log", "w"), stderr=subprocess.STDOUT))
+        flower.wait_for_port(port)
         for k in range(2):
             procs.append(subprocess.Popen(
                 [BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
