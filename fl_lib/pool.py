@@ -96,13 +96,12 @@ def exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _init(cfg, data, threads: int, parent: int) -> None:
+def _init(engine: type, cfg, data, threads: int, parent: int) -> None:
+    """Worker start: its own engine (the server's `Federation` class, sent by name) on the shared data."""
     global _worker
     exit_with_parent(parent)
     torch.set_num_threads(threads)
-    from .fedavg import Federation  # a worker imports the engine once, at start
-
-    _worker = Federation(cfg.replace(engine="sequential"), data=data)
+    _worker = engine(cfg.replace(engine="sequential"), data=data)
 
 
 def _train(t: int, model: bytes, jobs: list[tuple[int, int]]) -> list:
@@ -157,7 +156,8 @@ class Pool:
     def _start(self):
         ctx = multiprocessing.get_context("spawn")  # fork after torch's threads started is unsafe
         self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,
-                                             initargs=(self.fed.cfg, self.fed.data, self.threads, os.getpid()))
+                                             initargs=(type(self.fed), self.fed.cfg, self.fed.data, self.threads,
+                                                       os.getpid()))
 
     def uploads(self, t: int, chosen: list[int], bits: dict, global_state: dict) -> list:
         """Every chosen client's `Upload` for round t, in client order; retried once if a worker dies."""
