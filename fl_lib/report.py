@@ -206,35 +206,50 @@ def kernel_manager_class():
     return IPCKernelManager
 
 
-def execute(steps, out_dir: Path, progress=True) -> list[tuple[Path, float]]:
-    """Run each lesson with papermill; returns (executed notebook, seconds) each.
+def execute(steps, out_dir: Path, progress=True, jobs=1) -> list[tuple[Path, float]]:
+    """Run each lesson with papermill; returns (executed notebook, seconds) each, in lesson order.
 
     The kernel starts in the current directory, like papermill's own command; every path a
     lesson uses is absolute by then (plan() resolves the file's, fl_lib.lesson the defaults).
+    `jobs` lessons run at once, each in its own kernel; the per-cell progress bars then stay
+    off, since several would overwrite each other's line. The first lesson that fails stops
+    the report (lessons already running finish; none starts after it).
     """
-    import nbformat
-    import papermill as pm
+    from concurrent.futures import ThreadPoolExecutor
 
     out_dir.mkdir(parents=True, exist_ok=True)
     env_path = os.environ.get("PYTHONPATH", "")
     if str(PROJECT) not in env_path.split(os.pathsep):  # the kernel imports this fl_lib even if not installed
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT), env_path) if p)
-    done = []
-    for lesson, values in steps:
-        target = out_dir / f"{lesson.stem}.ipynb"
-        print(f"running {lesson.name} with {values or 'its defaults'}", file=sys.stderr)
-        start = time.perf_counter()
+    if jobs <= 1:
+        return [_execute_one(lesson, values, out_dir, progress) for lesson, values in steps]
+    with ThreadPoolExecutor(jobs) as pool:  # a thread waits on its kernel; the kernels do the work
+        futures = [pool.submit(_execute_one, lesson, values, out_dir, False) for lesson, values in steps]
         try:
-            pm.execute_notebook(to_notebook(lesson), str(target), parameters=values, kernel_name=KERNEL,
-                                progress_bar=progress, kernel_manager_class=kernel_manager_class())
-        except pm.PapermillExecutionError as e:
-            raise FLError(f"{lesson.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
-                          f"the executed copy with the whole traceback is {target}") from None
-        seconds = time.perf_counter() - start
-        nbformat.write(settle_progress_bars(nbformat.read(str(target), as_version=4)), str(target))
-        print(f"  {lesson.name}: {seconds:.0f} s", file=sys.stderr)
-        done.append((target, seconds))
-    return done
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def _execute_one(lesson: Path, values: dict, out_dir: Path, progress: bool) -> tuple[Path, float]:
+    import nbformat
+    import papermill as pm
+
+    target = out_dir / f"{lesson.stem}.ipynb"
+    print(f"running {lesson.name} with {values or 'its defaults'}", file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(to_notebook(lesson), str(target), parameters=values, kernel_name=KERNEL,
+                            progress_bar=progress, kernel_manager_class=kernel_manager_class())
+    except pm.PapermillExecutionError as e:
+        raise FLError(f"{lesson.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
+                      f"the executed copy with the whole traceback is {target}") from None
+    seconds = time.perf_counter() - start
+    nbformat.write(settle_progress_bars(nbformat.read(str(target), as_version=4)), str(target))
+    print(f"  {lesson.name}: {seconds:.0f} s", file=sys.stderr)
+    return target, seconds
 
 
 def settle_progress_bars(nb):
@@ -367,6 +382,9 @@ def network_references(text: str) -> list[str]:
 
 
 # -- the command -------------------------------------------------------------------
+MAX_JOBS = 16  # one kernel each: a few hundred MB of memory apiece
+
+
 def add_arguments(p) -> None:
     p.add_argument("--params", default=str(NOTEBOOKS_DIR / "params" / "default.yaml"),
                    help="YAML file of notebook parameters (default notebooks/params/default.yaml)")
@@ -376,20 +394,28 @@ def add_arguments(p) -> None:
     p.add_argument("--figures-dir", default=str(FOLDERS["figures_dir"]),
                    help="base folder for reports (default: the project's figures/)")
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="lessons run at once, each in its own kernel (default 1). More pays where kernel "
+                        "start-up and imports dominate, as with smoke.yaml; the lessons' own runs already "
+                        "use every core (their workers parameter), so for real runs keep 1")
 
 
 def main(args) -> int:
     name = args.name or Path(args.params).stem
     if not re.fullmatch(r"[\w.-]+", name):
         raise ConfigError(f"--name {name!r}: use letters, digits, '_', '-' or '.'")
+    jobs = getattr(args, "jobs", 1)
+    if not 1 <= jobs <= MAX_JOBS:
+        raise ConfigError(f"--jobs {jobs}: run 1 to {MAX_JOBS} lessons at once")
     out_dir = Path(args.figures_dir) / "reports" / name
     steps = plan(args.params, args.notebooks, figures_dir=out_dir / "figures")
     preflight(steps)  # before anything runs: an offline machine stops here, with DataError
     start = time.perf_counter()
-    done = execute(steps, out_dir, progress=not getattr(args, "no_progress", False))
+    done = execute(steps, out_dir, progress=not getattr(args, "no_progress", False), jobs=jobs)
     total = time.perf_counter() - start
     timing = "\n".join(f"| {p.stem} | {s:.0f} s |" for p, s in done)
-    header = (f"# Report `{name}`\n\nMade by `python -m fl_lib report --params {args.params}` on "
+    command = f"python -m fl_lib report --params {args.params}" + (f" --jobs {jobs}" if jobs > 1 else "")
+    header = (f"# Report `{name}`\n\nMade by `{command}` on "
               f"{time.strftime('%Y-%m-%d %H:%M')}. Each notebook below starts with its parameters "
               f"(the cell tagged `injected-parameters` holds the values from the file).\n\n"
               f"| notebook | run time |\n|---|---|\n{timing}\n| total | {total:.0f} s |\n\n"

@@ -150,7 +150,7 @@ def tiny_params(tmp_path_factory):
 def smoke_report(tiny_params):
     tmp, path, _ = tiny_params
     args = argparse.Namespace(params=str(path), name="smoke", notebooks=None, figures_dir=str(tmp / "figures"),
-                              no_progress=True)
+                              no_progress=True, jobs=2)  # two kernels at once: start-up and imports dominate here
     assert report.main(args) == 0
     return tmp / "figures" / "reports" / "smoke"
 
@@ -211,6 +211,14 @@ def test_report_preflight_fails_before_running_anything(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         report.main(args)
     assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("jobs", ["0", "17", "two"])
+def test_report_jobs_out_of_range_is_one_line_with_exit_status_2(tmp_path, jobs):
+    proc = subprocess.run([sys.executable, "-m", "fl_lib", "report", "--params", str(SMOKE), "--jobs", jobs,
+                           "--figures-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--jobs" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr and not (tmp_path / "reports").exists()
 
 
 @pytest.mark.parametrize("text, message", [

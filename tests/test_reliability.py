@@ -56,7 +56,7 @@ def interrupt_at(monkeypatch, round_):
                                           "--client-fraction", "0.5"]], ids=["no-clock", "fedbuff-adaptive"])
 def test_sigkill_at_several_points_then_resume_matches_an_uninterrupted_run(tmp_path, clock):
     flags = ["run", "--preset", "smoke", "--dataset", "synthetic-mnist", "--model", "2nn", "--num-clients", "4",
-             "--local-epochs", "3", "--batch-size", "10", "--num-rounds", "8", "--checkpoint-every", "1",
+             "--local-epochs", "1", "--batch-size", "10", "--num-rounds", "8", "--checkpoint-every", "1",
              "--device", "cpu", "--no-progress", *clock]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "fl_lib", *flags]
