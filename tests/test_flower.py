@@ -144,7 +144,8 @@ def test_deployment_on_localhost_equals_in_process_until_a_supernode_is_killed(f
     """Round 1 on a real SuperLink with 2 SuperNodes equals the in-process round; then SuperNode 1 is
     killed as round 2's messages go out, and round 2 ends at the timeout with the client that answered."""
     cfg = tiny(num_clients=2)
-    proc = subprocess.Popen(deploy_cmd(cfg, tmp_path / "deployed", "--round-timeout", "60"), cwd=ROOT,
+    # round 1 takes about 10 s here (each message starts a ClientApp process); 30 s leaves 3x for a busy machine
+    proc = subprocess.Popen(deploy_cmd(cfg, tmp_path / "deployed", "--round-timeout", "30"), cwd=ROOT,
                             env=federation["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
