@@ -39,24 +39,34 @@ CONFIGS = {"fp32": dict(bits=32), "int8_delta": dict(bits=8, upload="delta"),
            "fedsgd": dict(algorithm="fedsgd", bits=16, lr=0.5)}
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_metrics_with_new_features_off_equal_those_from_before_them(tmp_path, name):
-    kw = dict(CONFIGS[name])
-    script = f"""
+SCRIPT = """
+import sys
 import torch
 from fl_lib import results
 from fl_lib.config import Config
 torch.set_num_threads(1)  # float sums depend on the thread count; the files were made with one
-cfg = Config(dataset="synthetic-mnist", model="2nn", num_clients=4, partition="dirichlet", alpha=0.5,
-             local_epochs=1, batch_size=16, lr={kw.pop("lr", 0.05)!r}, momentum=0.9, num_rounds=3, augment=False,
-             device="cpu", checkpoint_every=0, **{kw!r})
-results.run(cfg, {str(tmp_path)!r}, progress=False)
+for name, kw in {configs!r}.items():
+    cfg = Config(dataset="synthetic-mnist", model="2nn", num_clients=4, partition="dirichlet", alpha=0.5,
+                 local_epochs=1, batch_size=16, lr=kw.pop("lr", 0.05), momentum=0.9, num_rounds=3, augment=False,
+                 device="cpu", checkpoint_every=0, **kw)
+    results.run(cfg, sys.argv[1] + "/" + name, progress=False)
 """
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The three configs' run folders, made by one child process (torch imported once)."""
+    out = tmp_path_factory.mktemp("unchanged")
+    env = dict(os.environ, **({"ATEN_CPU_CAPABILITY": "avx2"} if AVX2 else {}))
+    subprocess.run([sys.executable, "-c", SCRIPT.format(configs=CONFIGS), str(out)], env=env, check=True, cwd=ROOT)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_metrics_with_new_features_off_equal_those_from_before_them(runs, name):
     exact = AVX2
-    env = dict(os.environ, **({"ATEN_CPU_CAPABILITY": "avx2"} if exact else {}))
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, cwd=ROOT)
     before = list(csv.reader((DATA / f"before_clock_{name}.csv").open()))
-    now = list(csv.reader((tmp_path / "metrics.csv").open()))
+    now = list(csv.reader((runs / name / "metrics.csv").open()))
     width = len(before[0])
     assert now[0][:width] == before[0]
     assert now[0][width:] == ["sim_seconds", "cum_sim_seconds", "mean_bits", "mean_staleness", "epsilon"]
