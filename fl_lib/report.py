@@ -213,7 +213,7 @@ def execute(steps, out_dir: Path, progress=True, jobs=1) -> list[tuple[Path, flo
     lesson uses is absolute by then (plan() resolves the file's, fl_lib.lesson the defaults).
     `jobs` lessons run at once, each in its own kernel; the per-cell progress bars then stay
     off, since several would overwrite each other's line. The first lesson that fails stops
-    the report (lessons already running finish; none starts after it).
+    the report: lessons still waiting are cancelled, those already running finish.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -228,8 +228,7 @@ def execute(steps, out_dir: Path, progress=True, jobs=1) -> list[tuple[Path, flo
         try:
             return [f.result() for f in futures]
         except BaseException:
-            for f in futures:
-                f.cancel()
+            pool.shutdown(cancel_futures=True)  # lessons not started yet never start
             raise
 
 
