@@ -8,4 +8,4 @@ import os
 # imported before torch (or set in the shell); a value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

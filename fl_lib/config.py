@@ -27,6 +27,8 @@ BITS = tuple(range(2, 17)) + (32,)  # upload bit widths: 2..16 quantized, 32 = f
 ROUNDINGS = ("nearest", "stochastic")
 ALGORITHMS = ("fedavg", "fedsgd", "fedbuff")
 BITS_POLICIES = ("fixed", "adaptive")
+DP_SAMPLINGS = ("poisson", "fixed")  # how a DP run picks its clients (dp.py)
+BUFFER_WEIGHTS = ("uniform", "samples")  # fedbuff: the paper's 1/K mean, or FedAvg's n_i / sum n_i
 ENGINES = ("sequential", "batched", "pool", "auto")
 
 
@@ -49,6 +51,8 @@ class Rule:
             return text + (f", or {self.open_choice}" if self.open_choice else "")
         if self.kind is bool:
             return "true or false"
+        if self.kind is str:  # free text (a folder): no numeric range to show
+            return self.open_choice or "any text"
         left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
         text = f"{self.kind.__name__} in {left}{_fmt(self.lo)}, {_fmt(self.hi)}{right}"
         return text + (" or full" if self.none_ok else "")
@@ -98,10 +102,17 @@ class Config:
     link: str = _field("none", "client links and devices (links.py): none = no clock, or a profile")
     deadline: float = _field(0.0, "seconds a synchronous round waits; later clients are dropped (0 = wait for all)")
     bits_policy: str = _field("fixed", "fixed = every client uploads at `bits`; adaptive = per client from its link")
-    buffer_size: int = _field(0, "fedbuff: uploads per server update (0 = clients per round)")
+    min_bits: int = _field(2, "adaptive bits: the narrowest width a client may be given")
+    buffer_size: int = _field(0, "fedbuff: uploads per server update, K (0 = clients per round)")
+    concurrency: int = _field(0, "fedbuff: clients training at once (0 = clients per round)")
+    server_lr: float = _field(1.0, "fedbuff: server learning rate eta_g applied to the buffered mean")
+    buffer_weights: str = _field("uniform", "fedbuff: uniform = the paper's mean over the K buffered updates; "
+                                            "samples = weighted by n_i / sum n_i (FedAvg-style)")
     dp_clip: float = _field(0.0, "DP-FedAvg: L2 norm each client's update is clipped to (0 = DP off)")
     dp_noise: float = _field(0.0, "DP-FedAvg: noise std on the sum, as a multiple of dp_clip")
     dp_delta: float = _field(1e-5, "DP-FedAvg: the delta of the (epsilon, delta) guarantee")
+    dp_sampling: str = _field("poisson", "DP-FedAvg client sampling: poisson (each client with probability C, "
+                                         "McMahan et al. 2018) or fixed (exactly m, accounted without replacement)")
     secure_aggregation: bool = _field(False, "pairwise-masked uploads on a shared-scale grid (secagg.py)")
     eval_every: int = _field(1, "rounds between test evaluations (the last round always)")
     checkpoint_every: int = _field(10, "rounds between checkpoints (0 = never)")
@@ -112,15 +123,32 @@ class Config:
         if self.bits_policy == "adaptive" and self.link == "none":
             raise ConfigError("bits_policy='adaptive' needs a link to adapt to: set link (e.g. mobile), "
                               "or use bits_policy='fixed'")
+        if self.bits_policy == "adaptive" and self.min_bits > min(self.bits, 16):  # bits: the widest adaptive width
+            raise ConfigError(f"min_bits={self.min_bits} is not allowed with bits={self.bits} under bits_policy="
+                              f"'adaptive': must be in 2..{min(self.bits, 16)} (bits is the widest width; 32 counts as 16)")
+        if self.bits_policy == "fixed" and self.min_bits != 2:  # refused rather than silently ignored
+            raise ConfigError(f"min_bits={self.min_bits} applies to bits_policy='adaptive' only: leave it at 2")
         if self.algorithm == "fedbuff" and self.link == "none":
             raise ConfigError("algorithm='fedbuff' needs a clock to order arrivals: set link (e.g. mobile)")
         if self.algorithm == "fedbuff" and self.deadline > 0:
             raise ConfigError(f"deadline={self.deadline} applies to synchronous rounds; fedbuff waits for "
                               f"no round: use deadline=0")
+        if self.algorithm != "fedbuff":  # fedbuff's own fields: refused rather than silently ignored
+            for name in ("buffer_size", "concurrency", "server_lr", "buffer_weights"):
+                default = self.__dataclass_fields__[name].default
+                if getattr(self, name) != default:
+                    raise ConfigError(f"{name}={getattr(self, name)!r} applies to algorithm='fedbuff' only "
+                                      f"(algorithm={self.algorithm!r}): leave it at {default!r}")
+        elif self.concurrency > self.num_clients:  # a client trains one job at a time
+            raise ConfigError(f"concurrency={self.concurrency} must be in 0..num_clients={self.num_clients} "
+                              f"(0: clients per round): a client trains one job at a time")
         if self.deadline > 0 and self.link == "none":
             raise ConfigError(f"deadline={self.deadline} needs a clock: set link (e.g. mobile), or deadline=0")
         if self.dp_noise > 0 and self.dp_clip == 0:
             raise ConfigError(f"dp_noise={self.dp_noise} needs dp_clip > 0: the noise std is dp_noise * dp_clip")
+        if self.dp_sampling != "poisson" and self.dp_clip == 0:  # refused rather than silently ignored
+            raise ConfigError(f"dp_sampling={self.dp_sampling!r} applies to DP runs (dp_clip > 0) only: without DP "
+                              f"every run samples exactly max(round(C K), 1) clients; leave it at 'poisson'")
         if (self.dp_clip > 0 or self.secure_aggregation) and self.algorithm != "fedavg":
             raise ConfigError(f"algorithm={self.algorithm!r}: dp_clip and secure_aggregation apply to fedavg "
                               f"rounds only")
@@ -225,10 +253,15 @@ RULES: dict[str, Rule] = {
     "link": Rule(str, choices=LINK_NAMES, open_choice=LINK_OPEN_CHOICE),
     "deadline": Rule(float, 0, 1e9),
     "bits_policy": Rule(str, choices=BITS_POLICIES),
+    "min_bits": Rule(int, choices=tuple(range(2, 17))),
     "buffer_size": Rule(int, 0, 100_000),
+    "concurrency": Rule(int, 0, 100_000),
+    "server_lr": Rule(float, 0, 100, lo_open=True),
+    "buffer_weights": Rule(str, choices=BUFFER_WEIGHTS),
     "dp_clip": Rule(float, 0, 1e6),
     "dp_noise": Rule(float, 0, 1e3),
     "dp_delta": Rule(float, 0, 1, lo_open=True, hi_open=True),
+    "dp_sampling": Rule(str, choices=DP_SAMPLINGS),
     "secure_aggregation": Rule(bool),
     "eval_every": Rule(int, 1, 1_000_000),
     "checkpoint_every": Rule(int, 0, 1_000_000),

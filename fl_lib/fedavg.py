@@ -25,16 +25,19 @@ from .client import all_finite, autocast, batch_inputs, client_batches, num_targ
 from .config import Config
 from .data import Dataset, load_dataset
 from .errors import CodecError, ConfigError, DivergenceError
-from .dp import add_noise, clip_update, dp_average, epsilon_per_round
+from .dp import (add_noise, clients_needed, clip_update, dp_average, epsilon_per_round, fixed_size_epsilon_per_round,
+                 poisson_sample)
 from .fedbuff import FedBuff
-from .links import (WIDTHS, ClientTime, Links, client_seconds, default_budget, parse_link, sync_round,
-                    train_flops_per_sample)
+from .links import (SECAGG_ROUND_TRIPS, ClientTime, Links, adaptive_plan, adaptive_widths, client_seconds,
+                    parse_link, sync_round, train_flops_per_sample)
 from .models import build_model
 from .partition import make_partition
 from .pool import Pool, pool_size, usable_cores
 from .quant import relative_error
-from .rng import SERVER, Stream, sampling_generator, stream_seed, torch_generator
-from .secagg import SecAggError, channel_bound, masked_upload_bytes, secure_mean, shared_scale_mean
+from .rng import SERVER, Stream, numpy_generator, sampling_generator, stream_seed, torch_generator
+from . import dp_quant
+from .dp_quant import DPGrid, dp_grid
+from .secagg import SecAggError, channel_bound, masked_upload_bytes, received_bytes, secure_mean, shared_scale_mean
 
 EVAL_BATCH = 250  # test samples per forward pass; larger batches measured slower here (memory-bound)
 SECAGG_MARGIN = 1.5  # secure aggregation's public bound: this many times the global model's max |w| per channel
@@ -127,14 +130,31 @@ class Federation:
         self.fedbuff = FedBuff(self) if cfg.algorithm == "fedbuff" else None
         self.pool = None  # worker processes for engine=pool, started by the first round that needs them (pool.py)
         self.use_pool = use_pool(cfg, self)
-        self.epsilons = None  # epsilon after each round (DP with noise), from Opacus's accountant
+        # DP-FedAvg (dp.py): Poisson sampling divides by the expected count q K, fixed-size sampling by m
+        self.poisson = cfg.dp_clip > 0 and cfg.dp_sampling == "poisson"
+        self.dp_expected_clients = (cfg.client_fraction * cfg.num_clients if self.poisson
+                                    else float(cfg.clients_per_round))
+        self.epsilons = None  # epsilon after each round (DP with noise), for the sampling the engine does
         if cfg.dp_clip > 0 and cfg.dp_noise > 0:
-            q = cfg.clients_per_round / cfg.num_clients
-            self.epsilons = epsilon_per_round(q, cfg.dp_noise, cfg.num_rounds, cfg.dp_delta)
+            if self.poisson:
+                self.epsilons = epsilon_per_round(cfg.client_fraction, cfg.dp_noise, cfg.num_rounds, cfg.dp_delta)
+            else:
+                self.epsilons = fixed_size_epsilon_per_round(cfg.num_clients, cfg.clients_per_round, cfg.dp_noise,
+                                                             cfg.num_rounds, cfg.dp_delta)
+        if cfg.secure_aggregation and cfg.dp_clip > 0:
+            self._dp_grid()  # refuses here, in one line, a bit width at which the update would be lost
 
     # -- randomness -------------------------------------------------------
     def sample_clients(self, t: int) -> list[int]:
-        """m = max(round(C K), 1) distinct clients for round t, in increasing order."""
+        """Round t's clients in increasing order: m = max(round(C K), 1) distinct ones, or Poisson(C) under DP.
+
+        A DP run with dp_sampling="poisson" takes each client independently with
+        probability C (dp.py), drawn from the server's SAMPLING stream; every other run
+        keeps the fixed-size draw on its historical key.
+        """
+        if self.poisson:
+            return poisson_sample(self.cfg.num_clients, self.cfg.client_fraction,
+                                  numpy_generator(self.cfg.seed, t, SERVER, Stream.SAMPLING))
         rng = sampling_generator(self.cfg.seed, t)
         m = self.cfg.clients_per_round
         return sorted(rng.choice(self.cfg.num_clients, size=m, replace=False).tolist())
@@ -234,8 +254,25 @@ class Federation:
         lossless = bits == 32 and reference is None  # float32 uploads arrive bit for bit: error 0
         return len(blob), received, 0.0 if lossless else relative_error(sent, received)
 
-    def upload_size(self, bits: int) -> int:
-        """Encoded bytes of one upload at `bits`: the codec's length depends on the shapes and width only."""
+    def upload_size(self, bits: int, cohort: list[int] | None = None) -> int:
+        """Bytes one client uploads at `bits`: the codec's encoded length, which depends on the shapes and width only.
+
+        Under secure aggregation, given the round's cohort (its sampled clients), it is
+        what a client sends in the protocol instead: `secagg.masked_upload_bytes`, the
+        masked vector (its modulus grows with the cohort's total weight) with its key and
+        shares. The clock asks secagg for a size here and nowhere else.
+        """
+        if cohort is not None and self.cfg.secure_aggregation:
+            # without DP the integer weights _secure_update masks with, fixed before anyone drops
+            # out: n_k / gcd (secagg divides by it); with DP uniform ones on the rotated grid (dp_quant.py)
+            dp = self.cfg.dp_clip > 0
+            sizes = [self.sizes[k] for k in cohort]
+            weight = None if dp else sum(sizes) // math.gcd(*sizes)
+            key = (bits, len(cohort), weight)
+            if key not in self._upload_sizes:
+                num_params = sum(v.numel() for v in self.global_state.values() if v.is_floating_point())
+                self._upload_sizes[key] = masked_upload_bytes(num_params, bits, len(cohort), weight, rotated=dp)
+            return self._upload_sizes[key]
         if bits not in self._upload_sizes:
             names = [n for n, _ in self.model.named_parameters()] if self.cfg.algorithm == "fedsgd" else None
             like = {n: v for n, v in self.global_state.items() if names is None or n in names}
@@ -250,20 +287,31 @@ class Federation:
             self._flops = train_flops_per_sample(self.model, shape)
         return self._flops
 
-    def client_time(self, t: int, k: int, bits: int) -> ClientTime:
-        """Client k's simulated time in round t when it uploads at `bits`."""
+    def client_time(self, t: int, k: int, bits: int, cohort: list[int] | None = None) -> ClientTime:
+        """Client k's simulated time in round t when it uploads at `bits` (links.client_seconds).
+
+        Under secure aggregation the round's cohort (default: its sampled clients) sets what
+        the client sends (`upload_size`) and receives (`secagg.received_bytes`), and it
+        waits one round trip in each of the protocol's four rounds (links.py's docstring).
+        """
         samples = self.sizes[k] * (1 if self.cfg.algorithm == "fedsgd" else self.cfg.local_epochs)
-        return client_seconds(self.links.state(t, k), self.model_bytes, self.upload_size(bits), samples, 1,
-                              self.flops_per_sample())
+        state = self.links.state(t, k)
+        if not self.cfg.secure_aggregation:
+            return client_seconds(state, self.model_bytes, self.upload_size(bits), samples, 1, self.flops_per_sample())
+        cohort = self.sample_clients(t) if cohort is None else cohort
+        return client_seconds(state, self.model_bytes + received_bytes(len(cohort)),
+                              self.upload_size(bits, cohort), samples, 1, self.flops_per_sample(),
+                              round_trips=SECAGG_ROUND_TRIPS)
 
     def plan(self, t: int, chosen: list[int]) -> tuple[dict[int, int | None], float | None, list[bool]]:
         """Each sampled client's bit width (None: a straggler), the round's duration, and who is kept.
 
         Without a link every client uploads at `bits`, nobody is dropped and the round
         has no duration. With one, the round lasts the slowest kept client (`sync_round`);
-        `deadline` drops the clients that would finish later, and the adaptive policy
-        gives each client the widest width that fits the budget: the deadline, or else
-        the slowest sampled client's time at 2 bits (`links.default_budget`), so
+        `deadline` drops the clients that would finish later. The adaptive policy gives each
+        client the widest width in min_bits..min(bits, 16) that fits the budget: the deadline,
+        or else the sampled clients' slowest time at the widest width whose upload does not
+        dominate the client's own time (`links.adaptive_plan`, whose rule FedBuff shares), so
         that without a deadline nobody is dropped.
         """
         cfg = self.cfg
@@ -272,13 +320,15 @@ class Federation:
         if cfg.bits_policy == "fixed":
             bits = {k: cfg.bits for k in chosen}
             budget = cfg.deadline
+            times = [self.client_time(t, k, cfg.bits, chosen) for k in chosen]
         else:
-            budget = cfg.deadline or default_budget([self.client_time(t, k, min(WIDTHS)) for k in chosen])
-            # links.pick_bits's rule, on the very totals the round is timed with (so that the
-            # slowest client fits its own budget exactly, whatever the float rounding)
-            bits = {k: next((b for b in WIDTHS if self.client_time(t, k, b).total <= budget), None)
-                    for k in chosen}
-        times = [self.client_time(t, k, bits[k] or min(WIDTHS)) for k in chosen]
+            widths = adaptive_widths(cfg.bits, cfg.min_bits)
+            by_width = [{b: self.client_time(t, k, b, chosen) for b in widths} for k in chosen]
+            picked, budget = adaptive_plan(by_width, cfg.deadline)
+            bits = dict(zip(chosen, picked))
+            # a straggler is timed at the narrowest width; the budget was computed on these very
+            # totals, so the client that sets it fits exactly, whatever the float rounding
+            times = [c[b or widths[-1]] for c, b in zip(by_width, picked)]
         duration, kept = sync_round(times, budget)
         kept = [keep and bits[k] is not None for k, keep in zip(chosen, kept)]
         return bits, duration, kept
@@ -323,6 +373,8 @@ class Federation:
     def round_plan(self, t: int) -> tuple[list[int], dict[int, int | None], float | None, list[int]]:
         """Round t's clients that train, each one's bit width, the round's duration and the late clients."""
         sampled = self.sample_clients(t)
+        if not sampled:  # possible under DP's Poisson sampling: the round waits for nobody
+            return [], {}, (None if self.links is None else 0.0), []
         bits, duration, kept = self.plan(t, sampled)
         late = [k for k, keep in zip(sampled, kept) if not keep]
         chosen = [k for k, keep in zip(sampled, kept) if keep]  # late clients' work would be thrown away
@@ -399,6 +451,11 @@ class Federation:
             else:  # w_{t+1} = w_t - lr * sum_k n_k/n g_k
                 for name, grad in aggregate(received, weights).items():
                     self.global_state[name] = self.global_state[name] - cfg.lr * grad
+        elif self.poisson and not uploads and not late:  # nobody was sampled: the DP step is the noise alone
+            if cfg.secure_aggregation:  # the same noise z Delta as every other round of this run
+                self._secure_update(t, [], [], [], [])
+            else:
+                self._dp_update(t, [])
         elif not late:  # every client that sent diverged (a round whose clients were all late is not divergence)
             self._count_dead_round(t)
         return {"round": t, "test_acc": None, "test_loss": None,
@@ -407,16 +464,22 @@ class Federation:
                 "quant_error": float(np.mean(errors)) if errors else None, "dropped_clients": dropped,
                 "sim_seconds": duration, "mean_bits": float(np.mean(widths)) if widths else None,
                 "mean_staleness": 0.0 if widths else None,
-                "epsilon": self.epsilons[t - 1] if self.epsilons else None}
+                "epsilon": self.epsilons[t - 1] if self.epsilons else None,
+                "sampled_clients": len(uploads) + len(late)}
 
     def _count_dead_round(self, t: int) -> None:
         cfg = self.cfg
         self.dead_rounds += 1
         if self.dead_rounds >= MAX_DEAD_ROUNDS:
             if cfg.dp_noise > 0:
-                cause = (f"the DP noise (std dp_noise * dp_clip / clients per round = "
-                         f"{cfg.dp_noise * cfg.dp_clip / cfg.clients_per_round:.3g} per coordinate) probably broke "
-                         f"the model; try a smaller dp_noise or more clients per round")
+                d = sum(v.numel() for v in self.global_state.values() if v.is_floating_point())
+                m, need = self.dp_expected_clients, clients_needed(cfg.dp_noise, d)
+                cause = (f"the DP noise probably broke the model: its norm on the average, z S sqrt(d) / m = "
+                         f"{cfg.dp_noise * cfg.dp_clip * math.sqrt(d) / m:.3g}, is {cfg.dp_noise * math.sqrt(d) / m:.3g}"
+                         f" times the largest mean update S = {cfg.dp_clip:g} with m = {m:g} clients per round; this "
+                         f"epsilon (dp_noise={cfg.dp_noise:g}) needs m >= z sqrt(d) = {need:,} clients per round "
+                         f"(num_clients >= {math.ceil(need / cfg.client_fraction):,} at client_fraction="
+                         f"{cfg.client_fraction:g}), or accept a larger epsilon with a smaller dp_noise")
             else:
                 cause = f"the learning rate lr={cfg.lr} is probably too high for model={cfg.model}; try a smaller lr"
             raise DivergenceError(
@@ -435,13 +498,19 @@ class Federation:
     def _dp_update(self, t: int, received: list[dict]) -> None:
         """w += (sum_k clip(Delta_k) + N(0, (z S)^2)) / m, Delta_k = received_k - w (dp.py).
 
+        m is fixed in advance: the expected count q K under Poisson sampling, else the
+        clients per round; it never depends on who was sampled.
+
         The server clips again after decoding (quantization can move an update past
         dp_clip), so the sensitivity is exactly dp_clip whatever the codec did.
         """
         cfg = self.cfg
         updates = [clip_update(self._update_of(r), cfg.dp_clip)[0] for r in received]
+        if not updates:  # a Poisson round that sampled nobody: the sum is 0, the noise is still added
+            updates = [{n: torch.zeros_like(w, dtype=torch.float32) for n, w in self.global_state.items()
+                        if w.is_floating_point()}]
         noise = torch_generator(cfg.seed, t, SERVER, Stream.DP_NOISE)
-        step = dp_average(updates, cfg.dp_noise, cfg.dp_clip, cfg.clients_per_round, noise)
+        step = dp_average(updates, cfg.dp_noise, cfg.dp_clip, self.dp_expected_clients, noise)
         self.global_state = {n: (w.float() + step[n].to(w.device)).to(w.dtype) if n in step else w
                              for n, w in self.global_state.items()}
 
@@ -452,45 +521,70 @@ class Federation:
         diverged drop out, and their masks are recovered from the survivors' shares.
         Without DP the clients sum their weights w_k, weighted by n_k, on a grid whose
         scale per channel is SECAGG_MARGIN * max |w_global,c| (public: every client has
-        w_global). With DP they sum their clipped updates uniformly on the grid
-        s = dp_clip / q_max, and the server adds the noise to the unmasked sum.
+        w_global). With DP see `_dp_secure_update`.
         """
         cfg = self.cfg
-        dp = cfg.dp_clip > 0
-        if dp:
-            values = [self._update_of(s) for s in sent]
-            bound, w = cfg.dp_clip, None
-        else:
-            values = [{n: v.float() for n, v in s.items() if v.is_floating_point()} for s in sent]
-            bound, w = channel_bound(self.global_state, margin=SECAGG_MARGIN), weights
+        if cfg.dp_clip > 0:
+            return self._dp_secure_update(t, sampled, senders, sent)
+        values = [{n: v.float() for n, v in s.items() if v.is_floating_point()} for s in sent]
+        bound = channel_bound(self.global_state, margin=SECAGG_MARGIN)
         position = {k: i for i, k in enumerate(sampled)}
         zeros = {n: torch.zeros_like(v) for n, v in values[0].items()}
         everyone = [zeros] * len(sampled)
         for k, v in zip(senders, values):
             everyone[position[k]] = v
         gone = [i for i, k in enumerate(sampled) if k not in set(senders)]
-        all_weights = None
-        if w is not None:
-            all_weights = [1] * len(sampled)
-            for k, n_k in zip(senders, w):
-                all_weights[position[k]] = n_k
+        # every sampled client's n_k, fixed before anyone drops (it sets the modulus); a dropped client's codes are 0
+        all_weights = [self.sizes[k] for k in sampled]
         errors = [relative_error(v, shared_scale_mean([v], None, cfg.bits, bound)) for v in values]
         try:
             mean, per_client = secure_mean(everyone, all_weights, cfg.bits, bound, cfg.seed, t, dropped=gone)
         except SecAggError as e:  # too few survivors to unmask: the server learns nothing this round
             warnings.warn(f"round {t}: {e}; the round's uploads cannot be unmasked and are lost")
-            num_params = sum(v.numel() for v in values[0].values())
-            total_weight = sum(all_weights) if all_weights else None
-            return masked_upload_bytes(num_params, cfg.bits, len(sampled), total_weight) * len(senders), errors
-        if dp:
-            total = {n: m * len(senders) for n, m in mean.items()}  # a uniform mean over the survivors
-            noise = torch_generator(cfg.seed, t, SERVER, Stream.DP_NOISE)
-            step = add_noise(total, cfg.dp_noise, cfg.dp_clip, noise)
-            self.global_state = {n: (g.float() + step[n].to(g.device) / cfg.clients_per_round).to(g.dtype)
-                                 if n in step else g for n, g in self.global_state.items()}
-        else:
-            self.global_state = {n: mean[n].to(g.device, g.dtype) if n in mean else g
-                                 for n, g in self.global_state.items()}
+            return self.upload_size(cfg.bits, sampled) * len(senders), errors  # what the clock charged
+        self.global_state = {n: mean[n].to(g.device, g.dtype) if n in mean else g
+                             for n, g in self.global_state.items()}
+        return per_client * len(senders), errors
+
+    def _dp_grid(self) -> DPGrid:
+        """This model's public grid for DP under secure aggregation (dp_quant.dp_grid; ConfigError: update lost)."""
+        num_params = sum(v.numel() for v in self.global_state.values() if v.is_floating_point())
+        return dp_grid(num_params, self.cfg.bits, self.cfg.dp_clip, self.cfg.rounding)
+
+    def _dp_secure_update(self, t, sampled, senders, sent):
+        """DP-FedAvg under secure aggregation: w += (sum_k decode(z_k) + N(0, (z Delta)^2)) / m.
+
+        Each sender's clipped update is rotated, scaled and rounded to codes z_k with
+        ||z_k|| <= B (dp_quant.py, Kairouz et al. 2021), with its own Stream.ROUNDING; the
+        codes are masked and summed mod 2^k, and the server decodes the survivors' sum.
+        The noise is sized for Delta = gamma B, the norm every decoded upload is held to,
+        not dp_clip: Delta > dp_clip, so z stays the noise multiplier the accountant was
+        given. m = dp_expected_clients is fixed in advance. With no senders (a Poisson
+        round that sampled nobody) the step is the noise alone.
+        """
+        cfg = self.cfg
+        grid = self._dp_grid()
+        like = {n: v for n, v in self.global_state.items() if v.is_floating_point()}
+        errors, per_client = [], grid.upload_bytes(len(sampled)) if sampled else 0
+        total = np.zeros(grid.num_params)
+        if senders:
+            position = {k: i for i, k in enumerate(sampled)}
+            flats = [np.zeros(grid.num_params)] * len(sampled)
+            for k, s in zip(senders, sent):
+                flats[position[k]] = dp_quant.flatten(self._update_of(s))
+            gone = [i for i, k in enumerate(sampled) if k not in set(senders)]
+            codes = dp_quant.client_codes(flats, grid, cfg.seed, t, clients=sampled, dropped=gone)
+            signs = dp_quant.rotation_signs(cfg.seed, t, grid.size)
+            errors = [dp_quant.upload_error(flats[position[k]], codes[position[k]], grid, signs) for k in senders]
+            try:
+                total = dp_quant.masked_total(codes, grid, cfg.seed, t, dropped=gone)
+            except SecAggError as e:  # too few survivors to unmask: the server learns nothing this round
+                warnings.warn(f"round {t}: {e}; the round's uploads cannot be unmasked and are lost")
+                return per_client * len(senders), errors
+        noise = torch_generator(cfg.seed, t, SERVER, Stream.DP_NOISE)
+        step = add_noise(dp_quant.unflatten(total, like), cfg.dp_noise, grid.sensitivity, noise)  # std z Delta
+        self.global_state = {n: (g.float() + step[n].to(g.device) / self.dp_expected_clients).to(g.dtype)
+                             if n in step else g for n, g in self.global_state.items()}
         return per_client * len(senders), errors
 
     def close(self) -> None:

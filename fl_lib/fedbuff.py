@@ -1,32 +1,58 @@
 """FedBuff: buffered asynchronous aggregation (Nguyen et al. 2022) on the simulated clock.
 
-Up to m = max(round(C K), 1) clients train at once, each from the global model it
-downloaded when it started. A client's upload arrives at its start time plus its
-link time (`links.py`: download + compute + upload + latency). The server buffers
-arrivals; when `buffer_size` of them are in (0 means m) it applies one update
+`concurrency` clients (0 means m = max(round(C K), 1)) train at once, each from the
+global model it downloaded when it started. A client's upload arrives at its start
+time plus its link time (`links.py`: download + compute + upload + latency). The
+server buffers arrivals; when `buffer_size` of them are in (K; 0 means m) it applies
+one update. With Delta_i = w_i - w_base_i, client i's model change (w_base_i is the
+model it started from), tau_i its staleness (server updates since it started) and
+eta_g the server learning rate (`server_lr`):
 
-    w <- w + sum_i n_i s(tau_i) (w_i - w_base_i) / sum_i n_i,    s(tau) = 1 / sqrt(1 + tau)
+    w <- w + eta_g * sum_i c_i s(tau_i) Delta_i,        s(tau) = 1 / sqrt(1 + tau)
 
-where w_base_i is the model client i started from and tau_i, its staleness, is the
-number of server updates since then. The denominator is the plain sum of n_i, so
-a stale update counts less rather than being renormalized away; with every tau = 0
-the update is FedAvg's n_k / n mean. The server step size is 1, as in FedAvg.
+    c_i = 1 / K                  buffer_weights="uniform": the paper's rule (default)
+    c_i = n_i / sum_j n_j        buffer_weights="samples": a variant, FedAvg's n_k / n
+
+The paper's Algorithm 1 sums the K buffered updates, divides by K and steps by
+eta_g. FLSim, the authors' simulator (flsim/optimizers/async_aggregators.py),
+writes a client's update the other way round, before minus after training (a
+pseudo-gradient), and steps w - lr * delta: the same step as above, with the
+opposite sign on Delta. Neither denominator holds s(tau): a stale update
+counts less rather than being renormalized away. buffer_weights="samples" with
+server_lr=1 is fl_lib's rule before the paper's normalization, kept bit for bit.
+With every tau = 0 and eta_g = 1, "samples" is FedAvg's n_k / n mean, and
+"uniform" is the same mean when the n_i are equal.
+
+A diverged upload (NaN/inf) is left out, and the sums, K included, run over the
+finite uploads of the buffer only. Why: Algorithm 1 counts an update into the
+buffer when the server receives it, and a non-finite one is refused on receipt,
+so the mean is over the updates the buffer really holds. Dividing by the full K
+would treat a diverged client as a zero update and shrink the step by the share
+that diverged: a second learning rate, set by chance.
+
+The paper's regime is concurrency much larger than K: many clients in flight,
+an update from the first K to arrive. K may also exceed the concurrency: a
+client restarts as soon as it arrives, so the buffer still fills, then with
+several jobs of one client from the same model (outside the paper's setting).
 One row of metrics.csv is one server update, and every column keeps its meaning.
 
 Order of events: a heap of (time, sequence number, client) (`links.EventQueue`).
 All arrivals at one instant are taken before any client restarts, and restarted
-clients download the model as it is after them. So with equal client times and
-buffer_size = m every update is exactly a synchronous FedAvg round.
+clients download the model as it is after them. So with equal client times,
+concurrency = buffer_size = m, equal n_i and eta_g = 1 every update is exactly
+a synchronous FedAvg round.
 
-Which clients start: when nothing is in flight, the m clients that FedAvg samples
-for the next round; otherwise free slots are filled from the clients not in
-flight, drawn from the server's DISPATCH stream (with C = 1 that is simply every
-client that just arrived: clients train continuously). A job started from version
-v draws from round v + 1's streams, as FedAvg's round v + 1 would; a client's n-th
-further job from the same version adds the key n, so no two jobs share draws.
-With the adaptive policy a job's width fits the slowest client's time at 2 bits
-over all clients (`links.default_budget`; there is no deadline here), so every
-client fits and uploads at the widest width that does.
+Which clients start: when nothing is in flight, `concurrency` clients drawn from
+FedAvg's sampling stream of the next round (exactly FedAvg's sample when the
+concurrency is m); otherwise free slots are filled from the clients not in
+flight, drawn from the server's DISPATCH stream (with C = 1 and the default
+concurrency that is simply every client that just arrived: clients train
+continuously). A job started from version v draws from round v + 1's streams,
+as FedAvg's round v + 1 would; a client's n-th further job from the same
+version adds the key n, so no two jobs share draws.
+With the adaptive policy a job gets the width of `links.adaptive_plan`'s rule (the
+rule of `Federation.plan`) over all clients at that round's links; there is no
+deadline here, so every client fits.
 """
 from __future__ import annotations
 
@@ -36,10 +62,20 @@ import numpy as np
 
 from .client import all_finite
 from .errors import DivergenceError
-from .links import WIDTHS, EventQueue, default_budget, pick_bits, staleness_weight
-from .rng import SERVER, Stream, numpy_generator
+from .links import EventQueue, adaptive_widths, default_budget, pick_width, staleness_weight
+from .rng import SERVER, Stream, numpy_generator, sampling_generator
 
 MAX_DEAD_UPDATES = 3  # consecutive updates whose every upload was non-finite before giving up
+
+
+def buffer_coefficients(sizes: list[int], staleness: list[int], weights: str, server_lr: float) -> list[float]:
+    """eta_g c_i s(tau_i) of each finite buffered update (module docstring), for weights uniform or samples."""
+    if weights == "uniform":  # Nguyen et al. 2022, Algorithm 1: the mean over the buffer, then eta_g
+        return [server_lr * (staleness_weight(tau) / len(sizes)) for tau in staleness]
+    if weights == "samples":  # n_i s(tau_i) / sum n_j, in the order of operations of fl_lib's earlier rule
+        total = float(sum(sizes))
+        return [server_lr * (n * staleness_weight(tau) / total) for n, tau in zip(sizes, staleness)]
+    raise ValueError(f"buffer_weights={weights!r}: must be 'uniform' or 'samples'")
 
 
 class FedBuff:
@@ -48,7 +84,7 @@ class FedBuff:
     def __init__(self, fed):
         self.fed = fed
         cfg = fed.cfg
-        self.concurrency = cfg.clients_per_round
+        self.concurrency = cfg.concurrency or cfg.clients_per_round  # clients training at once
         self.buffer_size = cfg.buffer_size or self.concurrency
         self.queue = EventQueue()
         self.jobs: dict[int, dict] = {}  # client -> its job in flight
@@ -70,7 +106,7 @@ class FedBuff:
             raise ValueError(f"fedbuff update {t} requested after update {self.version}")
         if not self.started:
             self.started = True
-            self._restart(self.fed.sample_clients(1))
+            self._restart(self._sample(1))
         while True:
             if self.idle and (not len(self.queue) or self.queue.peek_time() > self.now):
                 self._restart(self._choose())  # this instant's arrivals are all in: restart them
@@ -83,11 +119,19 @@ class FedBuff:
 
     def _choose(self) -> list[int]:
         if not self.jobs:  # nothing in flight: FedAvg's sample for the next round
-            return self.fed.sample_clients(self.version + 1)
+            return self._sample(self.version + 1)
         free = self.concurrency - len(self.jobs)
         candidates = [k for k in range(self.fed.cfg.num_clients) if k not in self.jobs]
         rng = numpy_generator(self.fed.cfg.seed, self.dispatches, SERVER, Stream.DISPATCH)
         return sorted(rng.choice(candidates, size=min(free, len(candidates)), replace=False).tolist())
+
+    def _sample(self, t: int) -> list[int]:
+        """`concurrency` distinct clients from FedAvg's sampling stream of round t (its very sample if that is m)."""
+        cfg = self.fed.cfg
+        if self.concurrency == cfg.clients_per_round:
+            return self.fed.sample_clients(t)
+        rng = sampling_generator(cfg.seed, t)
+        return sorted(rng.choice(cfg.num_clients, size=self.concurrency, replace=False).tolist())
 
     def _restart(self, clients: list[int]) -> None:
         self.idle = []
@@ -120,14 +164,15 @@ class FedBuff:
         self.queue.push(self.now + fed.client_time(t_job, k, bits).total, k)
 
     def _bits(self, t: int, k: int) -> int:
+        """Job k's width: `bits`, or the adaptive rule of `Federation.plan` (links.py) over every client in round t."""
         cfg, fed = self.fed.cfg, self.fed
         if cfg.bits_policy == "fixed":
             return cfg.bits
-        if t not in self._budgets:
-            self._budgets = {t: default_budget([fed.client_time(t, c, min(WIDTHS)) for c in range(cfg.num_clients)])}
-        fixed = fed.client_time(t, k, 16)
-        sizes = {b: fed.upload_size(b) for b in WIDTHS}
-        return pick_bits(fed.links.state(t, k), sizes, self._budgets[t], fixed.total - fixed.upload) or min(WIDTHS)
+        widths = adaptive_widths(cfg.bits, cfg.min_bits)
+        if t not in self._budgets:  # no deadline here: every client fits its own width, so pick_width never misses
+            self._budgets = {t: default_budget([{b: fed.client_time(t, c, b) for b in widths}
+                                                for c in range(cfg.num_clients)])}
+        return pick_width({b: fed.client_time(t, k, b) for b in widths}, self._budgets[t])
 
     # -- the server update ------------------------------------------------------
     def _update(self, t: int) -> dict:
@@ -136,15 +181,16 @@ class FedBuff:
         staleness = [self.version - j["version"] for j in good]
         if good:
             fed.dead_rounds = 0
-            total = float(sum(j["n"] for j in good))
+            # w <- w + sum_i eta_g c_i s(tau_i) Delta_i over the finite uploads (module docstring)
+            alphas = buffer_coefficients([j["n"] for j in good], staleness, fed.cfg.buffer_weights, fed.cfg.server_lr)
             new = {}
             for name, w in fed.global_state.items():
                 if not w.is_floating_point():
                     new[name] = w
                     continue
                 acc = w.float().clone()
-                for job, tau in zip(good, staleness):
-                    acc.add_(job["delta"][name].to(acc.device), alpha=job["n"] * staleness_weight(tau) / total)
+                for job, alpha in zip(good, alphas):
+                    acc.add_(job["delta"][name].to(acc.device), alpha=alpha)
                 new[name] = acc.to(w.dtype)
             fed.global_state = new
         else:

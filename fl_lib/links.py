@@ -20,6 +20,31 @@ speed_k its FLOP/s. A synchronous round lasts max_k T_k over the clients the
 server waits for (`sync_round`). Nothing here measures this machine, so every
 time is a deterministic function of (config, seed): metrics stay reproducible.
 
+Under secure aggregation (Bonawitz et al. 2017, secagg.py) a client of a round
+with n sampled clients sends its masked upload M_k (`secagg.masked_upload_bytes`:
+the masked vector at the modulus's k bits per value, its public key and the
+3n - 2 Shamir shares it sends), receives besides the model the other n - 1
+public keys and the 2(n - 1) shares addressed to it (`secagg.received_bytes`),
+and waits one round trip in each of the protocol's four message rounds
+(advertise keys, share keys, masked input collection, unmasking):
+
+    T_k = (D + (n - 1)(P + 2 S)) / down_k + n_k E F / speed_k + M_k / up_k + 4 latency_k
+
+with P = 32 B (an X25519 public key) and S = 71 B (one share). The protocol's
+rounds are barriers: the server forwards keys and shares once everyone's are in.
+Charging each client its own four rounds, as T_k does, equals the barrier's
+sum over rounds of the slowest client's time in them whenever the clients' key
+and share messages take equally long, and otherwise falls short by at most
+their spread between clients (those messages hold n - 1 keys and shares, about
+2 kB for 10 clients, against the model's hundreds of kB).
+
+With bits_policy="adaptive" each client uploads at the widest width that fits
+the round's budget: the deadline, or without one the slowest client's time at
+the widest width whose upload does not dominate its own time (u_k(b) <= R_k,
+R_k its download, compute and latency; see "adaptive bit widths" below for the
+equations and why). A client slow to compute keeps wide uploads; only uploads
+that are what makes a client slow are narrowed, down to `min_bits`.
+
 Where the numbers come from (each is repeated next to its constant below):
 
 - `mobile`: Ookla Speedtest Global Index, United States mobile, Q3 2022: median
@@ -299,13 +324,18 @@ class ClientTime:
 
 
 def client_seconds(state: LinkState, download_bytes: int, upload_bytes: int, num_samples: int,
-                   local_epochs: int, flops_per_sample: float) -> ClientTime:
-    """T_k = D / down_k + n_k E F / speed_k + U_k / up_k + latency_k (latency once per round)."""
+                   local_epochs: int, flops_per_sample: float, round_trips: int = 1) -> ClientTime:
+    """T_k = D / down_k + n_k E F / speed_k + U_k / up_k + r latency_k; r round trips (secure aggregation: 4)."""
     download = transfer_seconds(download_bytes, state.down_bps)
     compute = num_samples * local_epochs * flops_per_sample / state.flops_per_s
     upload = transfer_seconds(upload_bytes, state.up_bps)
-    return ClientTime(download, compute, upload, state.latency_s,
-                      download + compute + upload + state.latency_s)
+    latency = round_trips * state.latency_s
+    return ClientTime(download, compute, upload, latency, download + compute + upload + latency)
+
+
+# Bonawitz et al. 2017, section 4: AdvertiseKeys, ShareKeys, MaskedInputCollection, Unmasking (the
+# ConsistencyCheck round exists only against an active server, which secagg.py does not simulate)
+SECAGG_ROUND_TRIPS = 4
 
 
 def _total(x) -> float:
@@ -331,38 +361,76 @@ def sync_round(times: Sequence[ClientTime | float], deadline: float = 0.0) -> tu
 
 
 # -- adaptive bit widths ---------------------------------------------------------
+#
+# bits_policy="adaptive" gives client k of round t a width b_k from W = {min_bits, ..., min(bits, 16)}
+# (`adaptive_widths`). With R_k = D / down_k + n_k E F / speed_k + latency_k, the part of T_k that
+# does not depend on the width, and u_k(b) = U(b) / up_k its upload:
+#
+#     b_k^own = max{b in W : u_k(b) <= R_k}   (min W if none)       the widest upload that does not
+#                                                                     dominate the client's own time
+#     tau     = deadline, or without one  max_k T_k(b_k^own)          the round's budget
+#     b_k     = max{b in W : R_k + u_k(b) <= tau}   (none: a straggler, dropped; only with a deadline)
+#
+# Why. The round lasts max_k T_k, so narrowing an upload saves time only where that upload is what
+# makes its client slow. A client slow to compute or to download (u_k(16) <= R_k) keeps the widest
+# width even if it is the slowest client; a client whose upload dominates is narrowed until it no
+# longer does, or to min_bits. Every client then fits: b_k >= b_k^own, so without a deadline nobody
+# is dropped, and
+#
+#     max_k T_k(min W) <= tau <= max_k T_k(max W),   tau <= max(max_k T_k(min W), 2 max_k R_k)
+#
+# the round is never longer than at the widest allowed fixed width, never shorter than at the
+# narrowest, and never longer than the larger of that narrowest round and twice the slowest
+# client's work without its upload. (The budget before, the slowest client's time at 2 bits,
+# pinned that client to 2 bits in every round even when its compute, not its upload, made it the
+# slowest.) "Dominates" means more than half the client's time: a choice, not a law; a smaller
+# share would narrow more uploads and shorten rounds, at the price of width where it may not pay.
+# `Federation.plan` and FedBuff's `_bits` both use this rule.
 
 
-def pick_bits(state: LinkState, upload_bytes_by_bits: dict[int, int], budget_s: float,
-              fixed_s: float) -> int | None:
-    """The widest width in 16..2 with fixed_s + upload / up_bps <= budget_s; None if not even 2 fits.
+def adaptive_widths(bits: int, min_bits: int = 2) -> tuple[int, ...]:
+    """The widths the adaptive policy may give, widest first: min(bits, 16) down to min_bits (32 counts as 16)."""
+    widths = tuple(b for b in WIDTHS if min_bits <= b <= min(bits, max(WIDTHS)))
+    if not widths:
+        raise ConfigError(f"min_bits={min_bits} is not allowed with bits={bits}: the adaptive policy needs "
+                          f"min_bits in 2..{min(bits, max(WIDTHS))}")
+    return widths
 
-    fixed_s is the client's time that does not depend on the width (download +
-    compute + latency). Widths outside 2..16 in the dict (e.g. 32) are ignored.
+
+def own_width(times: dict[int, ClientTime]) -> int:
+    """b_k^own: the widest width whose upload takes no longer than the rest of the client's time; else the narrowest.
+
+    times maps each allowed width to the client's ClientTime at it.
     """
-    for bits in WIDTHS:
-        if bits in upload_bytes_by_bits:
-            if fixed_s + transfer_seconds(upload_bytes_by_bits[bits], state.up_bps) <= budget_s:
-                return bits
-    return None
+    widths = sorted(times, reverse=True)
+    for b in widths:
+        c = times[b]
+        if c.upload <= c.download + c.compute + c.latency:
+            return b
+    return widths[-1]
 
 
-def default_budget(totals_at_2_bits: Sequence[ClientTime | float]) -> float:
-    """The round's time budget when there is no deadline: the slowest client's total at 2 bits.
+def default_budget(times: Sequence[dict[int, ClientTime]]) -> float:
+    """tau without a deadline: max over clients of their total at their own width (`own_width`).
 
-    The round cannot end sooner than that (the slowest client has nothing narrower to
-    send), so every client can fit and nobody is dropped: each one uploads at the
-    widest width that still finishes within it. A round then lasts no longer than
-    its slowest client at 2 bits, and the policy gains time only by narrowing
-    uploads, never by leaving clients' data out. (An earlier budget, the median
-    client's time at 16 bits, dropped the clients that are slow to compute in
-    almost every round: 105 of 300 client-rounds and 7 points of accuracy on the
-    CIFAR-10 subset.) Give a `deadline` to trade clients for time explicitly.
+    times holds one {width: ClientTime} per client over the same widths (see the rule above).
     """
-    totals = [_total(x) for x in totals_at_2_bits]
-    if not totals:
+    if not times:
         raise ValueError("default_budget needs at least one client")
-    return float(max(totals))
+    return float(max(t[own_width(t)].total for t in times))
+
+
+def pick_width(times: dict[int, ClientTime], budget: float) -> int | None:
+    """The widest width whose total fits the budget, or None (a straggler) if not even the narrowest does."""
+    return next((b for b in sorted(times, reverse=True) if times[b].total <= budget), None)
+
+
+def adaptive_plan(times: Sequence[dict[int, ClientTime]], deadline: float = 0.0) -> tuple[list[int | None], float]:
+    """Each client's width (`pick_width`) and the budget: the deadline, else `default_budget` (no clients: [])."""
+    if not times:
+        return [], float(deadline)
+    budget = float(deadline) if deadline > 0 else default_budget(times)
+    return [pick_width(t, budget) for t in times], budget
 
 
 # -- FedBuff -------------------------------------------------------------------

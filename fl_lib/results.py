@@ -35,7 +35,8 @@ from .errors import FLError
 
 METRICS = ("round", "test_acc", "test_loss", "train_loss", "upload_bytes", "download_bytes",
            "cum_upload_bytes", "quant_error", "dropped_clients",
-           "sim_seconds", "cum_sim_seconds", "mean_bits", "mean_staleness", "epsilon")
+           "sim_seconds", "cum_sim_seconds", "mean_bits", "mean_staleness", "epsilon",
+           "sampled_clients")
 RUNS_ROOT = Path(os.environ.get("FL_LIB_RUNS", "data/runs"))  # where runs without --out go
 
 
@@ -309,8 +310,8 @@ def _totals(rows: list, timings: list) -> dict:
         "best_test_acc": max(accs) if accs else None,
         "total_upload_bytes": last["cum_upload_bytes"],
         "total_upload_mb": last["cum_upload_bytes"] / 1e6,
-        "upload_bytes_per_round": last["upload_bytes"],
-        "upload_mb_per_round": last["upload_bytes"] / 1e6,
+        "upload_bytes_per_round": last["cum_upload_bytes"] / len(rows),  # the mean over rounds, not the last
+        "upload_mb_per_round": last["cum_upload_bytes"] / len(rows) / 1e6,
         "dropped_clients": sum(r["dropped_clients"] for r in rows),
         "epsilon": last["epsilon"],
         "total_sim_hours": last["cum_sim_seconds"] / 3600 if last["cum_sim_seconds"] is not None else None,

@@ -26,6 +26,7 @@ class Stream(IntEnum):
     DP_NOISE = 4  # differential-privacy noise added by the server
     SECAGG = 5  # secure-aggregation masks and shares
     DISPATCH = 6  # fedbuff: which idle clients start the next jobs
+    SAMPLING = 7  # DP with Poisson sampling: which clients join a round (the fixed-size draw keeps its own key)
 
 
 def seed_for(*keys: int) -> int:

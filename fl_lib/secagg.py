@@ -32,7 +32,9 @@ Shared scale. Per-client channel scales s_c = max_i |w_ci| / q_max (equation (1)
 quant.py) put each client's codes on its own grid, so a sum of codes means nothing.
 Secure aggregation needs one grid: here s_c = B_c / q_max for a public bound B_c (a clip
 value, or a per-channel bound from a model every client has), and codes outside the
-bound are clipped to [q_min, q_max].
+bound are clipped to [q_min, q_max]. DP's clipped updates do not use this grid: with the clip
+as B their small coordinates round to 0 and rounding can push a norm past the clip, so they
+are rotated and rounded on a finer one instead (dp_quant.py).
 
 Weights. FedAvg weighs client k by n_k / n. Clients multiply their codes by the integer
 n_k before masking and add n_k as one more coordinate, so the server learns only
@@ -459,17 +461,34 @@ def shared_scale_mean(updates: list[dict], weights, bits: int, bound, dropped=()
     return _finish(signed, scales, layout, updates, survivors)
 
 
-def masked_upload_bytes(num_params: int, bits: int, num_clients: int, total_weight: int | None = None) -> int:
+def masked_upload_bytes(num_params: int, bits: int, num_clients: int, total_weight: int | None = None, *,
+                        rotated: bool = False) -> int:
     """Bytes one client sends in a round: masked vector (k bits per value, + its weight), key and shares.
 
     The vector holds num_params values and the weight, bit-packed at k = modulus_bits bits.
+    rotated=True is DP's path (dp_quant.py): the vector is the rotated update padded to
+    2^ceil(log2 num_params) values, with uniform weights and no weight slot.
     Protocol traffic: its X25519 public key (32 B), two Shamir shares for each other
     client (SHARE_BYTES each; the real protocol adds AEAD framing), and in the unmasking
     step one share for each client. The scales are public (from the bound): not sent.
     """
+    if rotated and total_weight is not None:
+        raise SecAggError(f"total_weight={total_weight!r}: the rotated (DP) upload has uniform weights; pass None")
     k = modulus_bits(bits, num_clients if total_weight is None else total_weight)
-    vector = math.ceil((num_params + 1) * k / 8)
+    values = 1 << max(num_params - 1, 0).bit_length() if rotated else num_params + 1
+    vector = math.ceil(values * k / 8)
     return vector + KEY_BYTES + 2 * (num_clients - 1) * SHARE_BYTES + num_clients * SHARE_BYTES
+
+
+def received_bytes(num_clients: int) -> int:
+    """What a client receives in a round besides the model: n - 1 public keys and 2(n - 1) shares.
+
+    The server forwards every other client's advertised X25519 key (AdvertiseKeys) and
+    the shares of their mask key and self-mask seed addressed to this client (ShareKeys).
+    What it sends (its key, its shares, its masked vector) is in masked_upload_bytes.
+    The list of survivors the server sends before unmasking (2 B per client id) is not counted.
+    """
+    return (num_clients - 1) * (KEY_BYTES + 2 * SHARE_BYTES)
 
 
 def secure_mean(updates: list[dict], weights, bits: int, bound, seed: int, round: int, dropped=()

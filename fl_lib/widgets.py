@@ -106,10 +106,11 @@ class QuantExplorer:
 
 # -- links and adaptive bit widths (lesson 07) ---------------------------------
 def clock_view(fed, **changes):
-    """`fed` under other clock settings (link, deadline, bits_policy, bits), for `plan` and `client_time` only.
+    """`fed` under other clock settings (link, deadline, bits, bits_policy, min_bits, secure_aggregation).
 
-    A shallow copy: it shares the federation's data, clients, model and cached encoded sizes,
-    and gets the changed (and checked) config and the links that config draws. The engine's own
+    For `plan`, `client_time` and `upload_size` only; the sampling stays `fed`'s. A shallow copy:
+    it shares the federation's data, clients, model and cached encoded sizes, and gets the changed
+    (and checked) config and the links that config draws. The engine's own
     `plan` then gives the widths, duration and kept clients; nothing is trained.
     """
     from .links import Links, parse_link
@@ -122,35 +123,38 @@ def clock_view(fed, **changes):
 
 
 def width_label(bits) -> str:
-    """32 -> 'FP32', 16 -> 'INT16', None (a client that cannot fit even 2 bits) -> 'late'."""
+    """32 -> 'FP32', 16 -> 'INT16', None (an adaptive straggler: not even min_bits fit) -> 'late'."""
     if bits is None or (isinstance(bits, float) and math.isnan(bits)):
         return "late"
     return "FP32" if int(bits) == 32 else f"INT{int(bits)}"
 
 
-def clock_stats(fed, link: str, deadline: float = 0.0, bit_widths=(32, 16, 8), num_rounds=None):
+def clock_stats(fed, link: str, deadline: float = 0.0, bit_widths=(32, 16, 8), num_rounds=None, min_bits=2,
+                max_bits=16):
     """Every sampled client of rounds 1..num_rounds on `link`, at each fixed width and under the adaptive policy.
 
     One row per (policy, round, client): policy ('FP32', 'INT16', ..., 'adaptive'), round, client,
     bits (the width it uploads at; NaN for an adaptive straggler), the parts of its time
     T_k = D/down_k + n_k E F/speed_k + U_k/up_k + latency_k (download_s, compute_s, upload_s,
     latency_s, total_s), kept (False: dropped by the deadline or the adaptive budget) and
-    round_s (the round's duration). Everything comes from `Federation.plan` and `client_time`
-    on a `clock_view` of `fed`: the engine's own clock, without training.
+    round_s (the round's duration). The adaptive policy picks from min_bits..max_bits.
+    Everything comes from `Federation.plan` and `client_time` on a `clock_view` of `fed`:
+    the engine's own clock, without training.
     """
     import pandas as pd
 
     num_rounds = num_rounds or fed.cfg.num_rounds
-    views = {width_label(b): clock_view(fed, link=link, deadline=deadline, bits_policy="fixed", bits=b)
+    views = {width_label(b): clock_view(fed, link=link, deadline=deadline, bits_policy="fixed", bits=b, min_bits=2)
              for b in bit_widths}
-    views["adaptive"] = clock_view(fed, link=link, deadline=deadline, bits_policy="adaptive")
+    views["adaptive"] = clock_view(fed, link=link, deadline=deadline, bits_policy="adaptive", bits=max_bits,
+                                   min_bits=min_bits)
     rows = []
     for t in range(1, num_rounds + 1):
         chosen = fed.sample_clients(t)
         for policy, view in views.items():
             widths, duration, kept = view.plan(t, chosen)
             for k, keep in zip(chosen, kept):
-                c = view.client_time(t, k, widths[k] or 2)  # a straggler's time at the narrowest width
+                c = view.client_time(t, k, widths[k] or min_bits)  # a straggler's time at the narrowest width
                 rows.append({"policy": policy, "round": t, "client": k,
                              "bits": float("nan") if widths[k] is None else widths[k],
                              "download_s": c.download, "compute_s": c.compute, "upload_s": c.upload,
@@ -179,15 +183,16 @@ class LinkExplorer:
     """
 
     def __init__(self, fed, sigma=None, deadline=0.0, median_mbps=None, bit_widths=(32, 16, 8), num_rounds=None,
-                 max_deadline=None, bins=30):
+                 max_deadline=None, bins=30, min_bits=2):
         import ipywidgets as w
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        from .links import MAX_SIGMA, MOBILE, WIDTHS
+        from .links import MAX_SIGMA, MOBILE, adaptive_widths
 
         profile = fed.links.profile if fed.links is not None else MOBILE
         self.fed, self.bit_widths, self.num_rounds, self.bins = fed, tuple(bit_widths), num_rounds, bins
+        self.min_bits = min_bits
         self.median_mbps = profile.up_mbps if median_mbps is None else median_mbps
         sigma = profile.up_sigma if sigma is None else sigma
         self.sigma = w.FloatSlider(value=round(sigma, 2), min=0.0, max=MAX_SIGMA, step=0.05, description="sigma",
@@ -199,7 +204,9 @@ class LinkExplorer:
         self.deadline = w.FloatSlider(value=deadline, min=0.0, max=math.ceil(max_deadline / step) * step, step=step,
                                       description="deadline (s)", continuous_update=False, readout_format=".3g",
                                       style={"description_width": "initial"})
-        self.categories = [str(b) for b in WIDTHS] + ["late"]
+        # the bars' categories: "INT16" .. "INT<min_bits>", "late". Bare numbers ("16") would make
+        # plotly.js read the axis as numbers wherever its type is not forced; these never are
+        self.categories = [width_label(b) for b in adaptive_widths(16, min_bits)] + ["late"]
         fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
                             subplot_titles=("upload seconds of every client and round", "adaptive widths picked"))
         for i, b in enumerate(self.bit_widths):
@@ -208,7 +215,9 @@ class LinkExplorer:
         fig.add_trace(go.Bar(x=self.categories, y=[0] * len(self.categories), name="adaptive",
                              marker_color="gray"), 1, 2)
         fig.update_xaxes(type="log", title_text="upload seconds U_k / up_k", row=1, col=1)
-        fig.update_xaxes(type="category", title_text="bits", row=1, col=2)
+        fig.update_xaxes(type="category", categoryorder="array", categoryarray=self.categories,
+                         tickmode="array", tickvals=self.categories, ticktext=self.categories,
+                         title_text="width", row=1, col=2)
         fig.update_yaxes(title_text="client-rounds", row=1, col=1)
         fig.update_layout(template="plotly_white", height=440)
         self.figure = go.FigureWidget(fig)
@@ -224,10 +233,11 @@ class LinkExplorer:
     def redraw(self, change=None):
         from .plots import histogram_edges, step_xy
 
-        self.stats = s = clock_stats(self.fed, self.link(), self.deadline.value, self.bit_widths, self.num_rounds)
+        self.stats = s = clock_stats(self.fed, self.link(), self.deadline.value, self.bit_widths, self.num_rounds,
+                                     min_bits=self.min_bits)
         fixed = s[s.policy != "adaptive"]
         edges = histogram_edges(fixed.upload_s, self.bins, log_x=True)
-        picked = s[s.policy == "adaptive"].bits.map(lambda b: "late" if math.isnan(b) else str(int(b)))
+        picked = s[s.policy == "adaptive"].bits.map(width_label)
         self.widths = picked.value_counts().reindex(self.categories, fill_value=0)
         with self.figure.batch_update():
             for i, b in enumerate(self.bit_widths):
@@ -263,6 +273,10 @@ def load_attacks(*folders):
         with np.load(folder / "reconstructions.npz") as z:
             images.update({k: z[k] for k in z.files})
     return pd.DataFrame(rows), images
+
+
+_STOPS = {"plateau": "on a plateau", "cap": "at its step cap", "exact": "at an exact match",
+          "diverged": "on a non-finite loss"}  # leakage.AttackResult.stop, in words
 
 
 def _rgb(img):
@@ -336,7 +350,10 @@ class LeakageExplorer:
             r = self.row
             self.text.value = (f"<p>PSNR {r['psnr']:.2f} dB (worst image {r['psnr_min']:.2f} dB), labels "
                                f"{'recovered' if r['label_correct'] else 'wrong'}; upload {r['upload_bytes']:,} B "
-                               f"(rms {r['upload_rms']:.3g}); {r['method']} attack, {r['steps']} steps.</p>")
+                               f"(rms {r['upload_rms']:.3g}); {r['method']} attack, {r['steps_run']:,} "
+                               f"step{'' if r['steps_run'] == 1 else 's'} (stopped "
+                               f"{_STOPS.get(r['stop'], r['stop'])}), final gradient-matching loss "
+                               f"{r['match_loss']:.3g}.</p>")
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

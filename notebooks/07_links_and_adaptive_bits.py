@@ -40,8 +40,12 @@ bit_widths: str = "32,16,8"  # fixed upload bit widths, comma-separated, set aga
 seeds: str = "0,1"  # comma-separated seeds; every bit width and the adaptive policy run once per seed
 target: float = 0.3  # test accuracy whose simulated time and upload to reach are tabled
 deadline: float = 0.0  # seconds a round waits in the deadline run (first seed); 0: the median FP32 client time
-fedbuff_rounds: int = 30  # server updates of the FedBuff run (first seed)
-buffer_size: int = 0  # FedBuff uploads per server update; 0: the clients per round
+min_bits: int = 2  # the narrowest width the adaptive policy may give a client, 2..16
+fedbuff_rounds: int = 0  # server updates of each FedBuff run (first seed); 0: as many client trainings as FedAvg
+buffer_size: int = 3  # K, FedBuff uploads per server update; 0: the clients per round
+concurrency: int = 0  # clients FedBuff trains at once; 0: the clients per round
+server_lr: float = 1.0  # eta_g, FedBuff's server learning rate on the mean of the buffer
+buffer_weights: str = "uniform"  # FedBuff: uniform (the paper's 1/K mean) or samples (n_i / sum n_i, a variant)
 results_dir: str = ""  # cached runs, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
@@ -60,7 +64,7 @@ from fl_lib.data import load_dataset
 from fl_lib.fedavg import Federation, replay_clock
 from fl_lib.metrics import rounds_to_target
 from fl_lib.results import run, run_many
-from fl_lib.widgets import LinkExplorer, clock_stats, clock_summary, width_label
+from fl_lib.widgets import LinkExplorer, clock_stats, clock_summary, clock_view, width_label
 
 lesson.setup("lee", "mcmahan")
 data_root = lesson.folder("data_root", data_root)
@@ -122,12 +126,55 @@ sizes = pd.DataFrame({"bits": bits_list, "upload U (bytes)": [fed.upload_size(b)
 print(f"D = {fed.model_bytes:,} bytes (one float32 broadcast); F = {fed.flops_per_sample():,} training FLOPs per "
       f"sample; E = {E}; n_k from {min(fed.sizes)} to {max(fed.sizes)} samples")
 display(sizes.set_index("bits"))
-clock = clock_stats(fed, link, 0.0, bits_list, num_rounds)
+clock = clock_stats(fed, link, 0.0, bits_list, num_rounds, min_bits=min_bits)
 fixed_clock = clock[clock.policy != "adaptive"]
 plots.histogram(fixed_clock, "upload_s", "policy", log_x=True, xlabel="upload seconds 8 U_k / up_k",
                 ylabel="client-rounds", title=f"Upload time of every client and round on {link} ({base.model})",
                 name="07_upload_times", figures_dir=figures_dir).show()
 clock_summary(clock).round(3)
+
+# %% [markdown]
+# ### The clock under secure aggregation
+#
+# With `secure_aggregation=True` (lesson 06; Bonawitz et al. 2017) a client does not send its codec upload.
+# It sends a masked vector whose values are uniform modulo $2^k$, so each costs $k$ bits, more than `bits`
+# (the modulus must hold the weighted sum of every client's codes), with its public key and its Shamir
+# shares; it receives the other clients' keys and the shares addressed to it; and the protocol takes four
+# message rounds (advertise keys, share keys, masked input collection, unmasking), each a round trip:
+#
+# $$T_k = \frac{8 \big(D + (n - 1)(P + 2S)\big)}{\mathrm{down}_k} + \frac{n_k E F}{\mathrm{speed}_k} + \frac{8 M_k}{\mathrm{up}_k} + 4\, \mathrm{latency}_k$$
+#
+# with $n$ the round's clients, $P$ = 32 bytes a public key, $S$ = 71 bytes a share and $M_k$ the masked
+# upload (`secagg.masked_upload_bytes`: vector, key and the $3n - 2$ shares it sends). The protocol's rounds
+# are barriers; charging each client its own four rounds is exact when the small key and share messages take
+# equally long for every client (`links.py` says by how much it can fall short otherwise). Below, the same
+# rounds and links with and without secure aggregation at each quantized width of `bit_widths`; nothing is
+# trained.
+
+# %%
+sa_widths = [b for b in bits_list if b != 32] or [8]  # secure aggregation sums integer codes: 2..16 bits
+sa_rows = []
+for lk in dict.fromkeys([link, what_if_link]):
+    if links.parse_link(lk) is None:
+        continue  # no clock on link "none"
+    for b in sa_widths:
+        row = {"link": lk, "upload": width_label(b)}
+        for secure in (False, True):
+            view = clock_view(fed, link=lk, bits=b, bits_policy="fixed", deadline=0.0, secure_aggregation=secure)
+            name = "secure aggregation" if secure else "plain"
+            row[f"{name}: bytes per client"] = view.upload_size(b, fed.sample_clients(1))
+            row[f"{name}: mean round (s)"] = np.mean([view.plan(t, fed.sample_clients(t))[1]
+                                                      for t in range(1, num_rounds + 1)])
+        sa_rows.append(row)
+sa_clock = pd.DataFrame(sa_rows).set_index(["link", "upload"])
+sa_clock["bytes ratio"] = sa_clock["secure aggregation: bytes per client"] / sa_clock["plain: bytes per client"]
+sa_clock["round ratio"] = sa_clock["secure aggregation: mean round (s)"] / sa_clock["plain: mean round (s)"]
+display(Markdown("On the first seed's links, secure aggregation makes an upload "
+                 + "; ".join(f"{u} on `{lk}` {r['bytes ratio']:.2f} times larger and a round "
+                             f"{r['round ratio']:.2f} times longer ({r['plain: mean round (s)']:.3g} s against "
+                             f"{r['secure aggregation: mean round (s)']:.3g} s)" for (lk, u), r in sa_clock.iterrows())
+                 + "."))
+sa_clock.round(3)
 
 # %% [markdown]
 # ## Stragglers
@@ -198,34 +245,65 @@ deadline_table.round(4)
 # %% [markdown]
 # ## Fixed against adaptive bits
 #
-# With `bits_policy = "adaptive"` each client picks, every round, the widest width whose upload still fits
-# the round's time budget $\tau$, given the rest of its time at that round:
+# With `bits_policy = "adaptive"` each client gets, every round, a width $b_k$ from `min_bits` to `bits` (16
+# here). Its time splits into the part that does not depend on the width,
+# $R_k = 8D/\mathrm{down}_k + n_k E F/\mathrm{speed}_k + \mathrm{latency}_k$, and its upload
+# $u_k(b) = 8 U(b)/\mathrm{up}_k$. A round lasts $\max_k T_k$, so a narrower upload saves time only where the
+# upload is what makes its client slow. The policy (`links.adaptive_plan`, used by FedAvg and FedBuff alike):
 #
-# $$b_k = \max\Big\{ b \in \{16, 15, \dots, 2\} : T_k - \frac{8 U_k(16)}{\mathrm{up}_k} + \frac{8 U_k(b)}{\mathrm{up}_k} \le \tau \Big\}$$
+# $$b_k^{\text{own}} = \max\{b : u_k(b) \le R_k\}, \qquad \tau = \max_k \big(R_k + u_k(b_k^{\text{own}})\big), \qquad b_k = \max\{b : R_k + u_k(b) \le \tau\}$$
 #
-# $\tau$ is the deadline, or without one the slowest sampled client's $T_k$ at 2 bits (`links.default_budget`), so that without a deadline nobody is dropped.
-# With a deadline, a client that cannot fit even 2 bits is a straggler and is dropped; those are clients
-# whose download, compute and latency alone exceed $\tau$. A device's speed does not change between
-# rounds, so a client slow to compute would be late in most rounds and its data would rarely reach the
-# model. That is why, without a deadline, $\tau$ is the slowest client's own time at 2 bits: everyone
-# fits, and the policy saves time only by narrowing uploads. Below, from the clock alone, which clients of
-# the first seed the policy drops and how much data they hold.
-# Then each seed runs every fixed width and the adaptive policy on the same clients and links (paired runs).
+# $b_k^{\text{own}}$ is the widest upload that does not dominate the client's own time (`min_bits` if even that
+# one does); the budget $\tau$ is the slowest client at that width, or the deadline if there is one. A client
+# slow to compute keeps 16 bits even when it is the slowest; a client whose upload dominates is narrowed
+# until it no longer does. Every client fits ($b_k \ge b_k^{\text{own}}$), so without a deadline nobody is
+# dropped, and $\tau$ lies between the round at `min_bits` and the round at 16 bits. With a deadline, a
+# client that cannot fit even `min_bits` is a straggler and is dropped.
+#
+# An earlier budget was $\tau = \max_k T_k(2)$, the slowest client's time at 2 bits: the slowest client got 2
+# bits in every round, even when its compute, not its upload, made it the slowest. Below, from the clock
+# alone (first seed, every round), the two budgets client by client, with `min_bits` as the floor of both.
+# Then each seed runs every fixed width, INT16 and the adaptive policy on the same clients and links (paired
+# runs).
 
 # %%
-adaptive_clock = clock[clock.policy == "adaptive"]
-late_share = 1 - adaptive_clock.groupby("client").kept.mean()  # the share of its rounds each client was late
-often_late = [int(k) for k in sorted(late_share[late_share > 0.5].index)]
-late_data = sum(fed.sizes[k] for k in often_late) / sum(fed.sizes)
-print(f"adaptive, seed {seed_list[0]}: budget = slowest client at 2 bits; clients late in more than half of their "
-      f"rounds: {often_late} (they hold {100 * late_data:.0f}% of the training data)")
-pd.DataFrame({"late (% of rounds)": 100 * late_share, "n_k": [fed.sizes[k] for k in late_share.index],
-              "mean compute (s)": adaptive_clock.groupby("client").compute_s.mean()}).round(2).T
+allowed = links.adaptive_widths(16, min_bits)
+rows = []
+for t in range(1, num_rounds + 1):
+    chosen = fed.sample_clients(t)
+    times = [{b: fed.client_time(t, k, b) for b in allowed} for k in chosen]
+    now, _ = links.adaptive_plan(times)
+    before, _ = links.adaptive_plan(times, deadline=max(c[min(allowed)].total for c in times))  # earlier budget
+    slowest = max(range(len(chosen)), key=lambda i: times[i][min(allowed)].total)  # at the narrowest width
+    round_now = max(c[b].total for c, b in zip(times, now))
+    round_before = max(c[b].total for c, b in zip(times, before))
+    for i, (k, c) in enumerate(zip(chosen, times)):
+        rest = c[16].download + c[16].compute + c[16].latency
+        rows.append({"round": t, "client": k, "rest R_k (s)": rest, "upload at 16 bits (s)": c[16].upload,
+                     "upload dominates": c[16].upload > rest, "bits": now[i], "bits (earlier budget)": before[i],
+                     "slowest": i == slowest, "round (s)": round_now, "round, earlier budget (s)": round_before})
+policy_clock = pd.DataFrame(rows)
+by_client = policy_clock.groupby("client").agg(
+    n_k=("client", lambda x: fed.sizes[int(x.iloc[0])]), rest_s=("rest R_k (s)", "mean"),
+    upload16_s=("upload at 16 bits (s)", "mean"), upload_dominates=("upload dominates", "mean"),
+    slowest=("slowest", "sum"), bits=("bits", "mean"), bits_earlier=("bits (earlier budget)", "mean"))
+slow = policy_clock[policy_clock.slowest]
+per_round = policy_clock.drop_duplicates("round")
+display(Markdown(
+    f"The slowest client of a round (at {min(allowed)} bits) had an upload at 16 bits shorter than the rest of its "
+    f"time in {int((~slow['upload dominates']).sum())} of {len(slow)} rounds. It got {slow.bits.mean():.3g} bits on "
+    f"average under this policy and {slow['bits (earlier budget)'].mean():.3g} under the earlier budget; all "
+    f"clients got {policy_clock.bits.mean():.3g} against {policy_clock['bits (earlier budget)'].mean():.3g}, and a "
+    f"round lasted {per_round['round (s)'].mean():.3g} s against {per_round['round, earlier budget (s)'].mean():.3g} s "
+    f"(from the clock; no training)."))
+by_client.round(2).T
 
 # %%
-label = {b: width_label(b) for b in bits_list}
-grid = {(label[b], seed): base.replace(bits=b, seed=seed) for seed in seed_list for b in bits_list}
-grid.update({("adaptive", seed): base.replace(bits=32, bits_policy="adaptive", seed=seed) for seed in seed_list})
+run_bits = bits_list + ([] if 16 in bits_list else [16])  # INT16 always runs: the adaptive policy is set against it
+label = {b: width_label(b) for b in run_bits}
+grid = {(label[b], seed): base.replace(bits=b, seed=seed) for seed in seed_list for b in run_bits}
+grid.update({("adaptive", seed): base.replace(bits=16, bits_policy="adaptive", min_bits=min_bits, seed=seed)
+             for seed in seed_list})
 runs = run_many(grid.values(), root=results_dir, workers=workers)  # in parallel, one process per core; cached
 metrics = pd.concat([r.metrics.assign(label=name, seed=seed) for (name, seed), r in zip(grid, runs)],
                     ignore_index=True)
@@ -283,34 +361,100 @@ to_target.round(4)
 
 # %%
 wide = reach.pivot(index="seed", columns="label", values=unit)
-paired = pd.DataFrame({f"adaptive - {label[b]} ({unit})": wide["adaptive"] - wide[label[b]] for b in bits_list})
+paired = pd.DataFrame({f"adaptive - {label[b]} ({unit})": wide["adaptive"] - wide[label[b]] for b in run_bits})
 paired.round(4)
+
+# %% [markdown]
+# ### Adaptive against fixed INT16
+#
+# INT16 is Lee & Lee's width and the adaptive policy's widest. Each quantity below is the mean ±
+# standard deviation over the seeds (for the target, over the seeds that reached it); the verdict pairs the
+# seeds, since both policies of a seed share their clients, data and links.
+
+# %%
+def spread(values, digits=3):
+    """'mean ± std (n)' of the finite values; 'not reached' if there are none."""
+    v = pd.Series(values, dtype=float).dropna()
+    if v.empty:
+        return "not reached"
+    return f"{v.mean():.{digits}g}" + (f" ± {v.std():.2g}" if len(v) > 1 else "") + f" ({len(v)})"
+
+
+head = {}
+for lab in ("adaptive", "INT16"):
+    r, t = runs_table.loc[lab], reach[reach.label == lab]
+    head[lab] = {"final test_acc": spread(r.final_test_acc, 4), f"{unit} to {target:g}": spread(t[unit]),
+                 f"MB to {target:g}": spread(t.MB), "MB in total": spread(r.total_upload_mb),
+                 "mean bits": spread(r.mean_bits), "mean round (s)": spread(r.mean_round_s)}
+versus16 = pd.DataFrame(head)
+n_reached = {lab: int(reach[reach.label == lab][unit].notna().sum()) for lab in ("adaptive", "INT16")}
+both = wide[["adaptive", "INT16"]].dropna()
+gain = both["adaptive"] - both["INT16"]  # paired by seed; negative: adaptive reached the target sooner
+claim = f"adaptive bits beat INT16 in time to {target:g}"
+if both.empty:
+    verdict16 = (f"{claim}: **cannot be judged in this run**, no seed reached {target:g} under both (adaptive in "
+                 f"{n_reached['adaptive']}, INT16 in {n_reached['INT16']} of {len(seed_list)} seed(s))")
+else:
+    holds = gain.mean() < 0 and n_reached["adaptive"] >= n_reached["INT16"]
+    verdict16 = (f"{claim}: **{'holds' if holds else 'does not hold'} in this run**: {both['adaptive'].mean():.3g} "
+                 f"against {both['INT16'].mean():.3g} simulated {unit}, paired difference {gain.mean():+.3g}"
+                 + (f" ± {gain.std():.2g}" if len(gain) > 1 else "")
+                 + f" {unit} over {len(gain)} seed(s) (per seed: {', '.join(f'{g:+.3g}' for g in gain)}); the "
+                 f"target was reached in {n_reached['adaptive']} (adaptive) and {n_reached['INT16']} (INT16) of "
+                 f"{len(seed_list)} seed(s)")
+    if len(gain) > 1 and abs(gain.mean()) < gain.std():
+        verdict16 += "; the difference is smaller than its spread over the seeds"
+display(Markdown(verdict16[0].upper() + verdict16[1:] + "."))
+versus16
 
 # %% [markdown]
 # ## Synchronous against asynchronous
 #
-# FedBuff lets the clients train continuously from the model they last downloaded; the server applies an
-# update as soon as `buffer_size` uploads have arrived, each weighted by its data and down-weighted by its
-# staleness $\tau_i$ (server updates since client $i$ downloaded):
+# FedBuff (Nguyen et al. 2022, Algorithm 1) lets `concurrency` clients train at once, each from the model
+# it last downloaded; the server applies an update as soon as $K$ = `buffer_size` uploads have arrived. It
+# averages them, each down-weighted by its staleness $\tau_i$ (server updates since client $i$ downloaded),
+# and steps by the server learning rate $\eta_g$ = `server_lr`:
 #
-# $$w \leftarrow w + \frac{\sum_i n_i\, s(\tau_i)\, (w_i - w_{\text{base},i})}{\sum_i n_i}, \qquad s(\tau) = \frac{1}{\sqrt{1 + \tau}}$$
+# $$w \leftarrow w + \eta_g \sum_{i=1}^{K} c_i\, s(\tau_i)\, (w_i - w_{\text{base},i}), \qquad s(\tau) = \frac{1}{\sqrt{1 + \tau}}, \qquad c_i = \frac{1}{K}\ \text{(the paper)} \quad\text{or}\quad c_i = \frac{n_i}{\sum_j n_j}\ \text{(a variant)}$$
 #
+# FLSim, the authors' simulator, writes the client's update as before minus after training and steps
+# $w - \eta_g \bar\Delta$: the same step with the opposite sign on $\Delta$.
+# Its regime is many more clients in flight than $K$, so an update waits only for the first $K$ to arrive.
 # Nobody waits for the slowest client, so updates come faster, but fast clients contribute more often and
-# the slow ones' updates arrive stale. Below, one FedBuff run and the FedAvg run at the same width, seed
-# and links; "round" is then a server update. The comparison is at equal simulated time.
+# the slow ones' updates arrive stale. Below, at the same width, seed and links as the FedAvg run: FedBuff
+# with this lesson's parameters (labelled "paper" when its weights are the paper's $1/K$), and fl_lib's
+# earlier FedBuff, a variant ($c_i = n_i / \sum_j n_j$, $\eta_g = 1$, $K$ = concurrency = the clients per
+# round). "Round" is then a server update; the comparison is at equal simulated time.
 
 # %%
-buff = run(base.replace(algorithm="fedbuff", bits=ref_bits, seed=seed0, num_rounds=fedbuff_rounds,
-                        buffer_size=buffer_size), root=results_dir).metrics.assign(label="FedBuff", seed=seed0)
+m_round = base.clients_per_round
+K, in_flight = buffer_size or m_round, concurrency or m_round
+updates = fedbuff_rounds or -(-num_rounds * m_round // K)  # 0: the FedAvg run's client trainings, in updates of K
+if buffer_weights == "uniform":
+    main_label = f"FedBuff (paper: uniform 1/K, eta_g={server_lr:g}, K={K}, concurrency={in_flight})"
+else:
+    main_label = f"FedBuff variant: n-weighted, eta_g={server_lr:g}, K={K}, concurrency={in_flight}"
+earlier_label = f"FedBuff variant: n-weighted, eta_g=1, K=concurrency={m_round} (fl_lib's earlier rule)"
+fedbuff_grid = {main_label: base.replace(algorithm="fedbuff", bits=ref_bits, seed=seed0, num_rounds=updates,
+                                         buffer_size=buffer_size, concurrency=concurrency, server_lr=server_lr,
+                                         buffer_weights=buffer_weights),
+                earlier_label: base.replace(algorithm="fedbuff", bits=ref_bits, seed=seed0,
+                                            num_rounds=fedbuff_rounds or num_rounds, buffer_weights="samples")}
+if fedbuff_grid[main_label].replace(num_rounds=1).key() == fedbuff_grid[earlier_label].replace(num_rounds=1).key():
+    del fedbuff_grid[earlier_label]  # this lesson's parameters are the earlier rule itself: run it once
+buffer_of = {main_label: K, earlier_label: m_round, "FedAvg": m_round}  # uploads per update (or round)
+fedbuff_runs = run_many(fedbuff_grid.values(), root=results_dir, workers=workers)
+buffs = {lab: r.metrics.assign(label=lab, seed=seed0) for lab, r in zip(fedbuff_grid, fedbuff_runs)}
 sync = metrics[(metrics.label == label[ref_bits]) & (metrics.seed == seed0)].assign(label="FedAvg")
-async_runs = pd.concat([sync, buff], ignore_index=True)
+async_runs = pd.concat([sync, *buffs.values()], ignore_index=True)
 async_runs["sim_time"] = async_runs.cum_sim_seconds / per
 plots.lines(async_runs, "sim_time", "test_acc", "label",
             title=f"FedAvg and FedBuff, {label[ref_bits]} on {link} (seed {seed0})", xlabel=f"simulated {unit}",
             ylabel="test accuracy", name="07_fedbuff", figures_dir=figures_dir).show()
-plots.lines(buff, "round", "mean_staleness", "label", title="FedBuff: mean staleness of each server update",
-            xlabel="server update", ylabel="mean staleness", name="07_staleness", figures_dir=figures_dir).show()
-common_end = min(sync.sim_time.max(), buff.cum_sim_seconds.max() / per)  # the span both runs cover
+plots.lines(pd.concat(buffs.values(), ignore_index=True), "round", "mean_staleness", "label",
+            title="FedBuff: mean staleness of each server update", xlabel="server update",
+            ylabel="mean staleness", name="07_staleness", figures_dir=figures_dir).show()
+common_end = async_runs.groupby("label").sim_time.max().min()  # the span every run covers
 
 
 def acc_at(m, x_end):
@@ -319,13 +463,17 @@ def acc_at(m, x_end):
     return m[m.cum_sim_seconds / per <= x_end + 1e-12].test_acc.max()
 
 
+by_end = f"best test_acc by {common_end:.3g} {unit}"
+labels_async = list(dict.fromkeys(async_runs.label))
 async_table = pd.DataFrame({
     "updates": async_runs.groupby("label")["round"].max(),
+    "uploads": {lab: int(async_runs[async_runs.label == lab]["round"].max()) * buffer_of[lab] for lab in labels_async},
     f"simulated {unit}": async_runs.groupby("label").sim_time.max(),
     "mean update interval (s)": async_runs.groupby("label").sim_seconds.mean(),
     "mean staleness": async_runs.groupby("label").mean_staleness.mean(),
-    f"best test_acc by {common_end:.3g} {unit}": {"FedAvg": acc_at(sync, common_end), "FedBuff": acc_at(buff, common_end)},
-    f"{unit} to {target:g}": reach_by(async_runs, "label", target)})
+    by_end: {lab: acc_at(async_runs[async_runs.label == lab], common_end) for lab in labels_async},
+    "final test_acc": async_runs.dropna(subset=["test_acc"]).groupby("label").test_acc.last(),
+    f"{unit} to {target:g}": reach_by(async_runs, "label", target)}).reindex(labels_async)
 async_table.round(4)
 
 # %% [markdown]
@@ -369,13 +517,13 @@ what_if_table.round(4)
 # ## A widget: move the link spread or the deadline
 #
 # The sliders set the spread $\sigma$ of a `lognormal:MEDIAN,SIGMA` link (median: the `link` profile's
-# uplink) and the deadline (0: none, so the adaptive budget is the slowest client at 2 bits). The left
-# panel redraws every client's upload time at the fixed widths, the right one the widths the adaptive
-# policy would pick in every round ("late": not even 2 bits fit); the table gives the mean round and the
+# uplink) and the deadline (0: none, so the adaptive budget is the slowest client at its own width). The
+# left panel redraws every client's upload time at the fixed widths, the right one the widths the adaptive
+# policy would pick in every round ("late": not even `min_bits` fit); the table gives the mean round and the
 # share of clients dropped. It only redraws, with the same `clock_stats` as above: nothing is trained.
 
 # %% tags=["widget"]
-explorer = LinkExplorer(fed, bit_widths=bits_list, num_rounds=num_rounds)
+explorer = LinkExplorer(fed, bit_widths=bits_list, num_rounds=num_rounds, min_bits=min_bits)
 explorer
 
 # %%
@@ -397,12 +545,17 @@ text = [f"**Setup.** {base.model} on {Path(dataset).stem}, {num_rounds} rounds, 
         f"`{link}`, {len(seed_list)} seed(s). On the first seed's links a synchronous round lasts on average "
         + ", ".join(f"{summary.loc[p, 'mean round (s)']:.3g} s {'under' if p == 'adaptive' else 'at'} {p}"
                     for p in summary.index)
-        + f"; the adaptive policy drops {summary.loc['adaptive', 'dropped (%)']:.0f}% of the client-rounds as "
-        f"stragglers and gives the others {summary.loc['adaptive', 'mean bits of kept clients']:.3g} bits on "
-        f"average; clients {often_late} were late in more than half of their rounds (they hold "
-        f"{100 * late_data:.0f}% of the training data). The slowest client's round is {stragglers['round / median client'].iloc[0]:.2g} times the "
-        f"median client's, and its upload is {stragglers['slowest client: upload'].iloc[0]:.2g} s of "
+        + f"; the adaptive policy (min_bits {min_bits}) drops {summary.loc['adaptive', 'dropped (%)']:.0f}% of the "
+        f"client-rounds and gives the clients {policy_clock.bits.mean():.3g} bits on average, the slowest client of "
+        f"a round {slow.bits.mean():.3g} (the earlier budget, the slowest client at {min(allowed)} bits: "
+        f"{policy_clock['bits (earlier budget)'].mean():.3g} and {slow['bits (earlier budget)'].mean():.3g}). The "
+        f"slowest client's round is {stragglers['round / median client'].iloc[0]:.2g} times the median client's, "
+        f"and its upload is {stragglers['slowest client: upload'].iloc[0]:.2g} s of "
         f"{stragglers['round (s)'].iloc[0]:.3g} s."]
+if len(sa_clock):
+    text.append("**Secure aggregation on the clock** (first seed's links): "
+                + "; ".join(f"{u} on `{lk}`: uploads {r['bytes ratio']:.2f} times larger, rounds "
+                            f"{r['round ratio']:.2f} times longer" for (lk, u), r in sa_clock.iterrows()) + ".")
 lines_out = []
 for lab in policies:
     row = to_target.loc[lab]
@@ -446,6 +599,7 @@ else:
     if best is not None and best != ref:
         verdict += f" The fastest fixed width was {best}: " + against(best) + "."
 text.append(verdict)
+text.append(f"**Adaptive against INT16.** {verdict16[0].upper() + verdict16[1:]}.")
 dl = deadline_table
 text.append(f"**Deadline.** At {label[ref_bits]} with seed {seed0}, a {d:g} s deadline dropped "
             f"{int(dl['dropped client-rounds'].max())} client-rounds; final accuracy "
@@ -453,10 +607,20 @@ text.append(f"**Deadline.** At {label[ref_bits]} with seed {seed0}, a {d:g} s de
             + ", in " + " against ".join(f"{dl.loc[i, f'simulated {unit}']:.3g}" for i in dl.index)
             + f" simulated {unit}.")
 at = async_table
-text.append(f"**FedBuff.** With buffer_size {buffer_size or base.clients_per_round}, FedBuff made "
-            f"{int(at.loc['FedBuff', 'updates'])} server updates in {at.loc['FedBuff', f'simulated {unit}']:.3g} "
-            f"{unit} (mean staleness {at.loc['FedBuff', 'mean staleness']:.2f}); by {common_end:.3g} {unit} its best "
-            f"accuracy was {at.iloc[:, 4]['FedBuff']:.4f} against FedAvg's {at.iloc[:, 4]['FedAvg']:.4f}.")
+fedbuff_lines = [f"* **{lab}**: {int(at.loc[lab, 'updates'])} server updates ({int(at.loc[lab, 'uploads'])} uploads) in "
+                 f"{at.loc[lab, f'simulated {unit}']:.3g} {unit}, mean staleness {at.loc[lab, 'mean staleness']:.2f}; "
+                 f"best accuracy by {common_end:.3g} {unit}: {at.loc[lab, by_end]:.4f} (FedAvg: "
+                 f"{at.loc['FedAvg', by_end]:.4f}), final {at.loc[lab, 'final test_acc']:.4f}."
+                 for lab in buffs]
+ahead = at.loc[main_label, by_end] > at.loc["FedAvg", by_end]
+text.append(f"**FedBuff** (seed {seed0}, {label[ref_bits]}; the FedAvg run reached "
+            f"{at.loc['FedAvg', by_end]:.4f} by {common_end:.3g} {unit}):\n\n" + "\n".join(fedbuff_lines)
+            + f"\n\n{main_label} ahead of FedAvg at equal simulated time ({common_end:.3g} {unit}): "
+            + ("**holds**" if ahead else "**does not hold**") + " in this run.")
+if earlier_label in buffs:
+    better = at.loc[main_label, by_end] > at.loc[earlier_label, by_end]
+    text[-1] += (f" Ahead of fl_lib's earlier rule at that time ({at.loc[main_label, by_end]:.4f} against "
+                 f"{at.loc[earlier_label, by_end]:.4f}): " + ("**holds**" if better else "**does not hold**") + ".")
 wt = what_if_table
 text.append(f"**On `{what_if_link}` links** (replayed, same runs): "
             + "; ".join(f"{lab} {wt.iloc[:, 1][lab]:.3g} {w_unit} for {num_rounds} rounds, "

@@ -32,6 +32,8 @@ def test_smoke_run_end_to_end_then_cached(tmp_path):
     assert len(lines) == 1 + 3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_test_acc"] > 0.2  # 10 classes; learning, not chance
+    per_round = [int(line.split(",")[4]) for line in lines[1:]]  # upload_bytes
+    assert summary["upload_bytes_per_round"] == pytest.approx(sum(per_round) / 3)  # the mean, not the last round
     before = (out / "metrics.csv").stat().st_mtime_ns
     second = cli("run", "--preset", "smoke", "--out", str(out))
     assert second.returncode == 0 and (out / "metrics.csv").stat().st_mtime_ns == before  # cached
@@ -65,6 +67,8 @@ def test_help_documents_every_field_and_its_range(capsys):
         assert flag in text
     assert "float in (0, 1000000]" in text  # alpha's range
     assert "Dirichlet concentration" in text
+    assert "inf, inf" not in text  # free-text fields (--data-root) have no numeric range
+    assert "folder torchvision downloads into; any folder" in text
 
 
 def test_out_holding_another_config_is_refused(tmp_path, capsys):

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from fl_lib.errors import ConfigError
 from fl_lib.links import (
-    IOT, MOBILE, ClientTime, EventQueue, Links, LinkState, check_link, client_seconds,
-    default_budget, parse_link, pick_bits, sigma_from_mean_median, staleness_weight,
-    sync_round, train_flops_per_sample, transfer_seconds,
+    IOT, MOBILE, SECAGG_ROUND_TRIPS, ClientTime, EventQueue, Links, LinkState, adaptive_plan, adaptive_widths,
+    check_link, client_seconds, default_budget, own_width, parse_link, pick_width,
+    sigma_from_mean_median, staleness_weight, sync_round, train_flops_per_sample, transfer_seconds,
 )
 
 
@@ -146,35 +146,88 @@ def _bytes_by_bits(params=10_000, header=100):
     return {b: header + (params * b + 7) // 8 for b in list(range(2, 17)) + [32]}
 
 
-def test_pick_bits_hand_case():
-    s = LinkState(up_bps=8e4, down_bps=1e6, latency_s=0.0, flops_per_s=1e9)  # 10 kB/s up
-    sizes = _bytes_by_bits()  # 16 bits: 20,100 B = 2.01 s; 8 bits: 10,100 B = 1.01 s
-    assert pick_bits(s, sizes, budget_s=3.0, fixed_s=0.5) == 16
-    assert pick_bits(s, sizes, budget_s=2.0, fixed_s=0.5) == 11  # 13,850 B = 1.385 s
-    assert pick_bits(s, sizes, budget_s=0.5 + 0.26, fixed_s=0.5) == 2  # 2,600 B = 0.26 s
-    assert pick_bits(s, sizes, budget_s=0.5 + 0.25, fixed_s=0.5) is None  # straggler
-    assert pick_bits(s, {32: 10}, budget_s=100, fixed_s=0) is None  # 32 is never adaptive
+def _times(state, sizes, rest_bytes=0, samples=0, flops=0.0, widths=range(2, 17)):
+    """{width: ClientTime} of one client: download rest_bytes, compute samples * flops, upload sizes[width]."""
+    return {b: client_seconds(state, rest_bytes, sizes[b], samples, 1, flops) for b in widths}
+
+
+def test_adaptive_policy_by_hand():
+    """A slow-computing client keeps 16 bits; a slow uplink is narrowed until its upload stops dominating."""
+    sizes = _bytes_by_bits()  # 16 bits: 20,100 B; 4 bits: 5,100 B; 2 bits: 2,600 B
+    # A: 10 kB/s up, 4 s of compute: its 16-bit upload (2.01 s) is shorter than the rest (4 s)
+    a = _times(LinkState(up_bps=8e4, down_bps=1e9, latency_s=0.0, flops_per_s=1e9), sizes, samples=4, flops=1e9)
+    # B: 1 kB/s up, 1 s of compute: 16 bits take 20.1 s; 3 bits 3,850 B = 3.85 s; 2 bits 2.6 s; rest 1 s
+    b = _times(LinkState(up_bps=8e3, down_bps=1e9, latency_s=0.0, flops_per_s=1e9), sizes, samples=1, flops=1e9)
+    assert own_width(a) == 16  # 2.01 <= 4
+    assert own_width(b) == 2  # even 2 bits (2.6 s) dominate its 1 s: the narrowest
+    # tau = max(4 + 2.01, 1 + 2.6) = 6.01 s: A is the slowest client and still sends 16 bits
+    assert default_budget([a, b]) == pytest.approx(6.01)
+    widths, tau = adaptive_plan([a, b])
+    assert tau == a[16].total
+    # B may use the 6.01 s too: 1 + u <= 6.01 -> u <= 5.01 s -> 5,010 B -> 4 bits (5,100 B) misses, 3 bits fits
+    assert widths == [16, 3]
+    # the earlier budget, the slowest client's total at 2 bits (4.26 s), pinned A to 2 bits
+    assert max(a[2].total, b[2].total) == pytest.approx(4.26)
+    assert pick_width(a, 4.26) == 2
+    # a deadline replaces the budget; a client that fits no width is a straggler
+    assert adaptive_plan([a, b], deadline=3.0) == ([None, None], 3.0)
+    # A: 4 + 0.51 s (4 bits) <= 4.6 < 4 + 0.635 s (5 bits); B: 1 + 2.6 s (2 bits) <= 4.6 < 1 + 3.85 s (3 bits)
+    assert adaptive_plan([a, b], deadline=4.6) == ([4, 2], 4.6)
+    assert adaptive_plan([]) == ([], 0.0)
+    with pytest.raises(ValueError):
+        default_budget([])
+
+
+def test_own_width_counts_download_and_latency_as_the_rest():
+    sizes = _bytes_by_bits()
+    s = LinkState(up_bps=8e4, down_bps=8e4, latency_s=0.5, flops_per_s=1e9)
+    c = _times(s, sizes, rest_bytes=10_000)  # download 1 s + latency 0.5 s: 1.5 s of rest
+    # widest upload <= 1.5 s: 15,000 B -> 11 bits (13,850 B) fits, 12 bits (15,100 B) does not
+    assert own_width(c) == 11
+
+
+def test_adaptive_widths_ceiling_and_floor():
+    assert adaptive_widths(32) == tuple(range(16, 1, -1))  # 32 counts as 16
+    assert adaptive_widths(8, 4) == (8, 7, 6, 5, 4)
+    assert adaptive_widths(16, 16) == (16,)
+    with pytest.raises(ConfigError, match="min_bits=9"):
+        adaptive_widths(8, 9)
 
 
 @settings(max_examples=200, deadline=None)
-@given(up=st.floats(1e3, 1e9), budget=st.floats(0, 1e4), fixed=st.floats(0, 1e4),
-       params=st.integers(1, 10**7))
-def test_pick_bits_never_misses_the_budget(up, budget, fixed, params):
-    s = LinkState(up, 1e6, 0.0, 1e9)
+@given(clients=st.lists(st.tuples(st.floats(1e3, 1e8), st.floats(0, 100), st.floats(0, 1)), min_size=1, max_size=8),
+       params=st.integers(1, 10**6), min_bits=st.integers(2, 16))
+def test_adaptive_policy_bounds(clients, params, min_bits):
+    """tau lies between the narrowest and widest rounds, nobody is dropped, each width is the widest that fits."""
     sizes = _bytes_by_bits(params)
-    bits = pick_bits(s, sizes, budget, fixed)
-    fits = [b for b in range(2, 17) if fixed + transfer_seconds(sizes[b], up) <= budget]
-    if bits is None:
-        assert not fits  # not even 2 bits fits
-    else:
-        assert bits == max(fits)  # the widest that fits, so also never one that misses
+    widths = adaptive_widths(16, min_bits)
+    times = [_times(LinkState(up, 1e9, lat, 1e9), sizes, samples=1, flops=compute * 1e9, widths=widths)
+             for up, compute, lat in clients]
+    picked, tau = adaptive_plan(times)
+    lo, hi = min(widths), max(widths)
+    assert max(t[lo].total for t in times) <= tau <= max(t[hi].total for t in times)
+    rest = [t[lo].download + t[lo].compute + t[lo].latency for t in times]
+    assert tau <= max(max(t[lo].total for t in times), 2 * max(rest)) * (1 + 1e-12)
+    for t, b, r in zip(times, picked, rest):
+        assert b is not None and min_bits <= b <= 16 and b >= own_width(t)
+        assert t[b].total <= tau and (b == hi or t[b + 1].total > tau)
+        if t[hi].upload <= r:  # an upload that does not dominate is never narrowed
+            assert b == hi
 
 
-def test_default_budget_is_the_slowest_total_at_2_bits():
-    assert default_budget([5.0, 1.0, 3.0]) == 5.0
-    assert default_budget([ClientTime(0, 0, 0, 0, 2.0), ClientTime(0, 0, 0, 0, 4.0)]) == 4.0
-    with pytest.raises(ValueError):
-        default_budget([])
+# -- secure aggregation on the clock ---------------------------------------------
+
+def test_secagg_round_trips_and_received_bytes_by_hand():
+    s = LinkState(up_bps=1e6, down_bps=4e6, latency_s=0.1, flops_per_s=1e9)
+    # 9 other clients: 9 keys of 32 B and 18 shares of 71 B come in
+    from fl_lib.secagg import received_bytes
+    assert received_bytes(10) == 9 * 32 + 18 * 71 == 1566
+    assert received_bytes(1) == 0
+    ct = client_seconds(s, download_bytes=500_000, upload_bytes=250_000, num_samples=10, local_epochs=1,
+                        flops_per_sample=1e8, round_trips=SECAGG_ROUND_TRIPS)
+    # 4e6 bits / 4e6 = 1 s; 1e9 / 1e9 = 1 s; 2e6 bits / 1e6 = 2 s; 4 round trips of 0.1 s
+    assert ct == ClientTime(download=1.0, compute=1.0, upload=2.0, latency=0.4, total=4.4)
+    assert SECAGG_ROUND_TRIPS == 4
 
 
 # -- FedBuff -------------------------------------------------------------------

@@ -128,3 +128,15 @@ def test_train_alone_lowers_the_loss_on_its_sample(digits):
 def test_mixing_needs_two_disjoint_samples(digits):
     with pytest.raises(ValueError, match="training images"):
         mixing_curves(digits, num_samples=400)
+
+
+def test_summary_upload_per_round_is_the_mean_even_when_the_last_round_dropped_everyone():
+    from fl_lib import results
+    rows, timings = [], []
+    for t, sent in ((1, 1000), (2, 3000), (3, 0)):  # round 3: every client missed the deadline
+        row = {"round": t, "test_acc": None, "upload_bytes": sent, "sim_seconds": 60.0, "dropped_clients": 0,
+               "epsilon": None, "seconds": 0.1}
+        results.record_round(rows, timings, row)
+    totals = results._totals(rows, timings)
+    assert totals["upload_bytes_per_round"] == 4000 / 3
+    assert totals["upload_mb_per_round"] == 4000 / 3 / 1e6

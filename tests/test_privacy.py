@@ -110,3 +110,53 @@ def test_bad_privacy_settings_get_one_line(fields, needle):
     with pytest.raises(ConfigError) as err:
         tiny(**fields)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+# -- which clients a DP round takes, and the epsilon for that sampling ---------------------------
+
+def test_poisson_rounds_have_the_expected_mean_count_and_are_recorded(data):
+    cfg = tiny(num_clients=40, partition="iid", client_fraction=0.25, dp_clip=1.0, dp_noise=1.0, num_rounds=2)
+    fed = Federation(cfg, data=data)
+    counts = [len(fed.sample_clients(t)) for t in range(1, 801)]
+    mean, sd = sum(counts) / len(counts), (40 * 0.25 * 0.75 / len(counts)) ** 0.5
+    assert abs(mean - 10) < 4 * sd
+    assert len(set(counts)) > 3
+    assert fed.sample_clients(5) == Federation(cfg, data=data).sample_clients(5)  # seeded
+    assert fed.dp_expected_clients == 10.0
+    row = fed.round(1)
+    assert row["sampled_clients"] == counts[0]
+    assert row["epsilon"] == dp.epsilon(0.25, 1.0, 1, 1e-5)
+
+
+def test_fixed_size_dp_takes_m_clients_and_reports_the_without_replacement_bound(data):
+    cfg = tiny(num_clients=8, client_fraction=0.5, dp_clip=1.0, dp_noise=1.1, dp_sampling="fixed")
+    fed = Federation(cfg, data=data)
+    plain = Federation(cfg.replace(dp_clip=0.0, dp_noise=0.0, dp_sampling="poisson"), data=data)
+    assert all(fed.sample_clients(t) == plain.sample_clients(t) for t in range(1, 20))  # today's draw
+    assert fed.round(1)["epsilon"] == dp.fixed_size_epsilon_per_round(8, 4, 1.1, 4, 1e-5)[0]
+    assert fed.round(2)["epsilon"] > dp.epsilon(0.5, 1.1, 2, 1e-5)
+
+
+def test_a_poisson_round_that_samples_nobody_still_adds_the_noise(data):
+    cfg = tiny(num_clients=4, client_fraction=0.1, dp_clip=0.5, dp_noise=1.0, num_rounds=30)
+    fed = Federation(cfg, data=data)
+    t = next(t for t in range(1, 31) if not fed.sample_clients(t))
+    start = {n: v.clone() for n, v in fed.global_state.items()}
+    row = fed.round(t)
+    assert row["sampled_clients"] == 0 and row["train_loss"] is None and row["epsilon"] > 0
+    zeros = [{n: torch.zeros_like(v) for n, v in start.items()}]
+    step = dp.dp_average(zeros, 1.0, 0.5, 0.4, torch_generator(cfg.seed, t, SERVER, Stream.DP_NOISE))
+    for n in start:  # w + N(0, (z S)^2) / (q K), q K = 0.4
+        torch.testing.assert_close(fed.global_state[n], start[n] + step[n])
+
+
+def test_dp_divergence_says_how_many_clients_per_round_the_epsilon_needs(data):
+    from fl_lib.errors import DivergenceError
+    cfg = tiny(dp_clip=1.0, dp_noise=1.0)
+    fed = Federation(cfg, data=data)
+    fed.dead_rounds = 2
+    d = sum(v.numel() for v in fed.global_state.values() if v.is_floating_point())
+    need = dp.clients_needed(1.0, d)
+    with pytest.raises(DivergenceError, match=f"needs m >= z sqrt\\(d\\) = {need:,} clients per round") as err:
+        fed._count_dead_round(3)
+    assert "\n" not in str(err.value) and f"num_clients >= {need:,}" in str(err.value)

@@ -249,3 +249,11 @@ def test_channel_bound_lets_zero_channels_grow():
     b = channel_bound({"bias": torch.zeros(3), "w": torch.tensor([[0.5, -2.0], [0.0, 0.0]])}, margin=1.5)
     assert torch.allclose(b["bias"], torch.full((3,), MIN_BOUND * 1.5))
     assert torch.allclose(b["w"], torch.tensor([3.0, MIN_BOUND * 1.5]))
+
+
+def test_rotated_dp_uploads_count_the_padded_vector_and_have_uniform_weights():
+    k = modulus_bits(8, 5)
+    assert (masked_upload_bytes(1000, 8, 5, rotated=True) - masked_upload_bytes(1000, 8, 5)
+            == math.ceil(1024 * k / 8) - math.ceil(1001 * k / 8))  # 2^10 values, no weight slot
+    with pytest.raises(SecAggError, match="uniform weights"):
+        masked_upload_bytes(1000, 8, 5, total_weight=7, rotated=True)

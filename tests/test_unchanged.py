@@ -68,7 +68,8 @@ def test_metrics_with_new_features_off_equal_those_from_before_them(runs, name):
     now = list(csv.reader((runs / name / "metrics.csv").open()))
     width = len(before[0])
     assert now[0][:width] == before[0]
-    assert now[0][width:] == ["sim_seconds", "cum_sim_seconds", "mean_bits", "mean_staleness", "epsilon"]
+    assert now[0][width:] == ["sim_seconds", "cum_sim_seconds", "mean_bits", "mean_staleness", "epsilon",
+                              "sampled_clients"]
     if AVX2:
         assert [row[:width] for row in now] == before
     else:
@@ -76,4 +77,5 @@ def test_metrics_with_new_features_off_equal_those_from_before_them(runs, name):
             for a, b in zip(got[:width], want):
                 assert a == b or float(a) == pytest.approx(float(b), rel=1e-3)
     for row in now[1:]:
-        assert row[width:width + 2] == ["", ""] and row[-1] == ""  # no clock, no DP
+        assert row[width:width + 2] == ["", ""] and row[-2] == ""  # no clock, no DP
+        assert row[-1] == "4"  # every client sampled, the same fixed-size draw as before

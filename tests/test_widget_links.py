@@ -95,6 +95,28 @@ def test_link_explorer_redraws_in_place_without_training(fed):
     assert "dropped (%)" in ex.text.value and fig.layout.title.text.startswith("lognormal:8.56,0")
 
 
+def test_adaptive_widths_bar_has_a_labelled_category_for_every_width(fed):
+    """The bar chart's x axis is categorical with one label per width ("INT16" .. "INT<min_bits>", "late").
+
+    Bare numbers as labels ("16") are read by plotly.js as a numeric axis wherever the category
+    type does not reach it; these labels are never numbers, and the axis lists them explicitly.
+    """
+    ex = LinkExplorer(fed, sigma=1.0, bit_widths=(32, 8), num_rounds=ROUNDS, min_bits=4)
+    bar = ex.figure.data[-1]
+    labels = [f"INT{b}" for b in range(16, 3, -1)] + ["late"]
+    assert bar.type == "bar" and list(bar.x) == labels
+    axis = ex.figure.layout["xaxis" + bar.xaxis.removeprefix("x")]
+    assert axis.type == "category" and list(axis.categoryarray) == labels
+    assert list(axis.tickvals) == labels and list(axis.ticktext) == labels
+    for label in labels:  # not a number in any form plotly.js would parse
+        with pytest.raises(ValueError):
+            float(label)
+    picked = ex.stats[ex.stats.policy == "adaptive"].bits
+    assert (picked.dropna() >= 4).all()  # min_bits reaches the widget's policy
+    assert list(bar.y) == [sum(width_label(b) == label for b in picked) for label in labels]
+    assert sum(bar.y) == ROUNDS * fed.cfg.clients_per_round
+
+
 def test_common_grid_interpolates_each_run():
     df = pd.DataFrame({"label": ["a"] * 4, "seed": [0, 0, 1, 1], "t": [0.0, 2.0, 1.0, 3.0],
                        "acc": [0.0, 1.0, 0.5, 0.7]})

@@ -47,6 +47,8 @@ def test_leakage_explorer_redraws_stored_images_without_attacking(stored, monkey
     np.testing.assert_array_equal(np.array(fig.data[1].z), _rgb(images["lenet_B1_bits4_noise0"][0]))
     psnr = rows[(rows.bits == 4)].psnr.iloc[0]
     assert f"{psnr:.2f} dB" in ex.text.value and f"{psnr:.1f} dB" in fig.layout.title.text
+    row = rows[(rows.bits == 4)].iloc[0]  # one attack step each: stopped at its cap, with its matching loss
+    assert f"1 step (stopped at its step cap), final gradient-matching loss {row.match_loss:.3g}" in ex.text.value
 
     ex.noise.value = 0.5  # INT4 with noise was never attacked: gray panel, and the text says so
     assert ex.row is None and (np.array(fig.data[1].z) == 128).all()
