@@ -204,19 +204,22 @@ class LinkExplorer:
         self.deadline = w.FloatSlider(value=deadline, min=0.0, max=math.ceil(max_deadline / step) * step, step=step,
                                       description="deadline (s)", continuous_update=False, readout_format=".3g",
                                       style={"description_width": "initial"})
-        # the bars' categories: "INT16" .. "INT<min_bits>", "late". Bare numbers ("16") would make
-        # plotly.js read the axis as numbers wherever its type is not forced; these never are
+        # the bars' labels: "INT16" .. "INT<min_bits>", "late", drawn as tick text on a numeric axis
+        # at 0, 1, 2, ...: a categorical axis inside an ipywidgets box lost all its labels in
+        # JupyterLab (checked in Chromium: plotly draws none; alone in a cell it draws them)
         self.categories = [width_label(b) for b in adaptive_widths(16, min_bits)] + ["late"]
+        positions = list(range(len(self.categories)))
         fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
                             subplot_titles=("upload seconds of every client and round", "adaptive widths picked"))
         for i, b in enumerate(self.bit_widths):
             fig.add_trace(go.Scatter(x=[], y=[], mode="lines", line_shape="hv", name=width_label(b),
                                      line=dict(width=2)), 1, 1)
-        fig.add_trace(go.Bar(x=self.categories, y=[0] * len(self.categories), name="adaptive",
+        fig.add_trace(go.Bar(x=positions, y=[0] * len(self.categories), name="adaptive",
+                             hovertext=self.categories,
                              marker_color="gray"), 1, 2)
         fig.update_xaxes(type="log", title_text="upload seconds U_k / up_k", row=1, col=1)
-        fig.update_xaxes(type="category", categoryorder="array", categoryarray=self.categories,
-                         tickmode="array", tickvals=self.categories, ticktext=self.categories,
+        fig.update_xaxes(type="linear", range=[-0.5, len(positions) - 0.5], tickmode="array", tickvals=positions,
+                         ticktext=self.categories, tickangle=-90,
                          title_text="width", row=1, col=2)
         fig.update_yaxes(title_text="client-rounds", row=1, col=1)
         fig.update_layout(template="plotly_white", height=440)
