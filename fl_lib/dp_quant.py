@@ -173,6 +173,13 @@ def dp_grid(num_params: int, bits: int, clip: float, rounding: str = "stochastic
     return grid
 
 
+def grid_for(cfg, num_params: int) -> DPGrid | None:
+    """The grid of a run (a Config) with DP under secure aggregation, else None; ConfigError where it is refused."""
+    if not (cfg.secure_aggregation and cfg.dp_clip > 0):
+        return None
+    return dp_grid(num_params, cfg.bits, cfg.dp_clip, cfg.rounding)
+
+
 # -- the rotation -----------------------------------------------------------------------
 
 def hadamard(x: np.ndarray) -> np.ndarray:

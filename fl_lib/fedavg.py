@@ -36,7 +36,6 @@ from .pool import Pool, pool_size, usable_cores
 from .quant import relative_error
 from .rng import SERVER, Stream, numpy_generator, sampling_generator, stream_seed, torch_generator
 from . import dp_quant
-from .dp_quant import DPGrid, dp_grid
 from .secagg import SecAggError, channel_bound, masked_upload_bytes, received_bytes, secure_mean, shared_scale_mean
 
 EVAL_BATCH = 250  # test samples per forward pass; larger batches measured slower here (memory-bound)
@@ -122,6 +121,7 @@ class Federation:
         self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.global_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.model_bytes = len(codec.encode(self.global_state, bits=32))  # one float32 broadcast
+        self.num_params = sum(v.numel() for v in self.global_state.values() if v.is_floating_point())  # d
         self.dead_rounds = 0
         profile = parse_link(cfg.link)
         self.links = Links(profile, cfg.num_clients, cfg.seed) if profile is not None else None
@@ -141,8 +141,9 @@ class Federation:
             else:
                 self.epsilons = fixed_size_epsilon_per_round(cfg.num_clients, cfg.clients_per_round, cfg.dp_noise,
                                                              cfg.num_rounds, cfg.dp_delta)
-        if cfg.secure_aggregation and cfg.dp_clip > 0:
-            self._dp_grid()  # refuses here, in one line, a bit width at which the update would be lost
+        # DP under secure aggregation: the model's public grid (dp_quant.py); refuses here, in one line,
+        # a bit width at which the update would be lost
+        self.dp_grid = dp_quant.grid_for(cfg, self.num_params)
 
     # -- randomness -------------------------------------------------------
     def sample_clients(self, t: int) -> list[int]:
@@ -265,13 +266,13 @@ class Federation:
         if cohort is not None and self.cfg.secure_aggregation:
             # without DP the integer weights _secure_update masks with, fixed before anyone drops
             # out: n_k / gcd (secagg divides by it); with DP uniform ones on the rotated grid (dp_quant.py)
-            dp = self.cfg.dp_clip > 0
+            if self.dp_grid is not None:
+                return self.dp_grid.upload_bytes(len(cohort))
             sizes = [self.sizes[k] for k in cohort]
-            weight = None if dp else sum(sizes) // math.gcd(*sizes)
+            weight = sum(sizes) // math.gcd(*sizes)
             key = (bits, len(cohort), weight)
             if key not in self._upload_sizes:
-                num_params = sum(v.numel() for v in self.global_state.values() if v.is_floating_point())
-                self._upload_sizes[key] = masked_upload_bytes(num_params, bits, len(cohort), weight, rotated=dp)
+                self._upload_sizes[key] = masked_upload_bytes(self.num_params, bits, len(cohort), weight)
             return self._upload_sizes[key]
         if bits not in self._upload_sizes:
             names = [n for n, _ in self.model.named_parameters()] if self.cfg.algorithm == "fedsgd" else None
@@ -472,7 +473,7 @@ class Federation:
         self.dead_rounds += 1
         if self.dead_rounds >= MAX_DEAD_ROUNDS:
             if cfg.dp_noise > 0:
-                d = sum(v.numel() for v in self.global_state.values() if v.is_floating_point())
+                d = self.num_params
                 m, need = self.dp_expected_clients, clients_needed(cfg.dp_noise, d)
                 cause = (f"the DP noise probably broke the model: its norm on the average, z S sqrt(d) / m = "
                          f"{cfg.dp_noise * cfg.dp_clip * math.sqrt(d) / m:.3g}, is {cfg.dp_noise * math.sqrt(d) / m:.3g}"
@@ -546,11 +547,6 @@ class Federation:
                              for n, g in self.global_state.items()}
         return per_client * len(senders), errors
 
-    def _dp_grid(self) -> DPGrid:
-        """This model's public grid for DP under secure aggregation (dp_quant.dp_grid; ConfigError: update lost)."""
-        num_params = sum(v.numel() for v in self.global_state.values() if v.is_floating_point())
-        return dp_grid(num_params, self.cfg.bits, self.cfg.dp_clip, self.cfg.rounding)
-
     def _dp_secure_update(self, t, sampled, senders, sent):
         """DP-FedAvg under secure aggregation: w += (sum_k decode(z_k) + N(0, (z Delta)^2)) / m.
 
@@ -563,7 +559,7 @@ class Federation:
         round that sampled nobody) the step is the noise alone.
         """
         cfg = self.cfg
-        grid = self._dp_grid()
+        grid = self.dp_grid
         like = {n: v for n, v in self.global_state.items() if v.is_floating_point()}
         errors, per_client = [], grid.upload_bytes(len(sampled)) if sampled else 0
         total = np.zeros(grid.num_params)

@@ -113,10 +113,12 @@ def clock_view(fed, **changes):
     (and checked) config and the links that config draws. The engine's own
     `plan` then gives the widths, duration and kept clients; nothing is trained.
     """
+    from .dp_quant import grid_for
     from .links import Links, parse_link
 
     view = copy.copy(fed)
     view.cfg = fed.cfg.replace(**changes)
+    view.dp_grid = grid_for(view.cfg, fed.num_params)  # what a masked DP upload costs follows bits
     profile = parse_link(view.cfg.link)
     view.links = Links(profile, view.cfg.num_clients, view.cfg.seed) if profile is not None else None
     return view

@@ -214,7 +214,7 @@ def test_a_late_client_drops_out_of_the_masked_dp_sum(data):
     late = max(times, key=times.get)
     ref = Federation(cfg, data=data)
     start = {n: v.clone() for n, v in ref.global_state.items()}
-    grid = ref._dp_grid()
+    grid = ref.dp_grid
     sent = {k: ref._clipped(ref.local_update(k, 1)[0]) for k in sampled}
     flats = [np.zeros(grid.num_params) if k == late else dp_quant.flatten(ref._update_of(sent[k])) for k in sampled]
     gone = [sampled.index(late)]
@@ -232,7 +232,7 @@ def test_a_round_without_senders_adds_the_noise_for_delta_alone(data):
     fed = Federation(tiny(), data=data)
     start = {n: v.clone() for n, v in fed.global_state.items()}
     assert fed._secure_update(2, [], [], [], []) == (0, [])
-    grid = fed._dp_grid()
+    grid = fed.dp_grid
     zeros = {n: torch.zeros_like(v) for n, v in start.items()}
     step = dp.add_noise(zeros, 0.3, grid.sensitivity, torch_generator(fed.cfg.seed, 2, SERVER, Stream.DP_NOISE))
     for n in start:
