@@ -29,11 +29,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fl_lib import batched, codec
-from fl_lib.config import Config, preset
-from fl_lib.data import Dataset, load_dataset, synthetic
-from fl_lib.fedavg import Federation, resolve_device
-from fl_lib.models import build_model
+from fl_lib.simulator import batched
+from fl_lib.core import codec
+from fl_lib.core.config import Config, preset
+from fl_lib.core.data import Dataset, load_dataset, synthetic
+from fl_lib.simulator.federation import Federation, resolve_device
+from fl_lib.core.models import build_model
 
 NO_EVAL = 10**6  # eval_every and num_rounds this large: round(t) never evaluates
 MEMORY_NOISE_MB, MEMORY_NOISE_FRACTION = 5.0, 0.02  # RSS growth within max(5 MB, 2%) is noise

@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from fl_lib import flower, results
-from fl_lib.config import preset
+from fl_lib.runtime import flower
+from fl_lib.runtime import results
+from fl_lib.core.config import preset
 
 BIN = Path(sys.executable).parent
 

@@ -18,7 +18,7 @@ import time
 
 WORKER = r"""
 import sys, time, torch, torch.nn.functional as F
-from fl_lib.models import build_model
+from fl_lib.core.models import build_model
 torch.manual_seed(0)
 model = build_model("cifar_cnn", 10, 3, 32).to(memory_format=torch.channels_last)
 opt = torch.optim.SGD(model.parameters(), lr=0.01)

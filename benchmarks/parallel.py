@@ -19,9 +19,10 @@ import time
 
 import torch
 
-from fl_lib import pool, results
-from fl_lib.config import preset
-from fl_lib.fedavg import Federation, use_pool
+from fl_lib.simulator import pool
+from fl_lib.runtime import results
+from fl_lib.core.config import preset
+from fl_lib.simulator.federation import Federation, use_pool
 
 TARGET = 1.25  # issue 14's goal on this 2-core machine, for both figures
 

@@ -6,8 +6,8 @@ import dataclasses
 import json
 import sys
 
-from .config import FIELD_DOCS, FIELD_NAMES, PRESETS, RULES, Config, parse_value, preset
-from .errors import ConfigError, DataError, FLError
+from .core.config import FIELD_DOCS, FIELD_NAMES, PRESETS, RULES, Config, parse_value, preset
+from .core.errors import ConfigError, DataError, FLError
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line (exit 2), not a usage dump."""
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, nargs="+", default=[32, 16, 8, 4, 2], help="bit widths")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    from . import leakage, report
+    from .privacy import leakage
+    from .study import report
 
     p = sub.add_parser("leakage", help="gradient inversion of one client upload at several bit widths (leakage.py)",
                        description="Reconstruct a client's images from what the server receives; prints PSNR.")
@@ -93,9 +94,9 @@ def main(argv=None) -> int:
         if args.command == "flower":
             return _flower(args)
         if args.command == "leakage":
-            from . import leakage
+            from .privacy import leakage
             return leakage.main(args)
-        from . import report
+        from .study import report
         return report.main(args)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from . import results
+    from .runtime import results
 
     cfg = config_from_args(args)
     out = args.out or results.run_dir(cfg)
@@ -127,7 +128,7 @@ def _run(args) -> int:
 def _flower(args) -> int:
     from pathlib import Path
 
-    from . import flower
+    from .runtime import flower
 
     cfg = config_from_args(args)
     flower.check_flower_config(cfg)
@@ -138,7 +139,7 @@ def _flower(args) -> int:
         r_dir = Path(args.out)
     else:
         return flower.deploy(cfg, args.out, args.superlink, args.round_timeout, args.connect_timeout)
-    from .results import load_run
+    from .runtime.results import load_run
 
     s = load_run(r_dir).summary
     print(f"{r_dir}: {s['rounds']} rounds on {s['runtime']}, final test accuracy {s['final_test_acc']:.4f}, "
@@ -148,8 +149,8 @@ def _flower(args) -> int:
 
 
 def _traffic(args) -> int:
-    from .quant import check_bits
-    from .traffic import format_table, traffic_table
+    from .core.quant import check_bits
+    from .study.traffic import format_table, traffic_table
 
     if args.num_clients < 1:
         raise ConfigError(f"num_clients={args.num_clients} is not allowed: must be int in [1, 100000]")

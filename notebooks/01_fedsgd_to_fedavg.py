@@ -50,13 +50,14 @@ workers: int = 0  # processes that compute this lesson's runs side by side; 0: o
 import pandas as pd
 from IPython.display import Markdown, display
 
-from fl_lib import lesson, plots
-from fl_lib.config import parse_list, parse_seeds, preset
-from fl_lib.data import load_dataset
-from fl_lib.fedavg import Federation, aggregate
-from fl_lib.metrics import local_updates, rounds_to_target
-from fl_lib.mixing import mixing_curves
-from fl_lib.results import run_many
+from fl_lib.study import lesson
+from fl_lib.study import plots
+from fl_lib.core.config import parse_list, parse_seeds, preset
+from fl_lib.core.data import load_dataset
+from fl_lib.simulator.federation import Federation, aggregate
+from fl_lib.study.measures import local_updates, rounds_to_target
+from fl_lib.study.mixing import mixing_curves
+from fl_lib.runtime.results import run_many
 
 lesson.setup("mcmahan", "lee")
 data_root = lesson.folder("data_root", data_root)
@@ -171,7 +172,7 @@ rows[["model", "row", "E", "B", "u_ours", "u_paper", "paper_iid", "paper_non_iid
 # %% [markdown]
 # ## 5. FedSGD vs FedAvg on MNIST, IID and non-IID
 #
-# Every run goes through `fl_lib.results.run_many`, which computes independent runs side by side (one
+# Every run goes through `fl_lib.runtime.results.run_many`, which computes independent runs side by side (one
 # process per core) and caches each under `results_dir` by a hash of its config: rerunning the lesson,
 # or another lesson asking for the same run, loads it at once, and asking for more rounds continues a
 # stored run from its last round.

@@ -34,12 +34,13 @@ figures_dir: str = ""  # where static PNGs are written; empty: the project's fig
 import numpy as np
 import pandas as pd
 
-from fl_lib import lesson, plots
-from fl_lib.analysis import describe_stats, partition_stats, summarize_stats
-from fl_lib.config import Config
-from fl_lib.data import load_dataset
-from fl_lib.partition import label_counts, make_partition
-from fl_lib.widgets import PartitionExplorer
+from fl_lib.study import lesson
+from fl_lib.study import plots
+from fl_lib.study.analysis import describe_stats, partition_stats, summarize_stats
+from fl_lib.core.config import Config
+from fl_lib.core.data import load_dataset
+from fl_lib.core.partition import label_counts, make_partition
+from fl_lib.study.widgets import PartitionExplorer
 
 lesson.setup("mcmahan", "lee", "yurochkin", "wang", "li", "hsu")
 data_root = lesson.folder("data_root", data_root)

@@ -38,15 +38,16 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from fl_lib import lesson, plots
-from fl_lib.analysis import channel_quant_stats, describe_quant
-from fl_lib.config import preset
-from fl_lib.data import load_dataset
-from fl_lib.fedavg import Federation
-from fl_lib.metrics import model_quant_error, quantization_errors
-from fl_lib.quant import dequantize, quantize
-from fl_lib.traffic import PAPER_MIB, format_table, traffic_table
-from fl_lib.widgets import QuantExplorer
+from fl_lib.study import lesson
+from fl_lib.study import plots
+from fl_lib.study.analysis import channel_quant_stats, describe_quant
+from fl_lib.core.config import preset
+from fl_lib.core.data import load_dataset
+from fl_lib.simulator.federation import Federation
+from fl_lib.study.measures import model_quant_error, quantization_errors
+from fl_lib.core.quant import dequantize, quantize
+from fl_lib.study.traffic import PAPER_MIB, format_table, traffic_table
+from fl_lib.study.widgets import QuantExplorer
 
 lesson.setup("lee", "krishnamoorthi")
 data_root = lesson.folder("data_root", data_root)
@@ -101,7 +102,7 @@ print(f"codes from {int(q.min())} to {int(q.max())}; channel {channel}: {q[chann
 # %%
 w_hat = s[:, None] * q  # (3)
 qt = quantize(W, bits)  # fl_lib's quantizer, the one the uploads use
-print(f"codes that differ from fl_lib.quant's: {int((qt.q.reshape_as(q).float() != q).sum())} of {q.numel()}")
+print(f"codes that differ from fl_lib.core.quant's: {int((qt.q.reshape_as(q).float() != q).sum())} of {q.numel()}")
 print(f"largest difference from fl_lib's reconstruction: {(dequantize(qt).reshape_as(w) - w_hat).abs().max():.1e}")
 print(f"max |w - w_hat| / (s_c / 2) over all channels: {((w - w_hat).abs().amax(1) / (s / 2)).max():.3f} (<= 1)")
 pd.DataFrame({"w_ci": w[channel, :8], "w_ci / s_c": w[channel, :8] / s[channel], "q_ci": q[channel, :8],

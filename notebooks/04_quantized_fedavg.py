@@ -48,9 +48,11 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from fl_lib import config, lesson, plots
-from fl_lib.config import parse_list, parse_seeds
-from fl_lib.results import run, run_many
+from fl_lib.core import config
+from fl_lib.study import lesson
+from fl_lib.study import plots
+from fl_lib.core.config import parse_list, parse_seeds
+from fl_lib.runtime.results import run, run_many
 
 lesson.setup("lee", "mcmahan")
 data_root = lesson.folder("data_root", data_root)

@@ -72,16 +72,22 @@ import pandas as pd
 import torch
 from IPython.display import Image, Markdown, display
 
-from fl_lib import config, dp, dp_quant, leakage, lesson, plots, secagg
-from fl_lib.codec import encode
-from fl_lib.config import parse_list, parse_seeds
-from fl_lib.data import load_dataset
-from fl_lib.errors import ConfigError, DivergenceError
-from fl_lib.fedavg import SECAGG_MARGIN, Federation
-from fl_lib.models import build_model
-from fl_lib.quant import fake_quantize, relative_error
-from fl_lib.results import run, run_many
-from fl_lib.widgets import LeakageExplorer, load_attacks, width_label
+from fl_lib.core import config
+from fl_lib.privacy import dp
+from fl_lib.privacy import dp_quant
+from fl_lib.privacy import leakage
+from fl_lib.study import lesson
+from fl_lib.study import plots
+from fl_lib.privacy import secagg
+from fl_lib.core.codec import encode
+from fl_lib.core.config import parse_list, parse_seeds
+from fl_lib.core.data import load_dataset
+from fl_lib.core.errors import ConfigError, DivergenceError
+from fl_lib.simulator.federation import SECAGG_MARGIN, Federation
+from fl_lib.core.models import build_model
+from fl_lib.core.quant import fake_quantize, relative_error
+from fl_lib.runtime.results import run, run_many
+from fl_lib.study.widgets import LeakageExplorer, load_attacks, width_label
 
 lesson.setup("mcmahan")
 data_root = lesson.folder("data_root", data_root)
@@ -111,7 +117,7 @@ pd.DataFrame([{k: getattr(base, k) for k in shown}], index=["federated runs"])
 # The attacker is the server. It knows the model $w$ it broadcast and receives one client's upload.
 # For DLG's network (`lenet`, sigmoid activations) the client uploads the gradient of its batch loss,
 # as in FedSGD, $g = \nabla_w L(f_w(x), y)$; the server decodes it at the run's bit width, so it
-# sees $\hat g$, exactly what `fl_lib.codec` delivers.
+# sees $\hat g$, exactly what `fl_lib.core.codec` delivers.
 #
 # **Step 1: the label.** With non-negative features $h$ (sigmoid outputs), the last layer's gradient
 # is $\partial L / \partial W_c = (p_c - y_c)\, h$: only the true class's row has a negative sum

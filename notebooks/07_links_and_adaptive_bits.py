@@ -58,13 +58,16 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from fl_lib import config, lesson, links, plots
-from fl_lib.config import parse_list, parse_seeds
-from fl_lib.data import load_dataset
-from fl_lib.fedavg import Federation, replay_clock
-from fl_lib.metrics import rounds_to_target
-from fl_lib.results import run, run_many
-from fl_lib.widgets import LinkExplorer, clock_stats, clock_summary, clock_view, width_label
+from fl_lib.core import config
+from fl_lib.study import lesson
+from fl_lib.core import links
+from fl_lib.study import plots
+from fl_lib.core.config import parse_list, parse_seeds
+from fl_lib.core.data import load_dataset
+from fl_lib.simulator.federation import Federation, replay_clock
+from fl_lib.study.measures import rounds_to_target
+from fl_lib.runtime.results import run, run_many
+from fl_lib.study.widgets import LinkExplorer, clock_stats, clock_summary, clock_view, width_label
 
 lesson.setup("lee", "mcmahan")
 data_root = lesson.folder("data_root", data_root)

@@ -48,14 +48,15 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from fl_lib import lesson, plots
+from fl_lib.study import lesson
+from fl_lib.study import plots
 from fl_lib import shakespeare as sh
-from fl_lib.config import parse_list, parse_seeds, preset
-from fl_lib.data import load_dataset
-from fl_lib.fedavg import Federation
-from fl_lib.metrics import local_updates, rounds_to_target
-from fl_lib.models import build_model, count_parameters
-from fl_lib.results import run
+from fl_lib.core.config import parse_list, parse_seeds, preset
+from fl_lib.core.data import load_dataset
+from fl_lib.simulator.federation import Federation
+from fl_lib.study.measures import local_updates, rounds_to_target
+from fl_lib.core.models import build_model, count_parameters
+from fl_lib.runtime.results import run
 
 lesson.setup("mcmahan")
 data_root = lesson.folder("data_root", data_root)

@@ -6,19 +6,18 @@ drawn differently under vmap, so it is checked for running, not for equality.
 import pytest
 import torch
 
-from fl_lib import batched
-from fl_lib.config import Config
-from fl_lib.data import synthetic
-from fl_lib.fedavg import Federation
+from fl_lib.simulator import batched
+from fl_lib.core.config import Config
+from fl_lib.core.data import synthetic
+from fl_lib.simulator.federation import Federation
+from tests.tiny import tiny_config
 
 
 def cfg_for(model, **kw) -> Config:
-    # Dirichlet with a small min_size gives clients of very unequal sizes; B = 16 divides none of them evenly.
-    base = dict(dataset="synthetic", model=model, num_clients=5, partition="dirichlet", alpha=0.1, min_size=3,
-                local_epochs=2, batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4, num_rounds=2,
-                device="cpu", checkpoint_every=0)
-    base.update(kw)
-    return Config(**base)
+    """The shared tiny federation with `model` on the synthetic set: five unequal clients, two epochs, momentum."""
+    # Dirichlet with a small min_size gives clients of very unequal sizes; the shared B = 16 divides none evenly.
+    return tiny_config(**{**dict(dataset="synthetic", model=model, num_clients=5, alpha=0.1, min_size=3, local_epochs=2,
+                                 lr=0.01, momentum=0.9, weight_decay=5e-4, num_rounds=2, augment=True), **kw})
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +37,10 @@ def in_float64(fed: Federation, monkeypatch) -> Federation:
     fed.global_state = {n: v.double() for n, v in fed.global_state.items()}
     fed.opt = torch.optim.SGD(fed.model.parameters(), lr=fed.cfg.lr, momentum=fed.cfg.momentum,
                               weight_decay=fed.cfg.weight_decay)
-    import fl_lib.client
+    import fl_lib.core.client
 
-    inputs = fl_lib.client.batch_inputs  # both trainers draw their batches through it
-    monkeypatch.setattr(fl_lib.client, "batch_inputs",
+    inputs = fl_lib.core.client.batch_inputs  # both trainers draw their batches through it
+    monkeypatch.setattr(fl_lib.core.client, "batch_inputs",
                         lambda *a, **k: (lambda x, y: (x.double(), y))(*inputs(*a, **k)))
     return fed
 

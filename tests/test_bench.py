@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from benchmarks import bench
-from fl_lib.config import Config
-from fl_lib.data import synthetic
-from fl_lib.fedavg import Federation
+from fl_lib.core.config import Config
+from fl_lib.core.data import synthetic
+from fl_lib.simulator.federation import Federation
 
 
 def test_quick_bench_prints_every_target_line(capsys):

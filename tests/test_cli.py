@@ -81,7 +81,7 @@ def test_out_holding_another_config_is_refused(tmp_path, capsys):
 
 
 def test_offline_download_failure_is_one_clear_message(tmp_path, capsys, monkeypatch):
-    import fl_lib.data as data
+    import fl_lib.core.data as data
 
     class NoNetwork:
         def __init__(self, *a, **k):

@@ -5,26 +5,24 @@ import statistics
 import pytest
 import torch
 
-from fl_lib import codec
-from fl_lib.aggregation import aggregate
-from fl_lib.config import Config
-from fl_lib.errors import ConfigError
-from fl_lib.data import synthetic
-from fl_lib.fedavg import Federation
-from fl_lib.links import MBIT, staleness_weight, transfer_seconds
+from fl_lib.core import codec
+from fl_lib.core.aggregators.mean import aggregate
+from fl_lib.core.config import Config
+from fl_lib.core.errors import ConfigError
+from fl_lib.simulator.federation import Federation
+from fl_lib.core.links import MBIT, staleness_weight, transfer_seconds
+from tests.tiny import tiny_config
 
 
-@pytest.fixture(scope="module")
-def data():
-    return synthetic(num_train=160, num_test=40, channels=1, size=28, seed=0, name="synthetic-mnist")
+@pytest.fixture
+def data(tiny_data):
+    """The session's shared tiny data (conftest.py): read-only."""
+    return tiny_data
 
 
 def tiny(**kw) -> Config:
-    base = dict(dataset="synthetic-mnist", model="2nn", num_clients=4, partition="iid", local_epochs=2,
-                batch_size=16, lr=0.05, momentum=0.0, weight_decay=0.0, num_rounds=5, augment=False,
-                device="cpu", checkpoint_every=0, link="lognormal:2,0")
-    base.update(kw)
-    return Config(**base)
+    """The shared tiny federation, IID with two local epochs and five rounds, on a lognormal link."""
+    return tiny_config(**{**dict(partition="iid", local_epochs=2, num_rounds=5, link="lognormal:2,0"), **kw})
 
 
 def test_round_time_by_hand(data):
@@ -184,7 +182,7 @@ def test_runs_with_a_clock_are_deterministic(data):
 
 
 def test_replay_clock_equals_the_clock_of_a_real_run(data):
-    from fl_lib.fedavg import replay_clock
+    from fl_lib.simulator.federation import replay_clock
 
     cfg = tiny(link="none", client_fraction=0.5, bits=8, num_rounds=3)
     fed = Federation(cfg.replace(link="mobile"), data=data)
@@ -260,7 +258,7 @@ def test_min_bits_bad_combinations_are_one_line(fields):
 
 def test_fedbuff_uses_the_same_adaptive_rule(data):
     """FedBuff's job width is links.adaptive_plan's width over every client at that round's links."""
-    from fl_lib.links import adaptive_plan, adaptive_widths
+    from fl_lib.core.links import adaptive_plan, adaptive_widths
 
     cfg = tiny(algorithm="fedbuff", link="lognormal:0.5,0.3", num_clients=6, bits_policy="adaptive", min_bits=3)
     fed = Federation(cfg, data=data)

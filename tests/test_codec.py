@@ -9,11 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fl_lib import codec
-from fl_lib.codec import decode, decode_codes, encode, header_size, pack_codes, packed_size, unpack_codes
-from fl_lib.errors import CodecError, ConfigError
-from fl_lib.models import build_model
-from fl_lib.quant import dequantize, q_max, quantize
+from fl_lib.core import codec
+from fl_lib.core.codec import decode, decode_codes, encode, header_size, pack_codes, packed_size, unpack_codes
+from fl_lib.core.errors import CodecError, ConfigError
+from fl_lib.core.models import build_model
+from fl_lib.core.quant import dequantize, q_max, quantize
 
 WIDTHS = range(2, 17)
 

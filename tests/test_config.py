@@ -3,8 +3,8 @@ import dataclasses
 
 import pytest
 
-from fl_lib.config import FIELD_NAMES, PRESETS, RULES, Config, parse_value, preset
-from fl_lib.errors import ConfigError
+from fl_lib.core.config import FIELD_NAMES, PRESETS, RULES, Config, parse_value, preset
+from fl_lib.core.errors import ConfigError
 
 BAD = {
     "dataset": ["imagenet", "", 3],

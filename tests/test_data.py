@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fl_lib.data import augment_batch, get_batch, load_dataset
-from fl_lib.errors import DataError
-from fl_lib.models import build_model
+from fl_lib.core.data import augment_batch, get_batch, load_dataset
+from fl_lib.core.errors import DataError
+from fl_lib.core.models import build_model
 
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
 
@@ -179,6 +179,7 @@ def test_offline_download_fails_with_one_clear_message(tmp_path, monkeypatch, na
     ("mnist_subset.npz", (17435, 1, 28, 28), False),
     ("cifar10_subset.npz", (5085, 3, 32, 32), True),
 ])
+@pytest.mark.slow
 def test_shared_real_subsets(file, shape, augment):
     path = SHARED_DATA / file
     if not path.is_file():

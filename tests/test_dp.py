@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fl_lib.dp import (add_noise, check_dp, clip_update, dp_average, epsilon, epsilon_per_round,
+from fl_lib.privacy.dp import (add_noise, check_dp, clip_update, dp_average, epsilon, epsilon_per_round,
                        update_norm)
-from fl_lib.errors import ConfigError
+from fl_lib.core.errors import ConfigError
 
 
 def random_update(seed, scale=1.0):
@@ -152,7 +152,7 @@ def test_poisson_epsilon_equals_an_independent_accountant(q, z, steps):
 def test_fixed_size_epsilon_composes_like_the_accountant_and_exceeds_poisson():
     import dp_accounting
     from dp_accounting.rdp import RdpAccountant
-    from fl_lib.dp import fixed_size_epsilon_per_round
+    from fl_lib.privacy.dp import fixed_size_epsilon_per_round
     got = fixed_size_epsilon_per_round(100, 10, 1.0, 30, 1e-5)
     for t in (1, 7, 30):
         acc = RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
@@ -168,7 +168,7 @@ def test_fixed_size_epsilon_composes_like_the_accountant_and_exceeds_poisson():
 
 def test_poisson_sample_takes_each_client_with_probability_q():
     import numpy as np
-    from fl_lib.dp import poisson_sample
+    from fl_lib.privacy.dp import poisson_sample
     counts = [len(poisson_sample(50, 0.2, np.random.default_rng(s))) for s in range(2000)]
     assert abs(np.mean(counts) - 10) < 4 * math.sqrt(50 * 0.2 * 0.8 / 2000)
     assert min(counts) < 10 < max(counts)  # the count varies from round to round
@@ -176,6 +176,6 @@ def test_poisson_sample_takes_each_client_with_probability_q():
 
 
 def test_clients_needed_makes_the_noise_no_larger_than_the_clip():
-    from fl_lib.dp import clients_needed
+    from fl_lib.privacy.dp import clients_needed
     assert clients_needed(1.0, 122_570) == 351  # ceil(sqrt(122570)) = 351
     assert clients_needed(0.5, 100) == 5

@@ -7,14 +7,15 @@ import pytest
 import scipy.linalg
 import torch
 
-from fl_lib import dp, dp_quant
-from fl_lib.config import Config
-from tests.tiny import tiny_config, tiny_data
-from fl_lib.errors import ConfigError
-from fl_lib.fedavg import Federation
-from fl_lib.quant import q_max
-from fl_lib.rng import SERVER, Stream, torch_generator
-from fl_lib.secagg import KEY_BYTES, SHARE_BYTES, masked_upload_bytes, modulus_bits
+from fl_lib.privacy import dp
+from fl_lib.privacy import dp_quant
+from fl_lib.core.config import Config
+from tests.tiny import tiny_config
+from fl_lib.core.errors import ConfigError
+from fl_lib.simulator.federation import Federation
+from fl_lib.core.quant import q_max
+from fl_lib.core.rng import SERVER, Stream, torch_generator
+from fl_lib.privacy.secagg import KEY_BYTES, SHARE_BYTES, masked_upload_bytes, modulus_bits
 
 
 def gaussian_updates(num_clients, d, clip=1.0, seed=0):
@@ -163,12 +164,14 @@ def test_rotated_upload_bytes_count_the_padded_vector():
 
 # -- inside the engine ------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def data():
-    return tiny_data()
+@pytest.fixture
+def data(tiny_data):
+    """The session's shared tiny data (conftest.py): read-only."""
+    return tiny_data
 
 
 def tiny(**kw) -> Config:
+    """The shared tiny federation with DP under 8-bit secure aggregation, fixed-size client sampling."""
     return tiny_config(**{**dict(dp_clip=0.5, dp_noise=0.3, secure_aggregation=True, bits=8, dp_sampling="fixed"),
                           **kw})
 

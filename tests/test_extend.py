@@ -1,17 +1,16 @@
 """A run folder holds a run at any length: longer runs continue from it, shorter ones are its prefix."""
 import pytest
 
-from fl_lib import checkpoint, results
+from fl_lib.runtime import checkpoint
+from fl_lib.runtime import results
 from fl_lib.cli import main
-from fl_lib.config import Config
+from fl_lib.core.config import Config
+from tests.tiny import tiny_config
 
 
 def tiny(**kw) -> Config:
-    base = dict(dataset="synthetic-mnist", model="2nn", num_clients=4, partition="dirichlet", alpha=0.5,
-                local_epochs=1, batch_size=16, lr=0.05, momentum=0.9, num_rounds=5, augment=False,
-                device="cpu", checkpoint_every=0)
-    base.update(kw)
-    return Config(**base)
+    """The shared tiny federation with momentum and weight decay, five rounds."""
+    return tiny_config(**{**dict(alpha=0.5, momentum=0.9, weight_decay=5e-4, num_rounds=5), **kw})
 
 
 @pytest.mark.parametrize("kw", [dict(eval_every=2), dict(link="mobile", bits_policy="adaptive", bits=32),
@@ -33,7 +32,7 @@ def test_extending_3_rounds_to_5_equals_5_in_one_go(tmp_path, kw):
 
 def test_fewer_rounds_than_stored_return_the_prefix_without_computing(tmp_path, monkeypatch):
     whole = results.run(tiny(), tmp_path / "run", progress=False)
-    from fl_lib import fedavg
+    from fl_lib.simulator import federation as fedavg
     monkeypatch.setattr(fedavg.Federation, "round", lambda *a: pytest.fail("a stored round was computed again"))
     prefix = results.run(tiny(num_rounds=2), tmp_path / "run", progress=False)
     assert prefix.config.num_rounds == 2 and prefix.summary["rounds"] == 2

@@ -3,25 +3,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fl_lib.config import Config
-from fl_lib.data import get_batch, synthetic
-from fl_lib.fedavg import Federation, aggregate
-from fl_lib.models import build_model
-from fl_lib.rng import Stream
+from fl_lib.core.config import Config
+from fl_lib.core.data import get_batch
+from fl_lib.simulator.federation import Federation, aggregate
+from fl_lib.core.models import build_model
+from fl_lib.core.rng import Stream
+from tests.tiny import tiny_config, tiny_data
 
 
 def tiny(**kw) -> Config:
-    """A config that trains in well under a second: 2NN on small synthetic MNIST-like data."""
-    base = dict(dataset="synthetic-mnist", model="2nn", num_clients=4, partition="iid", local_epochs=1,
-                batch_size=16, lr=0.05, momentum=0.9, weight_decay=1e-4, num_rounds=2, augment=False,
-                device="cpu", checkpoint_every=0)
-    base.update(kw)
-    return Config(**base)
+    """The shared tiny federation, IID, with momentum and weight decay, for two rounds: well under a second."""
+    return tiny_config(**{**dict(partition="iid", momentum=0.9, weight_decay=1e-4, num_rounds=2), **kw})
 
 
 @pytest.fixture(scope="module")
 def data():
-    return synthetic(num_train=400, num_test=100, channels=1, size=28, seed=0, name="synthetic-mnist")
+    return tiny_data(num_train=400, num_test=100)
 
 
 def test_aggregate_is_the_weighted_mean_by_hand():

@@ -4,14 +4,14 @@ import math
 import pytest
 import torch
 
-from fl_lib import results
+from fl_lib.runtime import results
 from fl_lib.cli import build_parser, config_from_args
-from fl_lib.config import Config
+from fl_lib.core.config import Config
 from tests.tiny import tiny_config, tiny_data
-from fl_lib.errors import ConfigError
-from fl_lib.fedavg import Federation
-from fl_lib.fedbuff import buffer_coefficients
-from fl_lib.links import staleness_weight
+from fl_lib.core.errors import ConfigError
+from fl_lib.simulator.federation import Federation
+from fl_lib.simulator.fedbuff import buffer_coefficients
+from fl_lib.core.links import staleness_weight
 
 
 @pytest.fixture(scope="module")

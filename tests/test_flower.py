@@ -12,9 +12,10 @@ flwr = pytest.importorskip("flwr", reason="Flower is not installed (pip install 
 
 from flwr.app import Context, RecordDict  # noqa: E402
 
-from fl_lib import flower, results  # noqa: E402
-from fl_lib.config import preset  # noqa: E402
-from fl_lib.fedavg import Federation  # noqa: E402
+from fl_lib.runtime import flower  # noqa: E402
+from fl_lib.runtime import results  # noqa: E402
+from fl_lib.core.config import preset  # noqa: E402
+from fl_lib.simulator.federation import Federation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,6 +46,7 @@ def same_run(flower_dir, cfg, tmp_path):
 
 
 # -- the Simulation Runtime ---------------------------------------------------------
+@pytest.mark.slow
 def test_simulation_equals_the_in_process_engine(tmp_path, one_thread):
     cfg = tiny(client_fraction=0.5)  # 2 of 4 clients per round: the sampling must agree too
     flower.run_simulation(cfg, tmp_path / "sim", progress=False)
@@ -140,6 +142,7 @@ def deploy_cmd(cfg, out, *flags):
             "--connect-timeout", "60", *flags]
 
 
+@pytest.mark.slow
 def test_deployment_on_localhost_equals_in_process_until_a_supernode_is_killed(federation, tmp_path, one_thread):
     """Round 1 on a real SuperLink with 2 SuperNodes equals the in-process round; then SuperNode 1 is
     killed as round 2's messages go out, and round 2 ends at the timeout with the client that answered."""

@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fl_lib import codec, leakage
-from fl_lib.errors import ConfigError
-from fl_lib.rng import Stream, torch_generator
+from fl_lib.core import codec
+from fl_lib.privacy import leakage
+from fl_lib.core.errors import ConfigError
+from fl_lib.core.rng import Stream, torch_generator
 
 SIZE = 8
 FP32_MIN_PSNR = 40.0  # measured 75.8 / 84.3 dB: a wide margin, yet far above any blurry guess (~14 dB)

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fl_lib.errors import ConfigError
-from fl_lib.links import (
+from fl_lib.core.errors import ConfigError
+from fl_lib.core.links import (
     IOT, MOBILE, SECAGG_ROUND_TRIPS, ClientTime, EventQueue, Links, LinkState, adaptive_plan, adaptive_widths,
     check_link, client_seconds, default_budget, own_width, parse_link, pick_width,
     sigma_from_mean_median, staleness_weight, sync_round, train_flops_per_sample, transfer_seconds,
@@ -220,7 +220,7 @@ def test_adaptive_policy_bounds(clients, params, min_bits):
 def test_secagg_round_trips_and_received_bytes_by_hand():
     s = LinkState(up_bps=1e6, down_bps=4e6, latency_s=0.1, flops_per_s=1e9)
     # 9 other clients: 9 keys of 32 B and 18 shares of 71 B come in
-    from fl_lib.secagg import received_bytes
+    from fl_lib.privacy.secagg import received_bytes
     assert received_bytes(10) == 9 * 32 + 18 * 71 == 1566
     assert received_bytes(1) == 0
     ct = client_seconds(s, download_bytes=500_000, upload_bytes=250_000, num_samples=10, local_epochs=1,

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fl_lib.data import get_batch, synthetic
-from fl_lib.metrics import local_updates, model_quant_error, quantization_errors, rounds_to_target
-from fl_lib.mixing import mixing_curves, train_alone, training_loss
-from fl_lib.models import build_model
-from fl_lib.quant import fake_quantize, relative_error
+from fl_lib.core.data import get_batch, synthetic
+from fl_lib.study.measures import local_updates, model_quant_error, quantization_errors, rounds_to_target
+from fl_lib.study.mixing import mixing_curves, train_alone, training_loss
+from fl_lib.core.models import build_model
+from fl_lib.core.quant import fake_quantize, relative_error
 
 
 # -- rounds_to_target ----------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_mixing_needs_two_disjoint_samples(digits):
 
 
 def test_summary_upload_per_round_is_the_mean_even_when_the_last_round_dropped_everyone():
-    from fl_lib import results
+    from fl_lib.runtime import results
     rows, timings = [], []
     for t, sent in ((1, 1000), (2, 3000), (3, 0)):  # round 3: every client missed the deadline
         row = {"round": t, "test_acc": None, "upload_bytes": sent, "sim_seconds": 60.0, "dropped_clients": 0,

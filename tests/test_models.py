@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from fl_lib.errors import ConfigError
-from fl_lib.config import MODELS
-from fl_lib.models import build_model, count_parameters
+from fl_lib.core.errors import ConfigError
+from fl_lib.core.config import MODELS
+from fl_lib.core.models import build_model, count_parameters
 
 
 @pytest.mark.parametrize("name, in_channels, image_size, expected", [

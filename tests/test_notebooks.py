@@ -19,12 +19,13 @@ import pytest
 import torch
 import yaml
 
-from fl_lib import lesson, report
-from fl_lib.analysis import channel_quant_stats
-from fl_lib.config import parse_list, parse_seeds
-from fl_lib.data import synthetic
-from fl_lib.errors import ConfigError, DataError
-from fl_lib.widgets import PartitionExplorer, QuantExplorer
+from fl_lib.study import lesson
+from fl_lib.study import report
+from fl_lib.study.analysis import channel_quant_stats
+from fl_lib.core.config import parse_list, parse_seeds
+from fl_lib.core.data import synthetic
+from fl_lib.core.errors import ConfigError, DataError
+from fl_lib.study.widgets import PartitionExplorer, QuantExplorer
 
 NOTEBOOKS = report.lesson_paths()
 STEMS = [p.stem for p in NOTEBOOKS]
@@ -156,6 +157,7 @@ def smoke_report(tiny_params):
 
 
 @pytest.mark.parametrize("stem", STEMS)
+@pytest.mark.slow
 def test_notebook_runs_under_papermill(smoke_report, stem):
     nb = nbformat.read(str(smoke_report / f"{stem}.ipynb"), as_version=4)
     source = jupytext.read(str(report.NOTEBOOKS_DIR / f"{stem}.py"))
@@ -174,6 +176,7 @@ def test_notebook_runs_under_papermill(smoke_report, stem):
     assert len(plotly_outputs) >= 1
 
 
+@pytest.mark.slow
 def test_report_html_is_one_offline_page(smoke_report):
     page = (smoke_report / "report.html").read_text(encoding="utf-8")
     assert report.network_references(page) == []
@@ -190,6 +193,7 @@ def test_report_html_is_one_offline_page(smoke_report):
     assert widgets >= 4 and page.count("An interactive widget was here") == widgets
 
 
+@pytest.mark.slow
 def test_report_shows_progress_bars_in_their_final_state(smoke_report):
     """tqdm's widget text is frozen at 0%; the report keeps one line with the final state instead."""
     nb = nbformat.read(str(smoke_report / "04_quantized_fedavg.ipynb"), as_version=4)
@@ -284,6 +288,7 @@ def test_quant_explorer_redraws_in_place():
     assert "12 bits" in ex.text.value
 
 
+@pytest.mark.slow
 def test_partition_widget_in_a_real_kernel(tiny_params, tmp_path, capfd):
     """Lesson 02 in a kernel, then the slider moved from code: the figure's data must change.
 
@@ -312,7 +317,7 @@ def _tree(root):
 
 def test_folder_defaults_are_the_projects_wherever_the_kernel_starts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    project = Path(lesson.__file__).resolve().parent.parent
+    project = Path(lesson.__file__).resolve().parents[2]  # fl_lib/study/lesson.py
     assert lesson.folder("results_dir", "") == str(project / "data" / "runs")
     assert lesson.folder("data_root", "") == str(project / "data")
     assert lesson.folder("figures_dir", "") == str(project / "figures")
@@ -321,6 +326,7 @@ def test_folder_defaults_are_the_projects_wherever_the_kernel_starts(tmp_path, m
     assert _tree(tmp_path) == []  # resolving writes nothing
 
 
+@pytest.mark.slow
 def test_papermill_from_an_unrelated_directory(tiny_params, tmp_path, monkeypatch):
     """papermill.execute_notebook run from a temporary cwd: relative paths are the cwd's, defaults the project's."""
     _, _, images = tiny_params
@@ -343,6 +349,6 @@ def test_papermill_from_an_unrelated_directory(tiny_params, tmp_path, monkeypatc
     assert sorted(p.name for p in (base / "figs").glob("*.png")) == ["05_accuracy_grid.png", "05_upload_grid.png"]
     out = nbformat.read("out.ipynb", as_version=4)
     assert not out.metadata.papermill.get("exception")
-    project = Path(lesson.__file__).resolve().parent.parent
+    project = Path(lesson.__file__).resolve().parents[2]  # fl_lib/study/lesson.py
     printed = out.cells[-1].outputs[0]["text"].split()
     assert printed == [str(project / "data" / "runs"), str(project / "data")]  # the README's "data/runs"

@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from fl_lib import pool, results
-from fl_lib.config import Config
-from fl_lib.errors import FLError
-from fl_lib.fedavg import Federation
+from fl_lib.simulator import pool
+from fl_lib.runtime import results
+from fl_lib.core.config import Config
+from fl_lib.core.errors import FLError
+from fl_lib.simulator.federation import Federation
+from tests.tiny import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(**kw) -> Config:
-    base = dict(dataset="synthetic-mnist", model="2nn", num_clients=5, partition="dirichlet", alpha=0.5,
-                local_epochs=1, batch_size=16, lr=0.05, num_rounds=3, augment=False, device="cpu", checkpoint_every=0)
-    base.update(kw)
-    return Config(**base)
+    """The shared tiny federation with five clients, momentum and weight decay, three rounds."""
+    return tiny_config(**{**dict(num_clients=5, alpha=0.5, momentum=0.9, weight_decay=5e-4, num_rounds=3), **kw})
 
 
 def rounds(fed, n):
@@ -44,6 +44,7 @@ def one_thread():
 
 @pytest.mark.parametrize("kw", [dict(bits=8, upload="delta", client_fraction=0.8),
                                 dict(bits=8, secure_aggregation=True)], ids=["delta", "secagg"])
+@pytest.mark.slow
 def test_pool_engine_equals_the_sequential_engine(one_thread, kw):
     cfg = tiny(**kw)  # secure aggregation: plain values cross the process boundary, masked at the server
     expected = rounds(Federation(cfg), 3)
@@ -56,6 +57,7 @@ def test_pool_engine_equals_the_sequential_engine(one_thread, kw):
     assert got == expected  # byte for byte: same thread count, same client order at the server
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_detected_and_the_round_retried(one_thread):
     cfg = tiny(engine="pool", workers=2)
     expected = rounds(Federation(cfg.replace(engine="sequential")), 2)
@@ -72,6 +74,7 @@ def test_a_killed_worker_is_detected_and_the_round_retried(one_thread):
     assert got == expected
 
 
+@pytest.mark.slow
 def test_workers_that_keep_dying_stop_the_run_with_a_message(one_thread):
     fed = Federation(tiny(engine="pool", workers=2))
     stop = threading.Event()
@@ -103,6 +106,7 @@ def test_pool_size_follows_cores_and_clients():
     assert pool.pool_size(cfg)[0] == 2
 
 
+@pytest.mark.slow
 def test_run_many_equals_a_loop_and_computes_a_prefix_once(tmp_path, one_thread):
     configs = [tiny(seed=0), tiny(seed=1), tiny(seed=0, num_rounds=2)]
     got = results.run_many(configs, workers=2, root=tmp_path / "many", progress=False)
@@ -116,6 +120,7 @@ def test_run_many_equals_a_loop_and_computes_a_prefix_once(tmp_path, one_thread)
     assert [r.summary["rounds"] for r in again] == [3, 3, 2]
 
 
+@pytest.mark.slow
 def test_two_processes_asking_for_the_same_run_share_it(tmp_path):
     cmd = [sys.executable, "-m", "fl_lib", "run", "--preset", "smoke", "--dataset", "synthetic-mnist", "--model", "2nn",
            "--num-rounds", "4",
@@ -147,13 +152,14 @@ def test_one_core_means_no_processes(monkeypatch, tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see whether the workers are gone")
+@pytest.mark.slow
 def test_workers_end_when_the_run_is_killed(tmp_path):
     """SIGKILL of the process running the federation leaves no worker behind."""
     script = tmp_path / "killed.py"
     script.write_text(
         "import os\n"
-        "from fl_lib.config import Config\n"
-        "from fl_lib.fedavg import Federation\n"
+        "from fl_lib.core.config import Config\n"
+        "from fl_lib.simulator.federation import Federation\n"
         "fed = Federation(Config(dataset='synthetic-mnist', model='2nn', num_clients=4, local_epochs=1,\n"
         "                        augment=False, device='cpu', engine='pool', workers=2))\n"
         "fed.round(1)\n"

@@ -4,9 +4,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from fl_lib.errors import ConfigError, DataError
-from fl_lib.config import PARTITIONS
-from fl_lib.partition import (dirichlet, dirichlet_per_client, iid, label_counts, make_partition,
+from fl_lib.core.errors import ConfigError, DataError
+from fl_lib.core.config import PARTITIONS
+from fl_lib.core.partition import (dirichlet, dirichlet_per_client, iid, label_counts, make_partition,
                               shards)
 
 LABELS = np.random.default_rng(0).choice(10, size=3000, p=np.linspace(1, 2, 10) / 15)  # mildly imbalanced

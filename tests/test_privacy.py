@@ -2,25 +2,17 @@
 import pytest
 import torch
 
-from fl_lib import dp, secagg
-from fl_lib.config import Config
-from fl_lib.data import synthetic
-from fl_lib.errors import ConfigError
-from fl_lib.fedavg import SECAGG_MARGIN, Federation
-from fl_lib.rng import SERVER, Stream, torch_generator
+from fl_lib.privacy import dp
+from fl_lib.privacy import secagg
+from fl_lib.core.errors import ConfigError
+from fl_lib.simulator.federation import SECAGG_MARGIN, Federation
+from fl_lib.core.rng import SERVER, Stream, torch_generator
 
 
-@pytest.fixture(scope="module")
-def data():
-    return synthetic(num_train=160, num_test=40, channels=1, size=28, seed=0, name="synthetic-mnist")
-
-
-def tiny(**kw) -> Config:
-    base = dict(dataset="synthetic-mnist", model="2nn", num_clients=4, partition="dirichlet", local_epochs=1,
-                batch_size=16, lr=0.05, momentum=0.0, weight_decay=0.0, num_rounds=4, augment=False,
-                device="cpu", checkpoint_every=0)
-    base.update(kw)
-    return Config(**base)
+@pytest.fixture
+def data(tiny_data):
+    """The session's shared tiny data (conftest.py): read-only."""
+    return tiny_data
 
 
 def client_weights(cfg, data, t=1):
@@ -34,7 +26,7 @@ def client_weights(cfg, data, t=1):
 
 
 @pytest.mark.parametrize("upload", ["weights", "delta"])
-def test_dp_round_is_clipped_updates_plus_noise_over_a_fixed_denominator(data, upload):
+def test_dp_round_is_clipped_updates_plus_noise_over_a_fixed_denominator(tiny, data, upload):
     cfg = tiny(dp_clip=0.5, dp_noise=0.3, upload=upload, bits=32)
     ref, trained = client_weights(cfg, data)
     start = ref.global_state
@@ -49,14 +41,14 @@ def test_dp_round_is_clipped_updates_plus_noise_over_a_fixed_denominator(data, u
     assert row["epsilon"] == pytest.approx(dp.epsilon(1.0, 0.3, 1, 1e-5))
 
 
-def test_epsilon_column_follows_opacus_round_by_round(data):
+def test_epsilon_column_follows_opacus_round_by_round(tiny, data):
     cfg = tiny(dp_clip=1.0, dp_noise=1.1, client_fraction=0.5, num_clients=8)
     fed = Federation(cfg, data=data)
     for t in (1, 2, 3):
         assert fed.round(t)["epsilon"] == dp.epsilon(0.5, 1.1, t, 1e-5)
 
 
-def test_dp_with_clipping_only_has_no_epsilon_and_bounded_steps(data):
+def test_dp_with_clipping_only_has_no_epsilon_and_bounded_steps(tiny, data):
     cfg = tiny(dp_clip=0.01, dp_noise=0.0)
     fed = Federation(cfg, data=data)
     start = {n: v.clone() for n, v in fed.global_state.items()}
@@ -66,7 +58,7 @@ def test_dp_with_clipping_only_has_no_epsilon_and_bounded_steps(data):
     assert dp.update_norm(step) <= 0.01 + 1e-6  # the mean of updates clipped to 0.01
 
 
-def test_secure_aggregation_equals_the_shared_scale_mean_without_masks(data):
+def test_secure_aggregation_equals_the_shared_scale_mean_without_masks(tiny, data):
     cfg = tiny(bits=8, secure_aggregation=True)
     ref, trained = client_weights(cfg, data)
     bound = secagg.channel_bound(ref.global_state, margin=SECAGG_MARGIN)
@@ -79,7 +71,7 @@ def test_secure_aggregation_equals_the_shared_scale_mean_without_masks(data):
     assert row["upload_bytes"] > 4 * fed.upload_size(8)  # masked values cost more than 8 bits each
 
 
-def test_secure_aggregation_survives_a_client_dropping_out(data):
+def test_secure_aggregation_survives_a_client_dropping_out(tiny, data):
     cfg = tiny(bits=8, secure_aggregation=True, num_clients=6, link="lognormal:2,1.0")
     probe = Federation(cfg, data=data)
     totals = sorted(probe.client_time(1, k, 8).total for k in range(6))
@@ -106,7 +98,7 @@ def test_secure_aggregation_survives_a_client_dropping_out(data):
     (dict(secure_aggregation=True, bits=8, upload="delta"), "needs a public bound"),
     (dict(dp_clip=1.0, algorithm="fedsgd"), "apply to fedavg rounds only"),
 ])
-def test_bad_privacy_settings_get_one_line(fields, needle):
+def test_bad_privacy_settings_get_one_line(tiny, fields, needle):
     with pytest.raises(ConfigError) as err:
         tiny(**fields)
     assert needle in str(err.value) and "\n" not in str(err.value)
@@ -114,7 +106,7 @@ def test_bad_privacy_settings_get_one_line(fields, needle):
 
 # -- which clients a DP round takes, and the epsilon for that sampling ---------------------------
 
-def test_poisson_rounds_have_the_expected_mean_count_and_are_recorded(data):
+def test_poisson_rounds_have_the_expected_mean_count_and_are_recorded(tiny, data):
     cfg = tiny(num_clients=40, partition="iid", client_fraction=0.25, dp_clip=1.0, dp_noise=1.0, num_rounds=2)
     fed = Federation(cfg, data=data)
     counts = [len(fed.sample_clients(t)) for t in range(1, 801)]
@@ -128,7 +120,7 @@ def test_poisson_rounds_have_the_expected_mean_count_and_are_recorded(data):
     assert row["epsilon"] == dp.epsilon(0.25, 1.0, 1, 1e-5)
 
 
-def test_fixed_size_dp_takes_m_clients_and_reports_the_without_replacement_bound(data):
+def test_fixed_size_dp_takes_m_clients_and_reports_the_without_replacement_bound(tiny, data):
     cfg = tiny(num_clients=8, client_fraction=0.5, dp_clip=1.0, dp_noise=1.1, dp_sampling="fixed")
     fed = Federation(cfg, data=data)
     plain = Federation(cfg.replace(dp_clip=0.0, dp_noise=0.0, dp_sampling="poisson"), data=data)
@@ -137,7 +129,7 @@ def test_fixed_size_dp_takes_m_clients_and_reports_the_without_replacement_bound
     assert fed.round(2)["epsilon"] > dp.epsilon(0.5, 1.1, 2, 1e-5)
 
 
-def test_a_poisson_round_that_samples_nobody_still_adds_the_noise(data):
+def test_a_poisson_round_that_samples_nobody_still_adds_the_noise(tiny, data):
     cfg = tiny(num_clients=4, client_fraction=0.1, dp_clip=0.5, dp_noise=1.0, num_rounds=30)
     fed = Federation(cfg, data=data)
     t = next(t for t in range(1, 31) if not fed.sample_clients(t))
@@ -150,8 +142,8 @@ def test_a_poisson_round_that_samples_nobody_still_adds_the_noise(data):
         torch.testing.assert_close(fed.global_state[n], start[n] + step[n])
 
 
-def test_dp_divergence_says_how_many_clients_per_round_the_epsilon_needs(data):
-    from fl_lib.errors import DivergenceError
+def test_dp_divergence_says_how_many_clients_per_round_the_epsilon_needs(tiny, data):
+    from fl_lib.core.errors import DivergenceError
     cfg = tiny(dp_clip=1.0, dp_noise=1.0)
     fed = Federation(cfg, data=data)
     fed.dead_rounds = 2

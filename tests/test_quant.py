@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fl_lib.errors import CodecError, ConfigError
-from fl_lib.quant import (check_bits, dequantize, fake_quantize, num_channels, q_max, quantize,
+from fl_lib.core.errors import CodecError, ConfigError
+from fl_lib.core.quant import (check_bits, dequantize, fake_quantize, num_channels, q_max, quantize,
                           relative_error)
 
 TINY = 2.0 ** -149  # smallest float32 subnormal: the absolute resolution of any float32 result

@@ -15,21 +15,20 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fl_lib import checkpoint, results
+from fl_lib.runtime import checkpoint
+from fl_lib.runtime import results
 from fl_lib.cli import main
-from fl_lib.config import Config
-from fl_lib.errors import DivergenceError, FLError
-from fl_lib.fedavg import Federation
+from fl_lib.core.config import Config
+from fl_lib.core.errors import DivergenceError, FLError
+from fl_lib.simulator.federation import Federation
+from tests.tiny import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(**kw) -> Config:
-    base = dict(dataset="synthetic-mnist", model="2nn", num_clients=4, partition="dirichlet", alpha=0.5,
-                local_epochs=1, batch_size=16, lr=0.05, momentum=0.9, num_rounds=4, augment=False,
-                device="cpu", checkpoint_every=1)
-    base.update(kw)
-    return Config(**base)
+    """The shared tiny federation with momentum and weight decay, checkpointed every round."""
+    return tiny_config(**{**dict(alpha=0.5, momentum=0.9, weight_decay=5e-4, checkpoint_every=1), **kw})
 
 
 def quiet(msg):
@@ -54,6 +53,7 @@ def interrupt_at(monkeypatch, round_):
 # -- SIGKILL at several points, then resume ------------------------------------------------
 @pytest.mark.parametrize("clock", [[], ["--link", "mobile", "--algorithm", "fedbuff", "--bits-policy", "adaptive",
                                           "--client-fraction", "0.5"]], ids=["no-clock", "fedbuff-adaptive"])
+@pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_matches_an_uninterrupted_run(tmp_path, clock):
     flags = ["run", "--preset", "smoke", "--dataset", "synthetic-mnist", "--model", "2nn", "--num-clients", "4",
              "--local-epochs", "1", "--batch-size", "10", "--num-rounds", "8", "--checkpoint-every", "1",

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fl_lib.errors import ConfigError
-from fl_lib.quant import q_max
-from fl_lib.rng import Stream, numpy_generator
-from fl_lib.secagg import (PRIME, SHARE_BYTES, SecAggError, channel_bound, combine_shares, decode_sum,
+from fl_lib.core.errors import ConfigError
+from fl_lib.core.quant import q_max
+from fl_lib.core.rng import Stream, numpy_generator
+from fl_lib.privacy.secagg import (PRIME, SHARE_BYTES, SecAggError, channel_bound, combine_shares, decode_sum,
                            masked_sum, masked_upload_bytes, masking_overhead_bits, modulus_bits,
                            recover_private_key, secure_mean, shared_scale_codes, shared_scale_mean,
                            split_secret, threshold_for, to_signed)
@@ -245,7 +245,7 @@ def test_equal_sample_counts_cost_what_uniform_weights_cost():
 
 
 def test_channel_bound_lets_zero_channels_grow():
-    from fl_lib.secagg import MIN_BOUND, channel_bound
+    from fl_lib.privacy.secagg import MIN_BOUND, channel_bound
     b = channel_bound({"bias": torch.zeros(3), "w": torch.tensor([[0.5, -2.0], [0.0, 0.0]])}, margin=1.5)
     assert torch.allclose(b["bias"], torch.full((3,), MIN_BOUND * 1.5))
     assert torch.allclose(b["w"], torch.tensor([3.0, MIN_BOUND * 1.5]))

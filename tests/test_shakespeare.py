@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from fl_lib import shakespeare as sh
-from fl_lib.config import Config, preset
-from fl_lib.data import Dataset, get_batch
-from fl_lib.errors import ConfigError, DataError
-from fl_lib.fedavg import Federation
-from fl_lib.models import build_model, count_parameters
-from fl_lib.rng import Stream
+from fl_lib.core.config import Config, preset
+from fl_lib.core.data import Dataset, get_batch
+from fl_lib.core.errors import ConfigError, DataError
+from fl_lib.simulator.federation import Federation
+from fl_lib.core.models import build_model, count_parameters
+from fl_lib.core.rng import Stream
+from tests.tiny import tiny_config
 
 PLAY = """# A Play
 
@@ -98,11 +99,9 @@ def test_every_training_character_belongs_to_exactly_one_client(partition):
 
 
 def tiny(**kw) -> Config:
-    base = dict(dataset="shakespeare", model="char_lstm", num_clients=3, partition="roles", client_fraction=1.0,
-                local_epochs=1, batch_size=4, lr=0.5, momentum=0.0, weight_decay=0.0, num_rounds=2,
-                augment=False, device="cpu", checkpoint_every=0)
-    base.update(kw)
-    return Config(**base)
+    """The shared tiny federation's training on Shakespeare: the character LSTM, one client per role."""
+    return tiny_config(**{**dict(dataset="shakespeare", model="char_lstm", num_clients=3, partition="roles",
+                                 client_fraction=1.0, batch_size=4, lr=0.5, num_rounds=2), **kw})
 
 
 def test_char_lstm_parameter_count_is_pinned():

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from fl_lib import codec
-from fl_lib.errors import ConfigError
-from fl_lib.models import build_model
-from fl_lib.traffic import MIB, format_table, traffic_table
+from fl_lib.core import codec
+from fl_lib.core.errors import ConfigError
+from fl_lib.core.models import build_model
+from fl_lib.study.traffic import MIB, format_table, traffic_table
 
 PARAMS, CHANNELS = 740_554, 3012  # SqueezeNet 1.0, 10 classes: weights + biases, and scales
 

@@ -42,8 +42,8 @@ CONFIGS = {"fp32": dict(bits=32), "int8_delta": dict(bits=8, upload="delta"),
 SCRIPT = """
 import sys
 import torch
-from fl_lib import results
-from fl_lib.config import Config
+from fl_lib.runtime import results
+from fl_lib.core.config import Config
 torch.set_num_threads(1)  # float sums depend on the thread count; the files were made with one
 for name, kw in {configs!r}.items():
     cfg = Config(dataset="synthetic-mnist", model="2nn", num_clients=4, partition="dirichlet", alpha=0.5,

@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fl_lib import plots
-from fl_lib.config import preset
-from fl_lib.data import synthetic
-from fl_lib.fedavg import Federation
-from fl_lib.links import WIDTHS, transfer_seconds
-from fl_lib.widgets import LinkExplorer, clock_stats, clock_summary, clock_view, width_label
+from fl_lib.study import plots
+from fl_lib.core.config import preset
+from fl_lib.core.data import synthetic
+from fl_lib.simulator.federation import Federation
+from fl_lib.core.links import WIDTHS, transfer_seconds
+from fl_lib.study.widgets import LinkExplorer, clock_stats, clock_summary, clock_view, width_label
 
 ROUNDS = 3
 

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from fl_lib import leakage, plots
-from fl_lib.data import synthetic
-from fl_lib.widgets import LeakageExplorer, _rgb, attack_key, load_attacks
+from fl_lib.privacy import leakage
+from fl_lib.study import plots
+from fl_lib.core.data import synthetic
+from fl_lib.study.widgets import LeakageExplorer, _rgb, attack_key, load_attacks
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,125 @@
+"""One model reset in place for every client: local SGD, FedSGD's full gradient, and central evaluation.
+
+A client is an index tensor into the dataset (one tensor on the device); the
+trainer loads the global model it is given into its one `nn.Module`, trains, and
+leaves the result there. Every random choice (batch order, augmentation, dropout)
+comes from generators seeded by (seed, t, client, stream), so a client's work
+depends only on the config and the global model it starts from.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .client import autocast, batch_inputs, client_batches, num_targets
+from .models import build_model
+from .rng import Stream, stream_seed, torch_generator
+
+EVAL_BATCH = 250  # test samples per forward pass; larger batches measured slower here (memory-bound)
+
+
+def use_channels_last(cfg, device: torch.device) -> bool:
+    """channels_last is faster for every conv model here (CPU: cifar_cnn 7x, SqueezeNet 1.3x)."""
+    if cfg.channels_last != "auto":
+        return cfg.channels_last == "on"
+    return cfg.model != "2nn" and device.type in ("cpu", "cuda")
+
+
+def initial_model(cfg, data) -> torch.nn.Module:
+    """The shared initialization: the model built from `seed`, leaving the caller's global RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg.model, data.num_classes, data.in_channels, data.image_size)
+
+
+class Trainer:
+    """The clients' local computation on one model and one SGD optimizer (momentum reset per client)."""
+
+    def __init__(self, cfg, data, clients: list[torch.Tensor], sizes: list[int], device: torch.device):
+        self.cfg, self.data, self.clients, self.sizes, self.device = cfg, data, clients, sizes, device
+        model = initial_model(cfg, data)
+        self.channels_last = use_channels_last(cfg, device)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=fmt)
+        self.params = list(self.model.parameters())
+        self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def generator(self, t: int, k: int, stream: Stream, *extra: int) -> torch.Generator:
+        """Client k's generator for `stream` in round t (see rng.py)."""
+        return torch_generator(self.cfg.seed, t, k, stream, *extra)
+
+    def load(self, global_state: dict) -> None:
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict().items():
+                tensor.copy_(global_state[name])
+
+    def _seed_dropout(self, t: int, k: int, *extra: int):
+        torch.manual_seed(stream_seed(self.cfg.seed, t, k, Stream.DROPOUT, *extra))  # dropout uses the global RNG
+
+    def train(self, k: int, t: int, global_state: dict, *extra: int) -> torch.Tensor:
+        """E local epochs of minibatch SGD from `global_state`; returns the mean loss (the model holds the result).
+
+        `extra` keys a second job of client k from the same global model (fedbuff).
+        """
+        cfg, idx = self.cfg, self.clients[k]
+        self._seed_dropout(t, k, *extra)
+        self.load(global_state)
+        self.opt.state.clear()  # momentum starts afresh on every client, every round
+        self.model.train()
+        total, count = torch.zeros((), device=self.device), 0
+        for x, y in client_batches(self.data, idx, cfg, self.generator(t, k, Stream.BATCHES, *extra),
+                                   self.channels_last):
+            with autocast(cfg.precision, self.device):
+                loss = F.cross_entropy(self.model(x), y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            m = num_targets(y)  # images: len(y); text: its characters (the loss is their mean)
+            total += loss.detach().float() * m
+            count += m
+        return total / count
+
+    def weights(self, k: int, t: int, global_state: dict, *extra: int) -> tuple[dict, torch.Tensor]:
+        """FedAvg's upload before encoding: client k's weights after local training, and its loss."""
+        loss = self.train(k, t, global_state, *extra)
+        return {name: v.detach() for name, v in self.model.state_dict().items()}, loss
+
+    def gradient(self, k: int, t: int, global_state: dict, *extra: int) -> tuple[dict, torch.Tensor]:
+        """FedSGD's upload: the full-batch gradient of client k's loss at the global model, and the loss."""
+        idx, n = self.clients[k], self.sizes[k]  # n images, or characters of text
+        g = self.generator(t, k, Stream.BATCHES)
+        self._seed_dropout(t, k)
+        self.load(global_state)
+        self.model.train()
+        self.model.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for start in range(0, len(idx), EVAL_BATCH):  # chunks bound memory; sums make it exact
+            x, y = batch_inputs(self.data, idx[start:start + EVAL_BATCH], train=True, augment=self.cfg.augment,
+                                channels_last=self.channels_last, generator=g)
+            with autocast(self.cfg.precision, self.device):
+                loss = F.cross_entropy(self.model(x), y, reduction="sum") / n
+            loss.backward()
+            total += loss.detach().float()
+        grads = {}
+        for name, p in self.model.named_parameters():
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            grads[name] = grad + self.cfg.weight_decay * p.detach()
+        return grads, total
+
+    @torch.inference_mode()
+    def evaluate(self, global_state: dict) -> tuple[float, float]:
+        """Accuracy and mean loss of `global_state` on the whole test split."""
+        self.load(global_state)
+        self.model.eval()
+        y_all = self.data.y_test
+        correct = torch.zeros((), device=self.device)
+        loss = torch.zeros((), device=self.device)
+        for start in range(0, len(y_all), EVAL_BATCH):
+            idx = torch.arange(start, min(start + EVAL_BATCH, len(y_all)), device=self.device)
+            x, y = batch_inputs(self.data, idx, train=False, augment=False, channels_last=self.channels_last)
+            with autocast(self.cfg.precision, self.device):
+                out = self.model(x).float()
+            loss += F.cross_entropy(out, y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+        n = num_targets(y_all)  # accuracy and loss per image, or per character of text
+        return correct.item() / n, loss.item() / n

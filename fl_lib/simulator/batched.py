@@ -1,0 +1,95 @@
+"""Batched clients: a round's sampled clients trained as one vectorized computation.
+
+The clients' parameters are stacked along a new leading dim and one step of every
+client runs as one call: `torch.func.vmap` over `functional_call` of the shared
+model, then SGD with momentum and weight decay written on the stacked tensors:
+
+    d = g + weight_decay * w,   u = momentum * u + d,   w = w - lr * u      (torch.optim.SGD)
+
+Each client keeps its own batch order and augmentation draws: both trainers take
+them from `client.client_batches` with the client's `Stream.BATCHES` generator.
+Clients of unequal size are handled by masking: clients are sorted by their number of steps, so at step slot s the clients still
+holding data are a prefix of the stack, and only that prefix is stepped (a client
+whose data is exhausted takes no step); a short last batch is padded and its
+padding weighted 0 in the loss. Without dropout the result equals sequential
+training up to float rounding (vmap's grouped convolutions sum in another order);
+with dropout (SqueezeNet) the masks are drawn differently, so the runs differ.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad_and_value, vmap
+
+from ..core.client import autocast, client_batches, num_steps
+from ..core.errors import ConfigError
+from ..core.rng import SERVER, Stream, stream_seed, torch_generator
+
+
+def train_clients(trainer, chosen: list[int], t: int, global_state: dict) -> dict[int, tuple[dict, torch.Tensor]]:
+    """Train clients `chosen` of round t from `global_state` at once, on `trainer`'s model and data.
+
+    Returns {k: (state dict after E local epochs, mean training loss)}, the same
+    pair `Trainer.weights` returns.
+    """
+    cfg, model = trainer.cfg, trainer.model
+    if any(True for _ in model.buffers()):
+        raise ConfigError(f"engine=batched does not support model={cfg.model}: it has buffers; use engine=sequential")
+    steps = {k: num_steps(trainer.sizes[k], cfg.batch_size, cfg.local_epochs) for k in chosen}
+    order = sorted(chosen, key=lambda k: -steps[k])  # active clients of any slot form a prefix
+    m = len(order)
+    names = [name for name, _ in model.named_parameters()]
+    params = {n: global_state[n].detach().unsqueeze(0).repeat((m,) + (1,) * global_state[n].dim())
+              for n in names}
+    momenta = {n: torch.zeros_like(p) for n, p in params.items()} if cfg.momentum else {}
+    batches = [client_batches(trainer.data, trainer.clients[k], cfg, torch_generator(cfg.seed, t, k, Stream.BATCHES),
+                              trainer.channels_last) for k in order]
+    total = torch.zeros(m, device=trainer.device)
+    model.train()
+    torch.manual_seed(stream_seed(cfg.seed, t, SERVER, Stream.DROPOUT))  # dropout: one stream for the round's clients
+
+    def loss_fn(p, x, y, mask, count):
+        with autocast(cfg.precision, trainer.device):
+            ce = F.cross_entropy(functional_call(model, p, (x,)), y, reduction="none")
+        return (ce * mask).sum() / count
+
+    step = vmap(grad_and_value(loss_fn), randomness="different")
+    for s in range(steps[order[0]]):
+        a = sum(1 for k in order if steps[k] > s)  # clients still holding data: order[:a]
+        x, y, mask, count = _stack([next(batches[i]) for i in range(a)])
+        grads, losses = step({n: p[:a] for n, p in params.items()}, x, y, mask, count)
+        with torch.no_grad():
+            total[:a] += losses.detach() * count
+            for n in names:
+                _sgd(params[n][:a], grads[n], momenta.get(n), a, cfg)
+    state = model.state_dict()
+    out = {}
+    for i, k in enumerate(order):
+        sd = {n: params[n][i].to(state[n].dtype) for n in state}
+        out[k] = (sd, total[i] / (trainer.sizes[k] * cfg.local_epochs))
+    return out
+
+
+def _sgd(p, grad, buf, a, cfg):
+    """One torch.optim.SGD step (no dampening, not Nesterov) on stacked clients, in place."""
+    d = grad if not cfg.weight_decay else torch.add(grad, p, alpha=cfg.weight_decay)
+    if buf is not None:
+        b = buf[:a]
+        b.mul_(cfg.momentum).add_(d)  # zero at the start: the first step sets u = d exactly
+        d = b
+    p.add_(d, alpha=-cfg.lr)
+
+
+def _stack(pairs):
+    """One slot's batches as (a, B_max, ...) tensors; short batches padded, their padding masked out."""
+    size = max(len(y) for _, y in pairs)
+    x0, y0 = pairs[0]
+    x = x0.new_zeros((len(pairs), size) + tuple(x0.shape[1:]))
+    y = y0.new_zeros((len(pairs), size))
+    mask = torch.zeros(len(pairs), size, device=x0.device)
+    for i, (xi, yi) in enumerate(pairs):
+        x[i, :len(yi)] = xi
+        y[i, :len(yi)] = yi
+        mask[i, :len(yi)] = 1
+    count = mask.sum(1)
+    return x, y, mask, count

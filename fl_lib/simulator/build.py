@@ -1,0 +1,120 @@
+"""A round's pipeline, built from a Config: the one place that reads the algorithm, DP, secure-aggregation,
+bits-policy and aggregator fields.
+
+    sampler      who takes part in round t: m uniform clients, or Poisson(q) under DP
+    local        what a client computes: its weights after E epochs (FedAvg, FedBuff) or its gradient (FedSGD)
+    stages       client-side transforms: DP clipping
+    transport    codec bytes (quantized or float32), or plain values for a secure sum
+    aggregator   mean | median (registry) | DP noisy mean | secure sum | DP secure sum | FedBuff's buffer,
+                 wrapped in FedSGD's server step for fedsgd
+    clock        the link model with the width policy (fixed or adaptive) and what an upload costs
+
+Stages declare the stages they cannot work with; `check_conflicts` refuses such a
+pipeline in one line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..core.aggregators.base import Aggregator
+from ..core.aggregators.buffer import BufferAggregator
+from ..core.aggregators.registry import aggregator_class
+from ..core.aggregators.server_sgd import ServerSGD
+from ..core.errors import ConfigError
+from ..core.links import SECAGG_ROUND_TRIPS, Links, parse_link
+from ..core.stages import CodecTransport, Stage, Transport, UniformSampler, check_conflicts
+from ..privacy import dp_quant
+from ..privacy.dp import epsilon_per_round, fixed_size_epsilon_per_round
+from ..privacy.secagg import received_bytes
+from ..privacy.stages import (DPClip, DPMean, DPSecureSum, MaskedValues, PoissonSampler, SecureSum,
+                              secure_upload_bytes)
+from .clock import AdaptiveWidth, Clock, FixedWidth, ModelInfo
+
+
+@dataclass
+class Pipeline:
+    """Everything a round runs that depends on the method, as objects the Federation calls in order."""
+
+    sampler: Callable[[int], list[int]]
+    local: str  # "weights" or "gradient": which Trainer method computes an upload
+    stages: list[Stage]
+    transport: Transport
+    aggregator: Aggregator
+    delta: bool  # uploads are taken against the global model (codec reference)
+    epochs: int  # local passes over a client's data per round (the clock's compute time)
+    asynchronous: bool  # FedBuff's event loop instead of synchronous rounds
+    expected_clients: float  # the DP mean's fixed divisor m (else the clients per round)
+    epsilons: list[float] | None = field(default=None)  # epsilon after each round (DP with noise)
+    dp_grid: object = None  # DP under secure aggregation: the public rotated grid (dp_quant.py)
+
+    def epsilon(self, t: int) -> float | None:
+        return self.epsilons[t - 1] if self.epsilons else None
+
+
+def build_pipeline(cfg, sizes: list[int], num_params: int, device) -> Pipeline:
+    """The stages of `cfg`'s rounds, for clients holding `sizes` samples and a model of `num_params` floats."""
+    dp = cfg.dp_clip > 0
+    poisson = dp and cfg.dp_sampling == "poisson"
+    expected = cfg.client_fraction * cfg.num_clients if poisson else float(cfg.clients_per_round)
+    sampler = (PoissonSampler(cfg.seed, cfg.num_clients, cfg.client_fraction) if poisson
+               else UniformSampler(cfg.seed, cfg.num_clients, cfg.clients_per_round))
+    grid = dp_quant.grid_for(cfg, num_params)  # refuses, in one line, a width at which the update would be lost
+    stages = [DPClip(cfg.dp_clip)] if dp else []
+    transport = MaskedValues() if cfg.secure_aggregation else CodecTransport(cfg.seed, cfg.rounding, device)
+    aggregator = _aggregator(cfg, sizes, num_params, expected, grid)
+    check_conflicts(stages + [transport, aggregator])
+    epsilons = None
+    if dp and cfg.dp_noise > 0:
+        epsilons = (epsilon_per_round(cfg.client_fraction, cfg.dp_noise, cfg.num_rounds, cfg.dp_delta) if poisson
+                    else fixed_size_epsilon_per_round(cfg.num_clients, cfg.clients_per_round, cfg.dp_noise,
+                                                      cfg.num_rounds, cfg.dp_delta))
+    fedsgd = cfg.algorithm == "fedsgd"
+    return Pipeline(sampler=sampler, local="gradient" if fedsgd else "weights", stages=stages, transport=transport,
+                    aggregator=aggregator, delta=cfg.upload == "delta" and cfg.algorithm in ("fedavg", "fedbuff"),
+                    epochs=1 if fedsgd else cfg.local_epochs, asynchronous=cfg.algorithm == "fedbuff",
+                    expected_clients=expected, epsilons=epsilons, dp_grid=grid)
+
+
+def _aggregator(cfg, sizes, num_params, expected, grid) -> Aggregator:
+    if cfg.algorithm == "fedbuff":
+        if cfg.aggregator != "mean":
+            raise ConfigError(f"aggregator={cfg.aggregator!r} cannot be combined with algorithm='fedbuff': its "
+                              f"server applies the staleness-weighted buffer; use aggregator='mean'")
+        return BufferAggregator(cfg.buffer_weights, cfg.server_lr)
+    dp = cfg.dp_clip > 0
+    if cfg.aggregator != "mean" and (dp or cfg.secure_aggregation):
+        chosen = aggregator_class(cfg.aggregator)()
+        other = "dp-mean" if dp and not cfg.secure_aggregation else "secure-sum"
+        raise ConfigError(f"aggregator={cfg.aggregator!r} cannot be combined with "
+                          f"{'dp_clip' if other == 'dp-mean' else 'secure_aggregation'}: "
+                          f"{chosen.conflicts.get(other, 'the private aggregation computes a weighted mean')}; "
+                          f"use aggregator='mean'")
+    if cfg.secure_aggregation and dp:
+        return DPSecureSum(grid, cfg.dp_clip, cfg.dp_noise, expected, cfg.seed, num_params)
+    if cfg.secure_aggregation:
+        return SecureSum(cfg.bits, cfg.seed, sizes, num_params)
+    if dp:
+        return DPMean(cfg.dp_clip, cfg.dp_noise, expected, cfg.seed, num_params)
+    combine = aggregator_class(cfg.aggregator)()
+    return ServerSGD(combine, cfg.lr) if cfg.algorithm == "fedsgd" else combine
+
+
+def build_clock(cfg, sizes: list[int], info: ModelInfo, pipeline: Pipeline) -> Clock:
+    """The simulated clock of `cfg` (with link none it has no links: rounds have no duration)."""
+    profile = parse_link(cfg.link)
+    links = Links(profile, cfg.num_clients, cfg.seed) if profile is not None else None
+    policy = (AdaptiveWidth(cfg.bits, cfg.min_bits, cfg.deadline) if cfg.bits_policy == "adaptive"
+              else FixedWidth(cfg.bits, cfg.deadline))
+    masked = protocol = None
+    if cfg.secure_aggregation:
+        grid = pipeline.dp_grid
+        if grid is not None:  # DP: uniform weights on the rotated grid
+            def masked(bits, cohort):
+                return grid.upload_bytes(len(cohort))
+        else:  # the integer n_k / gcd weights the secure sum masks with
+            def masked(bits, cohort):
+                return secure_upload_bytes(info.num_params, bits, [sizes[k] for k in cohort])
+        protocol = received_bytes
+    return Clock(links, sizes, pipeline.epochs, info, policy, pipeline.sampler, masked, protocol,
+                 SECAGG_ROUND_TRIPS if cfg.secure_aggregation else 1)
