@@ -63,7 +63,7 @@ def test_batched_clients_equal_sequential_ones(datasets, model, channels, augmen
         chosen = fed.sample_clients(1)
         sizes = sorted(fed.sizes[k] for k in chosen)
         assert sizes[0] < sizes[-1] // 2  # unequal: some clients run out of data steps before others
-        out = batched.train_clients(fed, chosen, 1)
+        out = batched.train_clients(fed.trainer, chosen, 1, fed.global_state)
         assert sorted(out) == chosen
         for k in chosen:
             loss = fed.train_client(k, 1)
@@ -93,7 +93,7 @@ def test_full_batch_clients_of_unequal_size(datasets, monkeypatch):
     """B = full: every client takes E steps on its whole data, padded to the largest client."""
     fed = in_float64(Federation(cfg_for("2nn", batch_size=None, local_epochs=3), data=datasets[1]), monkeypatch)
     chosen = fed.sample_clients(1)
-    out = batched.train_clients(fed, chosen, 1)
+    out = batched.train_clients(fed.trainer, chosen, 1, fed.global_state)
     for k in chosen:
         loss = fed.train_client(k, 1)
         assert _relative_gap(fed.model.state_dict(), out[k][0], fed.global_state) < 1e-9
@@ -103,7 +103,7 @@ def test_full_batch_clients_of_unequal_size(datasets, monkeypatch):
 def test_squeezenet_runs_batched_with_dropout(datasets):
     """Dropout draws differ under vmap, so only shape, finiteness and a sane loss are checked."""
     fed = Federation(cfg_for("squeezenet1_0", num_clients=2, local_epochs=1, batch_size=32), data=datasets[3])
-    out = batched.train_clients(fed, [0, 1], 1)
+    out = batched.train_clients(fed.trainer, [0, 1], 1, fed.global_state)
     for k in (0, 1):
         state, loss = out[k]
         assert all(state[n].shape == v.shape and state[n].isfinite().all() for n, v in fed.global_state.items())
@@ -114,5 +114,12 @@ def test_squeezenet_runs_batched_with_dropout(datasets):
     ("sequential", "cpu", "fedavg", False), ("batched", "cpu", "fedavg", True), ("auto", "cpu", "fedavg", False),
     ("auto", "cuda", "fedavg", True), ("batched", "cuda", "fedsgd", False)])
 def test_engine_choice(engine, device, algorithm, expected):
-    cfg = Config(engine=engine, algorithm=algorithm)
-    assert batched.use_batched(cfg, torch.device(device)) is expected
+    from types import SimpleNamespace
+
+    from fl_lib.simulator.backends import Batched, build_backend
+    from fl_lib.simulator.build import build_pipeline
+
+    cfg = Config(engine=engine, algorithm=algorithm, num_clients=4)
+    fed = SimpleNamespace(cfg=cfg, device=torch.device(device), client_side=None, data=SimpleNamespace(is_text=False),
+                          pipeline=build_pipeline(cfg, [10] * 4, 100, torch.device(device)))
+    assert isinstance(build_backend(fed), Batched) is expected

@@ -10,6 +10,7 @@ from fl_lib.core.data import synthetic
 from fl_lib.simulator.federation import Federation
 
 
+@pytest.mark.slow
 def test_quick_bench_prints_every_target_line(capsys):
     # One thread: a busy machine then cannot slow the spinning threads' handoffs tenfold.
     args = bench.build_parser().parse_args(["--quick", "--dataset", "synthetic", "--threads", "1"])

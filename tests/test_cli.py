@@ -20,6 +20,7 @@ def cli(*args, timeout=300):
                           cwd=ROOT, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_smoke_run_end_to_end_then_cached(tmp_path):
     out = tmp_path / "run"
     first = cli("run", "--preset", "smoke", "--out", str(out))

@@ -45,6 +45,7 @@ BAD = {
     "dp_noise": [-0.5, float("inf"), 1e4],
     "dp_delta": [0, 0.0, 1, 1.0, -1e-5],
     "dp_sampling": ["bernoulli", None],
+    "aggregator": ["trimmed", None, 1],
     "secure_aggregation": [1, "yes", None],
     "eval_every": [0, -1],
     "checkpoint_every": [-1, 0.5],

@@ -12,6 +12,7 @@ from fl_lib.privacy import dp_quant
 from fl_lib.core.config import Config
 from tests.tiny import tiny_config
 from fl_lib.core.errors import ConfigError
+from fl_lib.core.stages import weights_to_update
 from fl_lib.simulator.federation import Federation
 from fl_lib.core.quant import q_max
 from fl_lib.core.rng import SERVER, Stream, torch_generator
@@ -185,7 +186,8 @@ def test_a_dp_secagg_round_is_the_decoded_sum_plus_noise_sized_for_delta(data, r
     flats = []
     for k in sampled:
         sent, _ = ref.local_update(k, 1)
-        flats.append(dp_quant.flatten(ref._update_of(ref._clipped(sent))))  # what the engine's client sends
+        clipped = ref.pipeline.stages[0].client(None, sent, ref.global_state)  # DPClip, the client's own stage
+        flats.append(dp_quant.flatten(weights_to_update(clipped, ref.global_state)))  # what the client sends
     grid = dp_quant.dp_grid(len(flats[0]), 8, 0.5, rounding)
     codes = dp_quant.client_codes(flats, grid, cfg.seed, 1, clients=sampled)
     total = dp_quant.unflatten(dp_quant.clear_total(codes, grid, cfg.seed, 1), start)
@@ -218,8 +220,9 @@ def test_a_late_client_drops_out_of_the_masked_dp_sum(data):
     ref = Federation(cfg, data=data)
     start = {n: v.clone() for n, v in ref.global_state.items()}
     grid = ref.dp_grid
-    sent = {k: ref._clipped(ref.local_update(k, 1)[0]) for k in sampled}
-    flats = [np.zeros(grid.num_params) if k == late else dp_quant.flatten(ref._update_of(sent[k])) for k in sampled]
+    clip = ref.pipeline.stages[0]  # DPClip: the client's own clipping
+    sent = {k: clip.client(None, ref.local_update(k, 1)[0], ref.global_state) for k in sampled}
+    flats = [np.zeros(grid.num_params) if k == late else dp_quant.flatten(weights_to_update(sent[k], ref.global_state)) for k in sampled]
     gone = [sampled.index(late)]
     codes = dp_quant.client_codes(flats, grid, cfg.seed, 1, clients=sampled, dropped=gone)
     total = dp_quant.unflatten(dp_quant.clear_total(codes, grid, cfg.seed, 1, dropped=gone), start)
@@ -234,7 +237,9 @@ def test_a_late_client_drops_out_of_the_masked_dp_sum(data):
 def test_a_round_without_senders_adds_the_noise_for_delta_alone(data):
     fed = Federation(tiny(), data=data)
     start = {n: v.clone() for n, v in fed.global_state.items()}
-    assert fed._secure_update(2, [], [], [], []) == (0, [])
+    result = fed.pipeline.aggregator.aggregate(2, fed.global_state, [], [])
+    assert (result.upload_bytes, result.errors) == (0, [])
+    fed.global_state = result.state
     grid = fed.dp_grid
     zeros = {n: torch.zeros_like(v) for n, v in start.items()}
     step = dp.add_noise(zeros, 0.3, grid.sensitivity, torch_generator(fed.cfg.seed, 2, SERVER, Stream.DP_NOISE))

@@ -63,7 +63,7 @@ def layer(module: str) -> int:
 
 def test_the_walk_sees_real_edges():
     g = graph()
-    assert "fl_lib.simulator.batched" in g["fl_lib.simulator.federation"]
+    assert "fl_lib.simulator.batched" in g["fl_lib.simulator.backends"]
     assert "fl_lib.core.client" in g["fl_lib.simulator.batched"]
     assert "fl_lib.core.errors" in g["fl_lib.core.config"]  # from .errors import ...
     assert "fl_lib.core.codec" in g["fl_lib.privacy.leakage"]  # from ..core import codec

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fl_lib.simulator import backends
 from fl_lib.simulator import pool
 from fl_lib.runtime import results
 from fl_lib.core.config import Config
@@ -28,9 +29,7 @@ def tiny(**kw) -> Config:
 def rounds(fed, n):
     out = []
     for t in range(1, n + 1):
-        row = fed.round(t)
-        row.pop("seconds")
-        out.append(row)
+        out.append(fed.round(t).as_dict())  # the metrics columns: wall seconds vary
     return out
 
 
@@ -67,8 +66,7 @@ def test_a_killed_worker_is_detected_and_the_round_retried(one_thread):
         victim = next(iter(fed.pool._executor._processes.values()))
         os.kill(victim.pid, signal.SIGKILL)
         victim.join(10)
-        got += [fed.round(2)]
-        got[-1].pop("seconds")
+        got += [fed.round(2).as_dict()]
     finally:
         fed.close()
     assert got == expected
@@ -140,11 +138,10 @@ def test_two_processes_asking_for_the_same_run_share_it(tmp_path):
 def test_one_core_means_no_processes(monkeypatch, tmp_path):
     """On one core auto stays sequential and run_many loops in this process: nothing to lose there."""
     monkeypatch.setattr(pool, "CORE_BUDGET", 1)
-    fed = Federation(tiny(engine="auto", model="cifar_cnn", dataset="synthetic", augment=True, num_clients=4))
-    assert fed.use_pool is False
-    monkeypatch.setattr(pool, "CORE_BUDGET", 2)
-    assert Federation(tiny(engine="auto", model="cifar_cnn", dataset="synthetic", num_clients=4)).use_pool is True
-    assert Federation(tiny(engine="auto")).use_pool is False  # the 2NN's rounds are too small to pay for workers
+    monkeypatch.setattr(backends, "POOL_MIN_SECONDS", 0.0)  # even a round of milliseconds would qualify
+    fed = Federation(tiny(engine="auto", num_clients=4))
+    fed.round(1)
+    assert fed.pool is None and fed.backend.name == "auto: sequential"
     monkeypatch.setattr(pool, "CORE_BUDGET", 1)
     monkeypatch.setattr(results, "_run_in_processes", lambda *a: pytest.fail("processes started on one core"))
     got = results.run_many([tiny(seed=0), tiny(seed=1)], root=tmp_path, progress=False)
@@ -187,3 +184,24 @@ def _alive(pid: int) -> bool:
             return "State:\tZ" not in f.read()
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.slow
+def test_auto_moves_to_the_pool_only_after_a_round_that_took_long_enough(monkeypatch):
+    """engine=auto times the first round it runs (sequentially) and decides from that measurement."""
+    monkeypatch.setattr(pool, "CORE_BUDGET", 2)
+    fed = Federation(tiny(engine="auto", num_clients=4))
+    assert fed.backend.name == "auto (undecided)"
+    fed.round(1)  # the 2NN's round takes milliseconds: far below POOL_MIN_SECONDS
+    assert fed.backend.measured < backends.POOL_MIN_SECONDS and fed.backend.name == "auto: sequential"
+    monkeypatch.setattr(backends, "POOL_MIN_SECONDS", 0.0)
+    fed = Federation(tiny(engine="auto", num_clients=4))
+    try:
+        fed.round(1)
+        assert fed.backend.name == "auto: pool" and fed.pool is not None
+        assert fed.round(2).train_loss is not None  # round 2 ran in the workers
+    finally:
+        fed.close()
+    short = Federation(tiny(engine="auto", num_clients=4, num_rounds=2))
+    short.round(1)  # one round left: the workers' start-up would not pay
+    assert short.backend.name == "auto: sequential"

@@ -5,7 +5,8 @@ import torch
 from fl_lib.privacy import dp
 from fl_lib.privacy import secagg
 from fl_lib.core.errors import ConfigError
-from fl_lib.simulator.federation import SECAGG_MARGIN, Federation
+from fl_lib.privacy.stages import SECAGG_MARGIN
+from fl_lib.simulator.federation import Federation
 from fl_lib.core.rng import SERVER, Stream, torch_generator
 
 
@@ -150,5 +151,5 @@ def test_dp_divergence_says_how_many_clients_per_round_the_epsilon_needs(tiny, d
     d = sum(v.numel() for v in fed.global_state.values() if v.is_floating_point())
     need = dp.clients_needed(1.0, d)
     with pytest.raises(DivergenceError, match=f"needs m >= z sqrt\\(d\\) = {need:,} clients per round") as err:
-        fed._count_dead_round(3)
+        fed.count_dead_round(3)
     assert "\n" not in str(err.value) and f"num_clients >= {need:,}" in str(err.value)

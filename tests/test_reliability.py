@@ -231,6 +231,7 @@ TOKENS = {
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(choice=st.dictionaries(st.sampled_from(sorted(TOKENS)), st.integers(0, 99), max_size=6))
+@pytest.mark.slow
 def test_fuzzed_command_lines_never_show_a_traceback_or_write_nan(tmp_path_factory, choice):
     out = tmp_path_factory.mktemp("fuzz")
     argv = ["run", "--preset", "smoke", "--dataset", "synthetic-mnist", "--model", "2nn", "--num-rounds", "2",

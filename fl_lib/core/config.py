@@ -102,8 +102,9 @@ class Config:
     augment: bool = _field(True, "random crop + flip on 3-channel 32x32 training batches")
     seed: int = _field(0, "fixes init, partition, sampling, batch order")
     device: str = _field("auto", "auto = cuda, then mps, then cpu")
-    engine: str = _field("sequential", "clients one by one, batched (vmap), pool (worker processes, pool.py), "
-                                       "or auto (batched on CUDA, pool on a multi-core CPU where it pays)")
+    engine: str = _field("sequential", "the backend that trains a round's clients: sequential, batched (vmap), "
+                                       "pool (worker processes), or auto (batched on CUDA; on a CPU the pool "
+                                       "if a timed first round shows it pays)")
     workers: int = _field(0, "worker processes of engine=pool (0 or auto = one per core)")
     channels_last: str = _field("auto", "memory format of conv models: auto, on, off")
     precision: str = _field("fp32", "fp32, or bf16 autocast (GPU)")

@@ -492,7 +492,7 @@ def run_grid(dataset, batch_sizes=(1,), bits=(32, 16, 8, 4), noises=(0.0,), mode
                     log(format_rows([row], header=not rows[:-1]))
         if out:
             images[f"{model}_B{b}_original"] = x
-            save_figure(shown, Path(out) / f"leakage_{model}_B{b}.png")
+            save_image_grid(shown, Path(out) / f"leakage_{model}_B{b}.png")
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -508,7 +508,7 @@ def _json_number(v, digits=6):
     return float(f"{v:.{digits}g}") if math.isfinite(v) else None
 
 
-def save_figure(columns, path):
+def save_image_grid(columns, path):
     """One column per (title, (B, C, H, W) images in [0, 1]), one row per image; saved as a PNG."""
     from matplotlib.figure import Figure  # no pyplot: no backend state touched in a notebook
 

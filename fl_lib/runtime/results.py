@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def _compute(cfg, out, key, force, progress, data, log, on_round) -> Run:
     if state is not None and state["round"] > cfg.num_rounds:  # a longer unfinished run: begin again
         state = None
     if state is not None:
-        fed.load_engine_state(state["engine"], state["global"])
+        fed.load_resume_state(state["engine"], state["global"])  # "engine": the checkpoint key since 0.1
         rows, timings, start = state["metrics"], state["timings"], state["round"] + 1
         last = rows[-1]
         if last["round"] % cfg.eval_every and start <= cfg.num_rounds:
@@ -114,7 +115,7 @@ def _compute(cfg, out, key, force, progress, data, log, on_round) -> Run:
             if (cfg.checkpoint_every and t % cfg.checkpoint_every == 0) or t == cfg.num_rounds:
                 # the last round's state always stays: it is where a longer run continues from
                 checkpoint.save(ckpt_dir, t, {
-                    "config_key": key, "config": cfg.to_dict(), "round": t, "engine": fed.engine_state(),
+                    "config_key": key, "config": cfg.to_dict(), "round": t, "engine": fed.resume_state(),
                     "global": {k: v.detach().cpu() for k, v in fed.global_state.items()},
                     "metrics": rows, "timings": timings})
             if on_round is not None:
@@ -135,7 +136,9 @@ def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log
     are computed once, at the longest length. `workers` processes (0 = one per
     usable core, never more than the runs to compute) each run one config at a
     time with cores // workers threads and that many cores for its own
-    engine=auto decision, so runs and clients never oversubscribe the CPU. One
+    engine=auto decision, so runs and clients never oversubscribe the CPU. With
+    workers=0 the runs go to processes only where that pays, judged from the first
+    run's first round, timed here (`_processes_pay`). One
     progress bar counts the rounds of all of them. Each run is cached and locked
     like `run`'s, so a notebook and a terminal asking for the same config share it.
     A run that fails (say it diverges) raises its FLError once the others have
@@ -154,6 +157,8 @@ def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log
             longest[key] = cfg
     todo = list(longest.values())
     cores = usable_cores()
+    if not workers and len(todo) > 1 and cores > 1:
+        workers = 1 if not _processes_pay(todo, min(cores, len(todo)), root, log) else 0
     workers = min(workers or cores, len(todo))
     failed: dict[str, FLError] = {}
     if todo and workers <= 1:
@@ -168,6 +173,38 @@ def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log
         raise next(iter(failed.values()))
     return [failed[cfg.key()] if cfg.key() in failed else load_run(run_dir(cfg, root), num_rounds=cfg.num_rounds)
             for cfg in configs]
+
+
+PROCESS_START_SECONDS = 3.0  # a run process's own start: spawning Python and importing torch, on top of the set-up
+
+
+def _processes_pay(todo: list, workers: int, root: Path, log) -> bool:
+    """Whether spreading `todo` over `workers` processes beats one loop here, from a measurement.
+
+    The first run's first round runs in this process (it is stored: the run later
+    extends from it), timed apart from its set-up. With w processes the rounds of
+    all runs take about 1/w of the loop's time, and every process pays its start and
+    its runs' set-up again. Two 2-core VMs measured run_many against a loop at 1.31x
+    and 0.87x (issue 20): short runs do not pay for their processes.
+    """
+    first = todo[0]
+    start = time.perf_counter()
+    if _stored_rounds(run_dir(first, root)) == 0:
+        run(first.replace(num_rounds=1), root=root, progress=False, log=lambda msg: None)
+    total = time.perf_counter() - start
+    timings = run_dir(first, root) / "timings.csv"
+    try:
+        per_round = float(timings.read_text().splitlines()[1].split(",")[1])
+    except (OSError, IndexError, ValueError):
+        return True  # nothing measured (stored by another version): keep the parallel default
+    setup = max(total - per_round, 0.0)
+    rounds = sum(cfg.num_rounds for cfg in todo) - 1
+    saving = rounds * per_round * (1 - 1 / workers)
+    cost = workers * (PROCESS_START_SECONDS + setup)
+    if saving <= cost:
+        log(f"run_many: {len(todo)} runs in one process (measured {per_round:.2f} s a round, {setup:.1f} s of "
+            f"set-up: {workers} processes would save {saving:.0f} s and cost {cost:.0f} s)")
+    return saving > cost
 
 
 def _stored_rounds(folder: Path) -> int:
@@ -248,9 +285,12 @@ def _run_one(cfg: Config, root: str) -> None:
 
 def record_round(rows: list, timings: list, row: RoundMetrics, seconds: float | None = None) -> None:
     """Append round `row` (a `Federation.round` record) as a dict with its cumulative columns, and its wall time."""
-    if seconds is None:
-        seconds = row.seconds
-    row = row.as_dict()
+    if isinstance(row, RoundMetrics):
+        seconds = row.seconds if seconds is None else seconds
+        row = row.as_dict()
+    else:  # a row as a dict, the form before 0.5
+        row = dict(row)
+        seconds = row.pop("seconds", None) if seconds is None else seconds
     prev = rows[-1] if rows else {"cum_upload_bytes": 0, "cum_sim_seconds": 0.0}
     row["cum_upload_bytes"] = prev["cum_upload_bytes"] + row["upload_bytes"]
     if row["sim_seconds"] is not None:  # a run with a link model has a clock

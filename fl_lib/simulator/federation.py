@@ -1,4 +1,4 @@
-"""The engine: set up a federation, then run its rounds through the pipeline (McMahan et al. 2017, Algorithm 1).
+"""The simulator's loop: set up a federation, then run its rounds through the pipeline (McMahan et al. 2017, Algorithm 1).
 
 One synchronous round, top to bottom (`sync_round`):
 
@@ -203,6 +203,10 @@ class Federation:
         """Client k's local training from the global model (it stays in `model`); returns its mean loss."""
         return self.trainer.train(k, t, self.global_state, *extra)
 
+    def local_update(self, k: int, t: int, *extra: int):
+        """Client k's upload of round t before its client stages (weights, or FedSGD's gradient) and its loss."""
+        return self.client_side.local(k, t, self.global_state, *extra)
+
     def generator(self, t, k, stream, *extra):
         return self.trainer.generator(t, k, stream, *extra)
 
@@ -221,6 +225,24 @@ class Federation:
     @property
     def model(self):
         return self.trainer.model
+
+    @property
+    def opt(self):
+        return self.trainer.opt
+
+    @opt.setter
+    def opt(self, value):
+        self.trainer.opt = value
+
+    @property
+    def channels_last(self) -> bool:
+        return self.trainer.channels_last
+
+    @property
+    def pool(self):
+        """The worker processes, when the backend is (or auto chose) the pool; else None."""
+        backend = getattr(self.backend, "chosen", self.backend)
+        return backend if getattr(backend, "name", "") == "pool" else None
 
     @property
     def links(self):
@@ -247,20 +269,24 @@ class Federation:
         """Stop the backend's worker processes, if any; the next round starts them again."""
         self.backend.close()
 
-    def engine_state(self) -> dict:
+    def resume_state(self) -> dict:
         """What a checkpoint must hold besides the global model to resume exactly."""
         state = {"dead_rounds": self.dead_rounds}
         if self.fedbuff is not None:
             state["fedbuff"] = self.fedbuff.state_dict()
         return state
 
-    def load_engine_state(self, state: dict, global_state: dict | None = None) -> None:
-        """Resume: the counters (and FedBuff's events) of `engine_state`, and the global model if given."""
+    def load_resume_state(self, state: dict, global_state: dict | None = None) -> None:
+        """Resume: the counters (and FedBuff's events) of `resume_state`, and the global model if given."""
         if global_state is not None:
             self.global_state = {k: v.to(self.device) for k, v in global_state.items()}
         self.dead_rounds = state["dead_rounds"]
         if self.fedbuff is not None:
             self.fedbuff.load_state_dict(state["fedbuff"])
+
+
+Federation.engine_state = Federation.resume_state  # 0.4's names
+Federation.load_engine_state = Federation.load_resume_state
 
 
 def replay_clock(cfg: Config, link: str, data: Dataset | None = None) -> list[float]:
