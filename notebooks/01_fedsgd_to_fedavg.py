@@ -28,7 +28,7 @@
 
 # %% tags=["parameters"]
 dataset: str = "mnist"  # mnist (torchvision downloads it into data_root), synthetic-mnist, or an .npz file
-data_root: str = ""  # folder torchvision downloads into; empty: the project's data/
+data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
 num_clients: int = 100  # K, clients holding data (the paper: 100)
 client_fraction: float = 0.1  # C, fraction of clients sampled each round (the paper: 0.1)
 num_rounds: int = 50  # rounds of each 2NN run
@@ -40,8 +40,8 @@ target_2nn: float = 0.97  # test accuracy the 2NN rounds are counted to (the pap
 target_cnn: float = 0.99  # test accuracy the CNN rounds are counted to (the paper: 0.99)
 mixing_thetas: int = 50  # mixing weights theta in the shared-initialization experiment (the paper: 50)
 mixing_samples: int = 600  # training images of each of the two mixed models (the paper: 600)
-seeds: str = "0"  # comma-separated seeds; every run is repeated for each
-results_dir: str = ""  # cached runs, shared by all lessons; empty: the project's data/runs/
+seeds: str = "0"  # comma-separated seeds; runs repeat for each (the lesson says which use the first only)
+results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core

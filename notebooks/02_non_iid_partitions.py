@@ -23,7 +23,7 @@
 
 # %% tags=["parameters"]
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
-data_root: str = ""  # folder torchvision downloads into; empty: the project's data/
+data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
 num_clients: int = 10  # K, clients holding data
 alpha: float = 0.5  # Dirichlet concentration (smaller: more label skew)
 shards_per_client: int = 2  # label shards per client in McMahan et al.'s split

@@ -22,7 +22,7 @@
 
 # %% tags=["parameters"]
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
-data_root: str = ""  # folder torchvision downloads into; empty: the project's data/
+data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
 model: str = "squeezenet1_0"  # network whose weights are quantized
 layer: str = "features.0.weight"  # tensor of the worked example
 channel: int = 0  # output channel of the worked example

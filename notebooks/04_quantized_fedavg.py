@@ -30,14 +30,14 @@
 # %% tags=["parameters"]
 preset: str = "quick"  # starting config: quick (small CNN, 1 local epoch) or paper (SqueezeNet 1.0, 5 epochs)
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
-data_root: str = ""  # folder torchvision downloads into; empty: the project's data/
+data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
 num_rounds: int = 20  # communication rounds of every run (the paper: 300)
 num_clients: int = 10  # K, clients, all sampled every round (the paper: 10)
 alpha: float = 0.5  # Dirichlet concentration of the label split (the paper: 0.5)
 bit_widths: str = "32,16,8,4"  # upload bit widths, comma-separated; 32 means float32 (the paper: 32, 16)
 delta_bit_widths: str = "4"  # bit widths, comma-separated, at which quantized weights and updates are compared
-seeds: str = "0,1,2"  # comma-separated seeds; every bit width runs once per seed
-results_dir: str = ""  # cached runs, shared by all lessons; empty: the project's data/runs/
+seeds: str = "0,1,2"  # comma-separated seeds; runs repeat for each (the lesson says which use the first only)
+results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
@@ -52,7 +52,7 @@ from fl_lib.core import config
 from fl_lib.study import lesson
 from fl_lib.study import plots
 from fl_lib.core.config import parse_list, parse_seeds
-from fl_lib.runtime.results import run, run_many
+from fl_lib.study.sweep import sweep
 
 lesson.setup("lee", "mcmahan")
 data_root = lesson.folder("data_root", data_root)
@@ -70,22 +70,14 @@ shown = ["model", "dataset", "num_clients", "partition", "alpha", "client_fracti
 pd.DataFrame([{k: getattr(base, k) for k in shown}], index=["base config"])
 
 # %% [markdown]
-# Every run of this lesson at once: `run_many` spreads independent runs over the machine's cores (one
-# process per core) and caches each one; the cells below read them back with `run`. A stored run is
-# not computed again, and a longer `num_rounds` continues a stored run from its last round.
+# Every run of this lesson goes through `sweep`: it makes each combination of the values it is given
+# (here every bit width with every seed), runs them side by side on the machine's cores and caches each
+# one, and returns one table of every run's metrics, with a column per setting. A stored run is not
+# computed again, and a longer `num_rounds` continues a stored run from its last round.
 
 # %%
-run_many([base.replace(bits=b, seed=s) for s in seed_list for b in sorted(set(bits_list) | {32})]
-         + [base.replace(bits=b, upload=u, seed=s) for s in seed_list for b in delta_list for u in ("weights", "delta")],
-         root=results_dir, workers=workers);
-
-# %%
-frames = []
-for seed in seed_list:
-    for b in bits_list:
-        r = run(base.replace(bits=b, seed=seed), root=results_dir)
-        frames.append(r.metrics.assign(bits=b, seed=seed, label=label[b]))
-metrics = pd.concat(frames, ignore_index=True)
+metrics = sweep(base, {"seed": seed_list, "bits": bits_list}, label=lambda c: label[c["bits"]], root=results_dir,
+                workers=workers)
 
 # %% [markdown]
 # ## Accuracy over rounds (the paper's Figure 1)
@@ -158,15 +150,9 @@ if diffs:
 # clients of a round.
 
 # %%
-frames = []
-for seed in seed_list:
-    for b in delta_list:
-        for upload in ("weights", "delta"):
-            r = run(base.replace(bits=b, upload=upload, seed=seed), root=results_dir)
-            frames.append(r.metrics.assign(bits=b, seed=seed, upload=upload, label=f"{label[b]}, {upload}"))
-    r = run(base.replace(bits=32, seed=seed), root=results_dir)
-    frames.append(r.metrics.assign(bits=32, seed=seed, upload="weights", label="FP32"))
-uploads = pd.concat(frames, ignore_index=True)
+compared = {f"{label[b]}, {u}": {"bits": b, "upload": u} for b in delta_list for u in ("weights", "delta")}
+uploads = sweep(base, [{"seed": seed_list, "label": compared}, {"seed": seed_list, "label": {"FP32": {"bits": 32}}}],
+                root=results_dir, workers=workers)
 plots.accuracy_over_rounds(uploads, title="Quantized weights vs quantized updates",
                            name="04_weights_vs_delta", figures_dir=figures_dir).show()
 pd.DataFrame({"final_test_acc": uploads[uploads["round"] == num_rounds].groupby("label").test_acc.mean(),

@@ -23,13 +23,14 @@
 # %% tags=["parameters"]
 preset: str = "quick"  # starting config: quick (small CNN, 1 local epoch) or paper (SqueezeNet 1.0, 5 epochs)
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
-data_root: str = ""  # folder torchvision downloads into; empty: the project's data/
+data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
 num_rounds: int = 20  # communication rounds of every run
 num_clients: int = 10  # K, clients, all sampled every round
 alphas: str = "0.1,0.5,1,100"  # Dirichlet concentrations, comma-separated (smaller: more skew)
 bit_widths: str = "32,16,8,4"  # upload bit widths, comma-separated; 32 means float32
-seeds: str = "0"  # comma-separated seeds; every cell runs once per seed
-results_dir: str = ""  # cached runs, shared by all lessons; empty: the project's data/runs/
+aggregator: str = "mean"  # how the server combines uploads: mean (FedAvg's n_k / n) or median (coordinate-wise)
+seeds: str = "0"  # comma-separated seeds; runs repeat for each (the lesson says which use the first only)
+results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
@@ -37,14 +38,13 @@ workers: int = 0  # processes that compute this lesson's runs side by side; 0: o
 # %%
 from pathlib import Path
 
-import pandas as pd
 from IPython.display import Markdown, display
 
 from fl_lib.core import config
 from fl_lib.study import lesson
 from fl_lib.study import plots
 from fl_lib.core.config import parse_list, parse_seeds
-from fl_lib.runtime.results import run_many
+from fl_lib.study.sweep import sweep
 
 lesson.setup("lee", "mcmahan")
 data_root = lesson.folder("data_root", data_root)
@@ -55,19 +55,18 @@ alpha_list = parse_list(alphas, float)
 bits_list = parse_list(bit_widths, int)
 seed_list = parse_seeds(seeds)
 base = config.preset(preset, dataset=dataset, data_root=data_root, num_rounds=num_rounds,
-                     num_clients=num_clients, partition="dirichlet", device=device)
+                     num_clients=num_clients, partition="dirichlet", aggregator=aggregator, device=device)
 print(f"{len(alpha_list)} alphas x {len(bits_list)} bit widths x {len(seed_list)} seed(s) = "
-      f"{len(alpha_list) * len(bits_list) * len(seed_list)} runs of {num_rounds} rounds ({base.model})")
+      f"{len(alpha_list) * len(bits_list) * len(seed_list)} runs of {num_rounds} rounds ({base.model}, "
+      f"the server's {base.aggregator} of the uploads)")
 
 # %%
-grid_configs = {(a, b, seed): base.replace(alpha=a, bits=b, seed=seed)
-                for a in alpha_list for b in bits_list for seed in seed_list}
-runs = run_many(grid_configs.values(), root=results_dir, workers=workers)  # in parallel, one process per core; cached
-cells = [{"alpha": a, "bits": b, "seed": seed, "final_test_acc": r.summary["final_test_acc"],
-          "best_test_acc": r.summary["best_test_acc"], "total_upload_mb": r.summary["total_upload_mb"]}
-         for (a, b, seed), r in zip(grid_configs, runs)]
-cells = pd.DataFrame(cells)
-grid = cells.groupby(["alpha", "bits"]).mean(numeric_only=True).drop(columns="seed")
+# every alpha with every bit width and seed, side by side on the cores; each run cached
+metrics = sweep(base, {"alpha": alpha_list, "bits": bits_list, "seed": seed_list}, root=results_dir, workers=workers)
+cells = metrics.groupby(["alpha", "bits", "seed"]).agg(  # one row per run: where it ended
+    final_test_acc=("test_acc", "last"), best_test_acc=("test_acc", "max"),
+    total_upload_mb=("cum_upload_bytes", lambda x: x.iloc[-1] / 1e6))
+grid = cells.groupby(["alpha", "bits"]).mean()
 acc_table = grid.final_test_acc.unstack("bits")[bits_list]
 mb_table = grid.total_upload_mb.unstack("bits")[bits_list]
 acc_table.columns.name = mb_table.columns.name = "bits"

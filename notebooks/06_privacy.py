@@ -38,7 +38,7 @@
 # %% tags=["parameters"]
 preset: str = "quick"  # config of the federated runs: quick (small CNN, 1 local epoch) or smoke
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
-data_root: str = ""  # folder torchvision downloads into; empty: the project's data/
+data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
 attack_model: str = "lenet"  # attacked network: lenet (DLG's sigmoid LeNet, DLG attack) or cifar_cnn (cosine attack)
 attack_steps: int = 0  # cap on each attack's steps (L-BFGS for lenet, Adam for cifar_cnn); 0: leakage.DEFAULT_STEPS
 progress_steps: str = "25,50,100"  # comma-separated step counts shown on the way to the final attack (FP32, batch 1)
@@ -54,15 +54,13 @@ noise_levels: str = "0.1,1.0"  # comma-separated noise multipliers z (noise std 
 dp_delta: float = 1e-5  # delta of the (epsilon, delta) guarantee
 dp_sampling: str = "poisson"  # how DP runs pick clients: poisson (each with probability C) or fixed (exactly m)
 secagg_bit_widths: str = "16,8,4"  # comma-separated bit widths at which the shared scale's cost is measured
-seeds: str = "0,1"  # comma-separated seeds; each DP setting runs once per seed, secure aggregation on the first
+seeds: str = "0,1"  # comma-separated seeds; runs repeat for each (the lesson says which use the first only)
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
-import hashlib
-import json
 import math
 import warnings
 from pathlib import Path
@@ -83,11 +81,14 @@ from fl_lib.core.codec import encode
 from fl_lib.core.config import parse_list, parse_seeds
 from fl_lib.core.data import load_dataset
 from fl_lib.core.errors import ConfigError, DivergenceError
-from fl_lib.simulator.federation import SECAGG_MARGIN, Federation
+from fl_lib.privacy.stages import SECAGG_MARGIN
+from fl_lib.simulator.federation import Federation
 from fl_lib.core.models import build_model
 from fl_lib.core.quant import fake_quantize, relative_error
-from fl_lib.runtime.results import run, run_many
-from fl_lib.study.widgets import LeakageExplorer, load_attacks, width_label
+from fl_lib.runtime.results import run
+from fl_lib.study import attacks
+from fl_lib.study.sweep import sweep
+from fl_lib.study.widgets import LeakageExplorer, width_label
 
 lesson.setup("mcmahan")
 data_root = lesson.folder("data_root", data_root)
@@ -184,50 +185,28 @@ pd.DataFrame(view).set_index("bits")
 # show beside each PSNR the final matching loss ($D$, or $1 - \cos$), the steps it ran and why it
 # stopped.
 #
-# Every attack of this lesson runs once through `leakage.run_grid` and is stored under
-# `results_dir/leakage/`, keyed by its settings and by `leakage.defaults()` (so a changed attack
-# never reads back old results): a rerun reads it back.
+# Every attack of this lesson runs once, in grids of settings (`attacks.attack_grid`, which calls
+# `leakage.run_grid`), and is stored in the results cache under `results_dir/leakage/`, keyed by its
+# data, its settings and `leakage.defaults()` (so a changed attack never reads back old results): a
+# rerun reads it back.
 
 # %%
-if Path(dataset).is_file():
-    data_id = hashlib.sha256(Path(dataset).read_bytes()).hexdigest()[:16]  # the file's content, not its path
-else:
-    data_id = dataset
-
-
-def attack_grid(batches, bit_widths, noises):
-    """run_grid's outputs for these settings: computed once, then read back from results_dir/leakage/<hash>."""
-    settings = dict(data=data_id, batch_sizes=list(batches), bits=list(bit_widths), noises=list(noises),
-                    model=attack_model, steps=attack_cap, seed=seed, attack=leakage.defaults())
-    folder = Path(results_dir) / "leakage" / hashlib.sha256(json.dumps(settings, sort_keys=True).encode()
-                                                            ).hexdigest()[:16]
-    if not (folder / "reconstructions.npz").exists():  # written last by run_grid
-        leakage.run_grid(ds, tuple(batches), tuple(bit_widths), tuple(noises), attack_model, attack_cap, seed,
-                         out=folder)
-    return folder
-
-
-folders = [attack_grid([1], attack_bits, [0.0])]
+cached = dict(model=attack_model, steps=attack_cap, seed=seed, data=ds, root=results_dir)
+grids = [attacks.attack_grid(dataset, [1], attack_bits, [0.0], **cached)]
 larger = [b for b in batch_list if b != 1 or 32 not in attack_bits]
 if larger:
-    folders.append(attack_grid(larger, [32], [0.0]))
+    grids.append(attacks.attack_grid(dataset, larger, [32], [0.0], **cached))
 if noise_list:
-    folders.append(attack_grid([1], [32], noise_list))
-attack_rows, attack_images = load_attacks(*folders)
+    grids.append(attacks.attack_grid(dataset, [1], [32], noise_list, **cached))
+attacked = attacks.Attacks.load(*grids)  # every attack's row, reconstruction and loss per step
+attack_rows, attack_images = attacked.rows, attacked.images
 gray = leakage.psnr(torch.full_like(x, 0.5), x)
 attack_rows[["model", "method", "inputs", "batch_size", "bits", "noise", "psnr", "psnr_min", "match_loss", "steps_run",
              "stop", "steps", "label_correct", "upload_bytes", "upload_rms", "seconds"]]
 
 
 # %%
-def stored(b=1, nbits=32, noise=0.0):
-    """The stored reconstruction (B, C, H, W) uint8 and its row, or (None, None) if not attacked."""
-    key = f"{attack_model}_B{b}_bits{nbits}_noise{noise:g}"
-    hit = attack_rows[(attack_rows.batch_size == b) & (attack_rows.bits == nbits) & (attack_rows.noise == noise)]
-    return (attack_images[key], hit.iloc[0]) if key in attack_images and len(hit) else (None, None)
-
-
-final, final_row = stored()
+final, final_row = attacked.stored(1, 32, 0.0)
 if final_row is not None:  # a cap past the plateau would give the stored attack itself
     shown_steps = [s for s in shown_steps if s < final_row.steps_run]
 progress = [leakage.attack(x, y, attack_model, 32, 0.0, s, seed, num_classes=ds.num_classes, mean=ds.mean,
@@ -237,9 +216,8 @@ cells = [("original", x[0])] + [(f"{s} steps\n{r.psnr:.1f} dB", r.reconstruction
 if final is not None:
     cells.append((f"{final_row.steps_run} steps ({final_row.stop})\n{final_row.psnr:.1f} dB", final[0]))
 display(Image(filename=str(plots.image_table([cells], "06_attack_steps", figures_dir, size=1.6))))
-histories = json.loads((folders[0] / "leakage_histories.json").read_text())  # B = 1, each width, no noise
 curves = [pd.DataFrame({"step": np.arange(1, len(h) + 1), "attack loss": h, "label": width_label(b)})
-          for b in attack_bits if (h := histories.get(f"{attack_model}_B1_bits{b}_noise0"))]
+          for b in attack_bits if (h := attacked.histories.get(f"{attack_model}_B1_bits{b}_noise0"))]
 if curves:
     plots.lines(pd.concat(curves, ignore_index=True), "step", "attack loss", "label",
                 title="Attack loss at each step, until each attack stopped (B = 1)", log_y=True,
@@ -258,7 +236,7 @@ display(Markdown(f"A flat gray image scores **{gray:.1f} dB** against this origi
 # %%
 cells = [("original", x[0])]
 for b in attack_bits:
-    img, r = stored(1, b)
+    img, r = attacked.stored(1, b)
     if img is not None:
         cells.append((f"{width_label(b)}\n{r.psnr:.1f} dB", img[0]))
 display(Image(filename=str(plots.image_table([cells], "06_leakage_bits", figures_dir, size=1.6))))
@@ -272,7 +250,7 @@ display(Image(filename=str(plots.image_table([cells], "06_leakage_bits", figures
 # %%
 table = []
 for b in batch_list:
-    img, r = stored(b, 32)
+    img, r = attacked.stored(b, 32)
     if img is None:
         continue
     original = attack_images[f"{attack_model}_B{b}_original"]
@@ -433,34 +411,27 @@ pd.DataFrame(budget).set_index("z") if budget else None
 # A client whose model the noise has blown up is left out of its round and counted in dropped_clients;
 # if every client diverges for several rounds in a row the engine stops the run (DivergenceError).
 warnings.filterwarnings("ignore", message=".*sent non-finite values")
-dp_configs = {(s, None): base.replace(seed=s) for s in seed_list}
-dp_configs.update({(s, z): base.replace(seed=s, dp_clip=dp_clip, dp_noise=z, dp_delta=dp_delta,
-                                        dp_sampling=dp_sampling) for s in seed_list for z in z_list})
-dp_configs[("secagg", None)] = base.replace(seed=seed, secure_aggregation=True)  # for the last section
+dp_levels = {"no DP": {}} | {"clip only" if z == 0 else f"z = {z:g}": dict(
+    dp_clip=dp_clip, dp_noise=z, dp_delta=dp_delta, dp_sampling=dp_sampling) for z in z_list}
+secagg_levels = {"secure aggregation": dict(secure_aggregation=True)}  # for the last section, first seed only
 z_secagg = min((z for z in z_list if z > 0), default=None)  # DP under secure aggregation: the smallest noise
 if z_secagg is not None:
     try:  # a bit width at which the rounding would swamp the update is refused (see the last section)
         dp_quant.dp_grid(num_params, bits, dp_clip, "stochastic")
-        dp_configs[("secagg", z_secagg)] = base.replace(seed=seed, secure_aggregation=True, dp_clip=dp_clip,
-                                                        dp_noise=z_secagg, dp_delta=dp_delta, rounding="stochastic",
-                                                        dp_sampling=dp_sampling)
+        secagg_levels[f"secure aggregation, z = {z_secagg:g}"] = dict(
+            secure_aggregation=True, dp_clip=dp_clip, dp_noise=z_secagg, dp_delta=dp_delta, rounding="stochastic",
+            dp_sampling=dp_sampling)
     except ConfigError as e:
         display(Markdown(f"No DP run under secure aggregation at {bits} bits: {e}"))
-# in parallel, one process per core; a run that diverges comes back as its error
-dp_runs = dict(zip(dp_configs, run_many(dp_configs.values(), root=results_dir, workers=workers,
-                                        return_errors=True)))
-frames, diverged = [], []
-for (s, z), r in dp_runs.items():
-    if s == "secagg":
-        continue
-    if isinstance(r, DivergenceError):
-        diverged.append(f"* z = {z:g}, seed {s}: {r}")
-    elif isinstance(r, Exception):
-        raise r
-    else:
-        frames.append(r.metrics.assign(seed=s, z=float("nan") if z is None else z,
-                                       label="no DP" if z is None else "clip only" if z == 0 else f"z = {z:g}"))
-dp_metrics = pd.concat(frames, ignore_index=True)
+# in parallel, one process per core; a run that diverges gives one row holding its error
+dp_all = sweep(base, [{"label": dp_levels, "seed": seed_list}, {"label": secagg_levels, "seed": seed}],
+               root=results_dir, workers=workers, errors="keep")
+dp_failed = dp_all[dp_all.error.notna() & dp_all.label.isin(dp_levels)]
+for r in dp_failed.itertuples():
+    if not isinstance(r.error, DivergenceError):
+        raise r.error
+diverged = [f"* {r.label}, seed {r.seed}: {r.error}" for r in dp_failed.itertuples()]
+dp_metrics = dp_all[dp_all.error.isna() & dp_all.label.isin(dp_levels)].drop(columns="error")
 if diverged:
     display(Markdown("**Runs the noise destroyed** (the noise per coordinate, zS/m, outgrew the weights; each "
                      "message says how many clients per round that epsilon would need):\n\n" + "\n".join(diverged)))
@@ -604,7 +575,7 @@ cost.round(4)
 # span many grid steps but (with probability $1 - 10^{-6}$) stay within $\pm q_{\max}$. The client then
 # rounds stochastically, redrawing until $\|z\| \le B$ (conditional rounding), or to the nearest
 # integer, $\|z\| \le C + \sqrt n / 2$. Every decoded upload then has norm at most
-# $\Delta = \gamma B$, slightly more than $S$, and the server's noise has std $z\Delta$ (`fl_lib/dp_quant.py`).
+# $\Delta = \gamma B$, slightly more than $S$, and the server's noise has std $z\Delta$ (`fl_lib/privacy/dp_quant.py`).
 #
 # Below, the round-1 updates of the clients above, clipped to $S$ = `dp_clip`, go through the whole
 # path (codes, masks, sum, unmasking) without noise. "old grid" is the plain shared grid (step
@@ -672,6 +643,16 @@ secagg_table.round(4)
 # but trusts the server to add it.
 
 # %%
+def final_or_error(label_, s=seed):
+    """A run of the DP sweep above: its final test accuracy, its error if it failed, None if it was not run."""
+    rows = dp_all[(dp_all.label == label_) & (dp_all.seed == s)]
+    if rows.empty:
+        return None
+    if rows.error.notna().any():
+        return rows.error.iloc[0]
+    return rows.test_acc.dropna().iloc[-1]
+
+
 answers = []
 if len(clean) >= 2:
     answers.append(
@@ -705,11 +686,11 @@ if bits in dpsa.index:
             f"is {r['old grid: error of the mean']:.3f}; rotated and conditionally rounded it is ")
     if pd.notna(new):
         text += f"{new:.4f}, with {r['rotated, stochastic: Delta / S'] - 1:.2%} more noise for the rounded sensitivity."
-        dpsa_run = dp_runs.get(("secagg", z_secagg))
-        dp_alone = dp_runs.get((seed, z_secagg))
+        dpsa_run = final_or_error(f"secure aggregation, z = {z_secagg:g}")
+        dp_alone = final_or_error(f"z = {z_secagg:g}")
         if dpsa_run is not None and not isinstance(dpsa_run, Exception) and not isinstance(dp_alone, Exception):
-            text += (f" The federated run with z = {z_secagg:g} ended at {dpsa_run.summary['final_test_acc']:.4f} "
-                     f"against {dp_alone.summary['final_test_acc']:.4f} for DP without secure aggregation (seed {seed}).")
+            text += (f" The federated run with z = {z_secagg:g} ended at {dpsa_run:.4f} "
+                     f"against {dp_alone:.4f} for DP without secure aggregation (seed {seed}).")
         elif isinstance(dpsa_run, Exception):
             text += f" The federated run with z = {z_secagg:g} failed: {dpsa_run}"
     else:

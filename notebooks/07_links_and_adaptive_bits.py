@@ -22,7 +22,7 @@
 # sampled client, so one slow link stalls a round; buffered asynchronous aggregation (FedBuff, Nguyen et
 # al. 2022, *Federated Learning with Buffered Asynchronous Aggregation*, AISTATS) does not wait.
 #
-# Here every run has a simulated clock (`fl_lib/links.py`): each client gets a link and a device drawn
+# Here every run has a simulated clock (`fl_lib/core/links.py`): each client gets a link and a device drawn
 # from a profile with cited numbers, and metrics.csv gains `sim_seconds`, `cum_sim_seconds`, `mean_bits`,
 # `dropped_clients` and `mean_staleness`. The clock is a deterministic function of the config and the
 # seed, so paired runs (same seed, different upload policy) share their clients, data and links.
@@ -30,14 +30,14 @@
 # %% tags=["parameters"]
 preset: str = "quick"  # starting config: quick (small CNN, 1 local epoch) or paper (SqueezeNet 1.0, 5 epochs)
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
-data_root: str = ""  # folder torchvision downloads into; empty: the project's data/
+data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
 num_rounds: int = 30  # communication rounds of every synchronous run
 num_clients: int = 10  # K, clients, all sampled every round
 alpha: float = 0.5  # Dirichlet concentration of the label split
 link: str = "mobile"  # link profile of every run: mobile, iot, or lognormal:MEDIAN_MBITS,SIGMA
 what_if_link: str = "iot"  # a second profile whose clock is replayed from the same runs, without training
 bit_widths: str = "32,16,8"  # fixed upload bit widths, comma-separated, set against the adaptive policy
-seeds: str = "0,1"  # comma-separated seeds; every bit width and the adaptive policy run once per seed
+seeds: str = "0,1"  # comma-separated seeds; runs repeat for each (the lesson says which use the first only)
 target: float = 0.3  # test accuracy whose simulated time and upload to reach are tabled
 deadline: float = 0.0  # seconds a round waits in the deadline run (first seed); 0: the median FP32 client time
 min_bits: int = 2  # the narrowest width the adaptive policy may give a client, 2..16
@@ -46,7 +46,7 @@ buffer_size: int = 3  # K, FedBuff uploads per server update; 0: the clients per
 concurrency: int = 0  # clients FedBuff trains at once; 0: the clients per round
 server_lr: float = 1.0  # eta_g, FedBuff's server learning rate on the mean of the buffer
 buffer_weights: str = "uniform"  # FedBuff: uniform (the paper's 1/K mean) or samples (n_i / sum n_i, a variant)
-results_dir: str = ""  # cached runs, shared by all lessons; empty: the project's data/runs/
+results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
@@ -65,8 +65,8 @@ from fl_lib.study import plots
 from fl_lib.core.config import parse_list, parse_seeds
 from fl_lib.core.data import load_dataset
 from fl_lib.simulator.federation import Federation, replay_clock
-from fl_lib.study.measures import rounds_to_target
-from fl_lib.runtime.results import run, run_many
+from fl_lib.study.measures import best_acc_until, time_to_target, time_to_target_by
+from fl_lib.study.sweep import sweep
 from fl_lib.study.widgets import LinkExplorer, clock_stats, clock_summary, clock_view, width_label
 
 lesson.setup("lee", "mcmahan")
@@ -214,35 +214,18 @@ print("slowest client of a round (client: rounds):", slow_clients.to_dict())
 # %%
 seed0 = seed_list[0]
 d = deadline if deadline > 0 else float(f"{fp32.total_s.median():.2g}")
-pair = {f"{width_label(ref_bits)}, no deadline": base.replace(bits=ref_bits, seed=seed0),
-        f"{width_label(ref_bits)}, deadline {d:g} s": base.replace(bits=ref_bits, seed=seed0, deadline=d)}
-pair_runs = run_many(pair.values(), root=results_dir, workers=workers)
-deadline_runs = pd.concat([r.metrics.assign(label=name, seed=seed0) for name, r in zip(pair, pair_runs)],
-                          ignore_index=True)
+pair = {f"{width_label(ref_bits)}, no deadline": {}, f"{width_label(ref_bits)}, deadline {d:g} s": {"deadline": d}}
+deadline_runs = sweep(base.replace(bits=ref_bits), {"label": pair, "seed": seed0}, root=results_dir, workers=workers)
 total_s = deadline_runs.groupby("label").cum_sim_seconds.max().max()
 unit, per = ("hours", 3600.0) if total_s >= 3600 else ("minutes", 60.0)  # the clock's unit in every figure
 deadline_runs["sim_time"] = deadline_runs.cum_sim_seconds / per
 plots.lines(deadline_runs, "sim_time", "test_acc", "label", title=f"A deadline on {link} (seed {seed0})",
             xlabel=f"simulated {unit}", ylabel="test accuracy", name="07_deadline", figures_dir=figures_dir).show()
-
-
-def time_to(m, x, target):
-    """x (a clock or byte counter) where the best accuracy so far first reaches target (interpolated), else None."""
-    return rounds_to_target(m.dropna(subset=["test_acc"]).set_index(x).test_acc, target)
-
-
-def reach_by(frame, by, target, x="sim_time"):
-    """time_to for every group of `frame` as a float Series (NaN where the target was not reached)."""
-    reach = {key: time_to(m, x, target) for key, m in frame.groupby(by, sort=False)}
-    index = pd.MultiIndex.from_tuples(reach, names=by) if isinstance(by, list) else pd.Index(reach, name=by)
-    return pd.Series([float("nan") if v is None else v for v in reach.values()], index=index, dtype=float)
-
-
 deadline_table = pd.DataFrame({
     "final test_acc": deadline_runs.groupby("label").test_acc.last(),
     f"simulated {unit}": deadline_runs.groupby("label").sim_time.max(),
     "dropped client-rounds": deadline_runs.groupby("label").dropped_clients.sum(),
-    f"{unit} to {target:g}": reach_by(deadline_runs, "label", target)})
+    f"{unit} to {target:g}": time_to_target_by(deadline_runs, "label", target, x="sim_time")})
 deadline_table.round(4)
 
 # %% [markdown]
@@ -304,12 +287,9 @@ by_client.round(2).T
 # %%
 run_bits = bits_list + ([] if 16 in bits_list else [16])  # INT16 always runs: the adaptive policy is set against it
 label = {b: width_label(b) for b in run_bits}
-grid = {(label[b], seed): base.replace(bits=b, seed=seed) for seed in seed_list for b in run_bits}
-grid.update({("adaptive", seed): base.replace(bits=16, bits_policy="adaptive", min_bits=min_bits, seed=seed)
-             for seed in seed_list})
-runs = run_many(grid.values(), root=results_dir, workers=workers)  # in parallel, one process per core; cached
-metrics = pd.concat([r.metrics.assign(label=name, seed=seed) for (name, seed), r in zip(grid, runs)],
-                    ignore_index=True)
+policy = {label[b]: {"bits": b} for b in run_bits} | {"adaptive": {"bits": 16, "bits_policy": "adaptive",
+                                                                   "min_bits": min_bits}}
+metrics = sweep(base, {"label": policy, "seed": seed_list}, root=results_dir, workers=workers)  # side by side; cached
 metrics["sim_time"] = metrics.cum_sim_seconds / per
 metrics["cum_upload_mb"] = metrics.cum_upload_bytes / 1e6
 policies = list(dict.fromkeys(metrics.label))
@@ -338,16 +318,16 @@ per_policy.round(4)
 # %% [markdown]
 # ### Time and upload to reach the target
 #
-# For each run: the first round at which the best accuracy so far reaches `target`, interpolated between
-# evaluations as McMahan et al. count rounds (`metrics.rounds_to_target`), and the same crossing read
-# against the simulated clock and the cumulative upload. Mean and standard deviation are over the seeds
-# that reached the target; "reached" says how many did.
+# For each run: the first round at which the best accuracy so far reaches `target`, interpolated
+# between evaluations as McMahan et al. count rounds (`measures.rounds_to_target`), and the same
+# crossing read against the simulated clock and the cumulative upload (`measures.time_to_target`).
+# Mean and standard deviation are over the seeds that reached the target; "reached" says how many did.
 
 # %%
 rows = []
 for (lab, seed), m in metrics.groupby(["label", "seed"], sort=False):
-    rows.append({"label": lab, "seed": seed, "rounds": time_to(m, "round", target),
-                 unit: time_to(m, "sim_time", target), "MB": time_to(m, "cum_upload_mb", target)})
+    rows.append({"label": lab, "seed": seed, "rounds": time_to_target(m, target, x="round"),
+                 unit: time_to_target(m, target, x="sim_time"), "MB": time_to_target(m, target, x="cum_upload_mb")})
 reach = pd.DataFrame(rows).astype({"rounds": float, unit: float, "MB": float})
 to_target = reach.groupby("label", sort=False).agg(
     reached=("rounds", lambda x: f"{x.notna().sum()} of {len(x)}"),
@@ -438,34 +418,25 @@ if buffer_weights == "uniform":
 else:
     main_label = f"FedBuff variant: n-weighted, eta_g={server_lr:g}, K={K}, concurrency={in_flight}"
 earlier_label = f"FedBuff variant: n-weighted, eta_g=1, K=concurrency={m_round} (fl_lib's earlier rule)"
-fedbuff_grid = {main_label: base.replace(algorithm="fedbuff", bits=ref_bits, seed=seed0, num_rounds=updates,
-                                         buffer_size=buffer_size, concurrency=concurrency, server_lr=server_lr,
-                                         buffer_weights=buffer_weights),
-                earlier_label: base.replace(algorithm="fedbuff", bits=ref_bits, seed=seed0,
-                                            num_rounds=fedbuff_rounds or num_rounds, buffer_weights="samples")}
-if fedbuff_grid[main_label].replace(num_rounds=1).key() == fedbuff_grid[earlier_label].replace(num_rounds=1).key():
+fedbuff_grid = {main_label: dict(num_rounds=updates, buffer_size=buffer_size, concurrency=concurrency,
+                                  server_lr=server_lr, buffer_weights=buffer_weights),
+                earlier_label: dict(num_rounds=fedbuff_rounds or num_rounds, buffer_weights="samples")}
+fedbuff_base = base.replace(algorithm="fedbuff", bits=ref_bits)
+main_cfg, earlier_cfg = (fedbuff_base.replace(**fedbuff_grid[lab]) for lab in (main_label, earlier_label))
+if main_cfg.key() == earlier_cfg.key():  # the key leaves out num_rounds
     del fedbuff_grid[earlier_label]  # this lesson's parameters are the earlier rule itself: run it once
 buffer_of = {main_label: K, earlier_label: m_round, "FedAvg": m_round}  # uploads per update (or round)
-fedbuff_runs = run_many(fedbuff_grid.values(), root=results_dir, workers=workers)
-buffs = {lab: r.metrics.assign(label=lab, seed=seed0) for lab, r in zip(fedbuff_grid, fedbuff_runs)}
+buffs = sweep(fedbuff_base, {"label": fedbuff_grid, "seed": seed0}, root=results_dir, workers=workers)
 sync = metrics[(metrics.label == label[ref_bits]) & (metrics.seed == seed0)].assign(label="FedAvg")
-async_runs = pd.concat([sync, *buffs.values()], ignore_index=True)
+async_runs = pd.concat([sync, buffs], ignore_index=True)
 async_runs["sim_time"] = async_runs.cum_sim_seconds / per
 plots.lines(async_runs, "sim_time", "test_acc", "label",
             title=f"FedAvg and FedBuff, {label[ref_bits]} on {link} (seed {seed0})", xlabel=f"simulated {unit}",
             ylabel="test accuracy", name="07_fedbuff", figures_dir=figures_dir).show()
-plots.lines(pd.concat(buffs.values(), ignore_index=True), "round", "mean_staleness", "label",
+plots.lines(buffs, "round", "mean_staleness", "label",
             title="FedBuff: mean staleness of each server update", xlabel="server update",
             ylabel="mean staleness", name="07_staleness", figures_dir=figures_dir).show()
 common_end = async_runs.groupby("label").sim_time.max().min()  # the span every run covers
-
-
-def acc_at(m, x_end):
-    """Best test accuracy so far at simulated time x_end (the last evaluation at or before it)."""
-    m = m.dropna(subset=["test_acc"])
-    return m[m.cum_sim_seconds / per <= x_end + 1e-12].test_acc.max()
-
-
 by_end = f"best test_acc by {common_end:.3g} {unit}"
 labels_async = list(dict.fromkeys(async_runs.label))
 async_table = pd.DataFrame({
@@ -474,9 +445,9 @@ async_table = pd.DataFrame({
     f"simulated {unit}": async_runs.groupby("label").sim_time.max(),
     "mean update interval (s)": async_runs.groupby("label").sim_seconds.mean(),
     "mean staleness": async_runs.groupby("label").mean_staleness.mean(),
-    by_end: {lab: acc_at(async_runs[async_runs.label == lab], common_end) for lab in labels_async},
+    by_end: {lab: best_acc_until(async_runs[async_runs.label == lab], "sim_time", common_end) for lab in labels_async},
     "final test_acc": async_runs.dropna(subset=["test_acc"]).groupby("label").test_acc.last(),
-    f"{unit} to {target:g}": reach_by(async_runs, "label", target)}).reindex(labels_async)
+    f"{unit} to {target:g}": time_to_target_by(async_runs, "label", target, x="sim_time")}).reindex(labels_async)
 async_table.round(4)
 
 # %% [markdown]
@@ -484,7 +455,7 @@ async_table.round(4)
 #
 # With fixed bits and no deadline, the clock never changes what is trained: every client is kept and
 # uploads at `bits`. So a finished run's exact clock on any other profile follows from its config alone:
-# `fedavg.replay_clock(cfg, link)` replays the sampled clients, link draws and encoded sizes of every
+# `federation.replay_clock(cfg, link)` replays the sampled clients, link draws and encoded sizes of every
 # round, without training. Its replay on the run's own `link` must give the run's own `sim_seconds` (the
 # check printed below). The adaptive policy and deadlines change who is aggregated, so they must be run.
 
@@ -507,7 +478,7 @@ plots.lines(plots.common_grid(what_if, "sim_time", "test_acc", "label"), "sim_ti
             title=f"The same runs on {what_if_link} (replayed clock)", xlabel=f"simulated {w_unit}",
             ylabel="test accuracy", name="07_what_if", figures_dir=figures_dir).show()
 per_run = what_if.groupby(["label", "seed"], sort=False)
-what_if_reach = reach_by(what_if, ["label", "seed"], target)
+what_if_reach = time_to_target_by(what_if, ["label", "seed"], target, x="sim_time")
 what_if_table = pd.DataFrame({
     f"{link}: {unit} per run": metrics.groupby(["label", "seed"], sort=False).sim_time.max()
     .groupby("label", sort=False).mean().reindex([label[b] for b in bits_list]),
@@ -614,13 +585,13 @@ fedbuff_lines = [f"* **{lab}**: {int(at.loc[lab, 'updates'])} server updates ({i
                  f"{at.loc[lab, f'simulated {unit}']:.3g} {unit}, mean staleness {at.loc[lab, 'mean staleness']:.2f}; "
                  f"best accuracy by {common_end:.3g} {unit}: {at.loc[lab, by_end]:.4f} (FedAvg: "
                  f"{at.loc['FedAvg', by_end]:.4f}), final {at.loc[lab, 'final test_acc']:.4f}."
-                 for lab in buffs]
+                 for lab in fedbuff_grid]
 ahead = at.loc[main_label, by_end] > at.loc["FedAvg", by_end]
 text.append(f"**FedBuff** (seed {seed0}, {label[ref_bits]}; the FedAvg run reached "
             f"{at.loc['FedAvg', by_end]:.4f} by {common_end:.3g} {unit}):\n\n" + "\n".join(fedbuff_lines)
             + f"\n\n{main_label} ahead of FedAvg at equal simulated time ({common_end:.3g} {unit}): "
             + ("**holds**" if ahead else "**does not hold**") + " in this run.")
-if earlier_label in buffs:
+if earlier_label in fedbuff_grid:
     better = at.loc[main_label, by_end] > at.loc[earlier_label, by_end]
     text[-1] += (f" Ahead of fl_lib's earlier rule at that time ({at.loc[main_label, by_end]:.4f} against "
                  f"{at.loc[earlier_label, by_end]:.4f}): " + ("**holds**" if better else "**does not hold**") + ".")

@@ -37,9 +37,9 @@ target: float = 0.54  # test accuracy the rounds are counted to (the paper: 0.54
 eval_every: int = 1  # rounds between evaluations on the whole test split
 sample_chars: int = 300  # characters sampled from the trained global model
 sample_temperature: float = 0.8  # softmax temperature of the samples (1: sample the model as it is)
-seeds: str = "0"  # comma-separated seeds; every run is repeated for each
-data_root: str = ""  # where the built dataset is cached; empty: the project's data/
-results_dir: str = ""  # cached runs, shared by all lessons; empty: the project's data/runs/
+seeds: str = "0"  # comma-separated seeds; runs repeat for each (the lesson says which use the first only)
+data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
+results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 
@@ -56,7 +56,7 @@ from fl_lib.core.data import load_dataset
 from fl_lib.simulator.federation import Federation
 from fl_lib.study.measures import local_updates, rounds_to_target
 from fl_lib.core.models import build_model, count_parameters
-from fl_lib.runtime.results import run
+from fl_lib.study.sweep import sweep
 
 lesson.setup("mcmahan")
 data_root = lesson.folder("data_root", data_root)
@@ -74,7 +74,7 @@ print(f"{dataset}: {K} clients (roles) in {roles.play.nunique()} plays; {roles.t
 # %% [markdown]
 # ## 1. The data: roles, speeches, sequences
 #
-# `fl_lib/shakespeare.py` parses each play's Markdown: a speech is the text under one `**SPEAKER**`
+# `fl_lib/core/shakespeare.py` parses each play's Markdown: a speech is the text under one `**SPEAKER**`
 # tag, stage directions left out. A client is one (play, speaker) with at least two speeches. As in
 # the paper, each role's speeches are split in play order: the first 80% are its training data, the
 # last 20% (at least one speech) its test data. The text is cut into sequences of 80 characters; the
@@ -144,23 +144,18 @@ table_rows
 # ## 4. FedSGD vs FedAvg, roles (non-IID) and IID
 #
 # `partition="roles"` gives every role its own client; `partition="iid"` deals the same sequences
-# evenly over as many clients. Every run goes through the results cache.
+# evenly over as many clients. Every row, on both splits and every seed: the runs go one after
+# another through the results cache, on the dataset loaded above.
 
 # %%
-def config_for(r, partition, seed):
-    return preset("fedsgd-shakespeare" if r.algorithm == "fedsgd" else "fedavg-shakespeare", dataset=dataset,
-                  data_root=data_root, num_clients=K, client_fraction=client_fraction, partition=partition,
-                  local_epochs=int(r.E), batch_size=None if r.B == "inf" else int(r.B), lr=lr, seed=seed,
-                  num_rounds=num_rounds, eval_every=eval_every, device=device)
-
-frames = []
-for r in table_rows[table_rows.run].itertuples():
-    for partition in ("iid", "roles"):
-        for seed in seed_list:
-            result = run(config_for(r, partition, seed), root=results_dir, data=data)
-            frames.append(result.metrics.assign(row=r.row, partition=partition, seed=seed,
-                                                label=f"{r.row}, {'IID' if partition == 'iid' else 'non-IID'}"))
-metrics = pd.concat(frames, ignore_index=True)
+base = preset("fedavg-shakespeare", dataset=dataset, data_root=data_root, num_clients=K,
+              client_fraction=client_fraction, lr=lr, num_rounds=num_rounds, eval_every=eval_every, device=device)
+# a row sets the algorithm, E and B; FedSGD's row is the fedsgd-shakespeare preset (E = 1, B = inf)
+row_settings = {r.row: dict(algorithm=r.algorithm, local_epochs=int(r.E),
+                            batch_size=None if r.B == "inf" else int(r.B))
+                for r in table_rows[table_rows.run].itertuples()}
+metrics = sweep(base, {"row": row_settings, "partition": ["iid", "roles"], "seed": seed_list}, root=results_dir,
+                data=data, label=lambda c: f"{c['row']}, {'IID' if c['partition'] == 'iid' else 'non-IID'}")
 plots.accuracy_over_rounds(metrics, hue="label", title="Shakespeare LSTM: FedSGD vs FedAvg",
                            name="08_accuracy", figures_dir=figures_dir).show()
 
@@ -213,7 +208,7 @@ display(Markdown(
 # %%
 fedavg_rows = table_rows[table_rows.run & (table_rows.algorithm == "fedavg")]
 r = (fedavg_rows if len(fedavg_rows) else table_rows[table_rows.run]).iloc[-1]
-fed = Federation(config_for(r, "roles", seed_list[0]), data=data)
+fed = Federation(base.replace(**row_settings[r.row], partition="roles", seed=seed_list[0]), data=data)
 for t in range(1, num_rounds + 1):
     fed.round(t)
 fed.model.load_state_dict(fed.global_state)  # the global model w_T (the model last held a client's weights)

@@ -207,7 +207,7 @@ def test_the_first_jobs_are_fedavgs_sample_drawn_to_the_concurrency(data):
 @pytest.mark.parametrize("fields,needle", [
     (dict(buffer_size=2), "buffer_size=2 applies to algorithm='fedbuff' only"),
     (dict(concurrency=3), "concurrency=3 applies to algorithm='fedbuff' only"),
-    (dict(server_lr=0.5), "server_lr=0.5 applies to algorithm='fedbuff' only"),
+    (dict(server_lr=0.5), "server_lr=0.5 applies to algorithm='fedbuff' or a server_opt only"),
     (dict(buffer_weights="samples"), "buffer_weights='samples' applies to algorithm='fedbuff' only"),
     (dict(algorithm="fedbuff", link="mobile", num_clients=4, concurrency=5), r"concurrency=5 must be in 0\.\.num_"),
 ])

@@ -93,6 +93,44 @@ def test_parameters_cell_holds_only_commented_annotated_scalars(path):
         assert ast.literal_eval(report.lesson_parameters(path)[folder]["default"]) == ""
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_common_parameters_are_written_as_lesson_common_declares_them(path):
+    """Folders, device, seeds, workers: one declaration (lesson.COMMON), the same line in every lesson with them."""
+    cell = next(c for c in jupytext.read(str(path)).cells if "parameters" in c.metadata.get("tags", []))
+    common = [line for line in cell.source.splitlines() if line.partition(":")[0] in lesson.COMMON]
+    assert common, f"{path.stem} has no common parameter"
+    for line in common:
+        name, default = line.partition(":")[0], ast.literal_eval(line.partition(" = ")[2].partition("  # ")[0])
+        assert line == lesson.parameter_line(name, default)
+    lesson.check_parameters(path.stem, report.lesson_parameters(path))  # what the report checks before a run
+
+
+def test_a_common_parameter_declared_otherwise_is_refused_in_one_line():
+    declared = dict(report.lesson_parameters(report.lesson_paths(["04"])[0]))
+    lesson.check_parameters("04", declared)
+    for name, change in [("device", {"default": '"cpu"'}), ("workers", {"inferred_type_name": "float"}),
+                         ("seeds", {"help": "seeds"})]:
+        drifted = declared | {name: declared[name] | change}
+        with pytest.raises(ConfigError, match=f"04: parameter {name} is declared otherwise .* write it as: "
+                                              f"{name}: ") as e:
+            lesson.check_parameters("04", drifted)
+        assert "\n" not in str(e.value)
+    # seeds keeps each lesson's own default
+    lesson.check_parameters("04", declared | {"seeds": declared["seeds"] | {"default": '"7"'}})
+
+
+@pytest.mark.parametrize("params_file", sorted((report.NOTEBOOKS_DIR / "params").glob("*.yaml")), ids=lambda p: p.stem)
+def test_params_files_set_common_parameters_once(params_file):
+    """A common parameter is set in the shared part; a lesson's section sets it only to differ from it."""
+    shared, own = report.read_params(params_file)
+    for name in lesson.COMMON:
+        sections = [stem for stem, values in own.items() if name in values]
+        if name in shared:
+            assert not [s for s in sections if own[s][name] == shared[name]], f"{name} repeats the shared value"
+        else:
+            assert len(sections) <= 1, f"{name} is set in {sections}: set it once, in the shared part"
+
+
 def test_list_parameters_have_plural_names():
     """A comma-separated list is a plural: bit_widths, seeds, alphas; a single bit width is `bits`."""
     for path in NOTEBOOKS:

@@ -95,10 +95,7 @@ def test_secure_aggregation_survives_a_client_dropping_out(tiny, data):
     (dict(dp_noise=1.0), "dp_noise=1.0 needs dp_clip > 0"),
     (dict(dp_clip=1.0, dp_delta=1.0), "dp_delta=1.0 is not allowed: must be float in (0, 1)"),
     (dict(dp_clip=1.0, dp_delta=0.0), "dp_delta=0.0 is not allowed"),
-    (dict(secure_aggregation=True), "secure_aggregation needs every client's integer codes on one grid"),
-    (dict(secure_aggregation=True, bits=8, upload="delta"), "needs a public bound"),
-    (dict(dp_clip=1.0, algorithm="fedsgd"), "apply to fedavg rounds only"),
-])
+])  # combinations (secure sums with float32, FedSGD with DP, ...): tests/test_stages.py
 def test_bad_privacy_settings_get_one_line(tiny, fields, needle):
     with pytest.raises(ConfigError) as err:
         tiny(**fields)

@@ -178,13 +178,34 @@ def test_the_mean_default_keeps_every_stored_runs_cache_key():
     assert Config(aggregator="median").key() != Config().key()
 
 
-@pytest.mark.parametrize("fields,other", [(dict(secure_aggregation=True, bits=8), "secure_aggregation"),
-                                          (dict(dp_clip=1.0), "dp_clip"), (dict(algorithm="fedbuff", link="mobile"),
-                                                                           "fedbuff")])
+@pytest.mark.parametrize("fields,other", [(dict(secure_aggregation=True, bits=8), "secure-sum"),
+                                          (dict(secure_aggregation=True, bits=8, dp_clip=1.0), "dp-secure-sum"),
+                                          (dict(dp_clip=1.0), "dp-mean"),
+                                          (dict(algorithm="fedbuff", link="mobile"), "buffer")])
 def test_a_federation_refuses_the_median_with_private_or_buffered_aggregation(tiny, tiny_data, fields, other):
+    from fl_lib.simulator.build import check
     from fl_lib.simulator.federation import Federation
-    with pytest.raises(ConfigError, match=f"aggregator='median' cannot be combined with .*{other}"):
-        Federation(tiny(aggregator="median", **fields), data=tiny_data)
+    cfg = tiny(aggregator="median", **fields)  # each field is fine on its own: the stages refuse the combination
+    with pytest.raises(ConfigError, match=f"^median cannot be combined with {other}: .*aggregator='mean'"):
+        check(cfg)
+    with pytest.raises(ConfigError, match="median cannot be combined"):
+        Federation(cfg, data=tiny_data)
+
+
+@pytest.mark.parametrize("fields,needle", [
+    (dict(dp_clip=1.0, algorithm="fedsgd"), "dp-clip cannot be combined with server-sgd: DP-FedAvg and secure"),
+    (dict(secure_aggregation=True, bits=8, algorithm="fedbuff", link="mobile"), "masked-values cannot be combined "
+                                                                                "with buffer"),
+    (dict(secure_aggregation=True), "secure_aggregation needs every client's integer codes on one grid"),
+    (dict(secure_aggregation=True, bits=8, bits_policy="adaptive", link="mobile"), "bits_policy='adaptive'"),
+    (dict(secure_aggregation=True, bits=8, upload="delta"), "needs a public bound on the update"),
+])
+def test_stages_refuse_settings_they_cannot_run_with_in_one_line(tiny, fields, needle):
+    from fl_lib.simulator.build import check
+    cfg = tiny(**fields)
+    with pytest.raises(ConfigError) as err:
+        check(cfg)
+    assert needle in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_median_federation_runs_and_differs_from_the_mean(tiny, tiny_data):

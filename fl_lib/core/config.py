@@ -30,12 +30,15 @@ ALGORITHMS = ("fedavg", "fedsgd", "fedbuff")
 BITS_POLICIES = ("fixed", "adaptive")
 DP_SAMPLINGS = ("poisson", "fixed")  # how a DP run picks its clients (dp.py)
 BUFFER_WEIGHTS = ("uniform", "samples")  # fedbuff: the paper's 1/K mean, or FedAvg's n_i / sum n_i
+SERVER_OPTS = ("none", "avgm", "adam", "yogi")  # Reddi et al. 2021's server optimizers (and FedAvgM)
 ENGINES = ("sequential", "batched", "pool", "auto")
 
 
 # Fields added after 0.4 that the cache key leaves out while they hold their default, so that
 # every run stored before them keeps its key (it ran with that default).
-KEYLESS_DEFAULTS = {"aggregator": "mean"}
+KEYLESS_DEFAULTS = {"aggregator": "mean", "server_opt": "none", "server_momentum": 0.9, "server_beta2": 0.99,
+                    "server_tau": 1e-3, "prox_mu": 0.0, "trim_fraction": 0.1, "cosine_temperature": 1.0,
+                    "soft_clip": 2.0}
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,22 @@ class Config:
     min_bits: int = _field(2, "adaptive bits: the narrowest width a client may be given")
     buffer_size: int = _field(0, "fedbuff: uploads per server update, K (0 = clients per round)")
     concurrency: int = _field(0, "fedbuff: clients training at once (0 = clients per round)")
-    server_lr: float = _field(1.0, "fedbuff: server learning rate eta_g applied to the buffered mean")
+    server_lr: float = _field(1.0, "server learning rate eta_g: of fedbuff's buffered mean, or of server_opt")
     buffer_weights: str = _field("uniform", "fedbuff: uniform = the paper's mean over the K buffered updates; "
                                             "samples = weighted by n_i / sum n_i (FedAvg-style)")
+    server_opt: str = _field("none", "server optimizer on the round's mean update (Reddi et al. 2021): none = "
+                                     "FedAvg's step, avgm (momentum), adam, yogi")
+    server_momentum: float = _field(0.9, "server_opt: beta_1, the momentum of the mean update (avgm, adam, yogi)")
+    server_beta2: float = _field(0.99, "server_opt adam / yogi: beta_2, the decay of the squared updates")
+    server_tau: float = _field(1e-3, "server_opt adam / yogi: tau, the adaptivity (added to sqrt(v))")
+    prox_mu: float = _field(0.0, "FedProx (Li et al. 2020): mu of the proximal term mu/2 ||w - w_global||^2 "
+                                 "in local training (0 = off)")
+    trim_fraction: float = _field(0.1, "aggregator trimmed_mean: share of the largest and of the smallest values "
+                                       "dropped per coordinate")
+    cosine_temperature: float = _field(1.0, "aggregator cosine: temperature T of the softmax over cosine "
+                                            "similarities")
+    soft_clip: float = _field(2.0, "aggregator soft_clip: Huber threshold, as a multiple of the median update "
+                                   "norm, beyond which an update is down-weighted")
     dp_clip: float = _field(0.0, "DP-FedAvg: L2 norm each client's update is clipped to (0 = DP off)")
     dp_noise: float = _field(0.0, "DP-FedAvg: noise std on the sum, as a multiple of dp_clip")
     dp_delta: float = _field(1e-5, "DP-FedAvg: the delta of the (epsilon, delta) guarantee")
@@ -143,10 +159,12 @@ class Config:
             raise ConfigError(f"deadline={self.deadline} applies to synchronous rounds; fedbuff waits for "
                               f"no round: use deadline=0")
         if self.algorithm != "fedbuff":  # fedbuff's own fields: refused rather than silently ignored
-            for name in ("buffer_size", "concurrency", "server_lr", "buffer_weights"):
+            for name in ("buffer_size", "concurrency", "buffer_weights") + (
+                    ("server_lr",) if self.server_opt == "none" else ()):
                 default = self.__dataclass_fields__[name].default
                 if getattr(self, name) != default:
-                    raise ConfigError(f"{name}={getattr(self, name)!r} applies to algorithm='fedbuff' only "
+                    raise ConfigError(f"{name}={getattr(self, name)!r} applies to algorithm='fedbuff'"
+                                      f"{' or a server_opt' if name == 'server_lr' else ''} only "
                                       f"(algorithm={self.algorithm!r}): leave it at {default!r}")
         elif self.concurrency > self.num_clients:  # a client trains one job at a time
             raise ConfigError(f"concurrency={self.concurrency} must be in 0..num_clients={self.num_clients} "
@@ -158,16 +176,9 @@ class Config:
         if self.dp_sampling != "poisson" and self.dp_clip == 0:  # refused rather than silently ignored
             raise ConfigError(f"dp_sampling={self.dp_sampling!r} applies to DP runs (dp_clip > 0) only: without DP "
                               f"every run samples exactly max(round(C K), 1) clients; leave it at 'poisson'")
-        if (self.dp_clip > 0 or self.secure_aggregation) and self.algorithm != "fedavg":
-            raise ConfigError(f"algorithm={self.algorithm!r}: dp_clip and secure_aggregation apply to fedavg "
-                              f"rounds only")
-        if self.secure_aggregation:
-            if self.bits == 32 or self.bits_policy != "fixed":
-                raise ConfigError(f"secure_aggregation needs every client's integer codes on one grid: use a fixed "
-                                  f"bits in 2..16 (got bits={self.bits}, bits_policy={self.bits_policy!r})")
-            if self.upload == "delta" and self.dp_clip == 0:
-                raise ConfigError("secure_aggregation of upload='delta' needs a public bound on the update: "
-                                  "set dp_clip, or use upload='weights'")
+        # Which stages combine (DP and secure sums with FedSGD or FedBuff, secure sums with float32 or
+        # adaptive widths, the median with private sums) is declared by the stages themselves and checked
+        # by simulator/build.py's `check` before a run starts (results.run, run_many, the CLI, Federation).
         text = self.dataset.partition(":")[0] == "shakespeare"
         if text != (self.model == "char_lstm") or (self.partition == "roles" and not text):
             raise ConfigError(f"dataset={self.dataset!r}, model={self.model!r}, partition={self.partition!r}: "
@@ -271,6 +282,14 @@ RULES: dict[str, Rule] = {
     "concurrency": Rule(int, 0, 100_000),
     "server_lr": Rule(float, 0, 100, lo_open=True),
     "buffer_weights": Rule(str, choices=BUFFER_WEIGHTS),
+    "server_opt": Rule(str, choices=SERVER_OPTS),
+    "server_momentum": Rule(float, 0, 1, hi_open=True),
+    "server_beta2": Rule(float, 0, 1, hi_open=True),
+    "server_tau": Rule(float, 0, 1, lo_open=True),
+    "prox_mu": Rule(float, 0, 1e3),
+    "trim_fraction": Rule(float, 0, 0.5, hi_open=True),
+    "cosine_temperature": Rule(float, 0, 1e3, lo_open=True),
+    "soft_clip": Rule(float, 0, 1e3, lo_open=True),
     "dp_clip": Rule(float, 0, 1e6),
     "dp_noise": Rule(float, 0, 1e3),
     "dp_delta": Rule(float, 0, 1, lo_open=True, hi_open=True),

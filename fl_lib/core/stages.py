@@ -8,8 +8,10 @@ A synchronous round is
 `simulator/build.py` assembles the stages for a Config; the Federation runs them
 without knowing which they are. A stage is a small object with a `client` hook
 (and, for transports, a `receive` hook on the server). Every stage has a `name`
-and may declare `conflicts`: other stage names it cannot work with, each with the
-reason, checked by `check_conflicts` when the pipeline is built.
+and declares what it cannot work with: `conflicts`, other stage names with the
+reason, and `refusal(settings)`, the settings it needs (a secure sum needs integer
+codes on one grid). `check_conflicts` applies both when the pipeline is built, and
+`simulator/build.py`'s `check` before any run starts.
 """
 from __future__ import annotations
 
@@ -60,6 +62,13 @@ class Stage:
 
     name = "stage"
     conflicts: dict[str, str] = {}
+    settings: tuple[str, ...] = ()  # Config fields only this stage reads: refused when it is not in the pipeline
+    requested_by = ""  # how a config asks for this stage, for that refusal ("aggregator='median'")
+
+    @classmethod
+    def refusal(cls, settings) -> str | None:
+        """Why this stage cannot run with `settings` (the run's Config), in one line; None if it can."""
+        return None
 
     def client(self, job: Job, values: dict, global_state: dict) -> dict:
         """Client side: transform the values client `job.client` is about to upload."""
@@ -98,13 +107,17 @@ class CodecTransport(Transport):
         return {name: v.to(device) for name, v in codec.decode(up.blob, reference=reference).items()}
 
 
-def check_conflicts(stages: list[Stage]) -> None:
-    """Refuse, in one line, two stages that declare they cannot be combined."""
+def check_conflicts(stages: list, settings=None) -> None:
+    """Refuse, in one line, two stages (instances or classes) that declare they cannot be combined,
+    or a stage that refuses the run's `settings`."""
     names = {s.name for s in stages}
     for s in stages:
         for other, why in s.conflicts.items():
             if other in names:
                 raise ConfigError(f"{s.name} cannot be combined with {other}: {why}")
+        why = s.refusal(settings) if settings is not None else None
+        if why:
+            raise ConfigError(why)
 
 
 def weights_to_update(values: dict, global_state: dict) -> dict[str, torch.Tensor]:

@@ -11,11 +11,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
 from .client import autocast, batch_inputs, client_batches, num_targets
 from .models import build_model
 from .rng import Stream, stream_seed, torch_generator
 
 EVAL_BATCH = 250  # test samples per forward pass; larger batches measured slower here (memory-bound)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU; anything else must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} is not available here: use auto or cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r} is not available here: use auto or cpu")
+    return dev
 
 
 def use_channels_last(cfg, device: torch.device) -> bool:

@@ -29,10 +29,17 @@ from .secagg import SecAggError, channel_bound, masked_upload_bytes, secure_mean
 SECAGG_MARGIN = 1.5  # secure aggregation's public bound: this many times the global model's max |w| per channel
 
 
+_FEDAVG_ONLY = {"server-sgd": "DP-FedAvg and secure aggregation apply to fedavg rounds only "
+                              "(algorithm='fedsgd' uploads gradients, which are not clipped or masked)",
+               "buffer": "DP-FedAvg and secure aggregation apply to fedavg rounds only "
+                         "(algorithm='fedbuff' buffers updates, which are not clipped or masked)"}
+
+
 class DPClip(Stage):
     """DP-FedAvg's bound on one client's influence, applied by the client before it quantizes."""
 
     name = "dp-clip"
+    conflicts = _FEDAVG_ONLY
 
     def __init__(self, clip: float):
         self.clip = clip
@@ -85,6 +92,17 @@ class MaskedValues(Transport):
     """Under secure aggregation the client's values go into the masked sum (the aggregator), not the codec."""
 
     name = "masked-values"
+    conflicts = _FEDAVG_ONLY
+
+    @classmethod
+    def refusal(cls, cfg):
+        if cfg.bits == 32 or cfg.bits_policy != "fixed":
+            return (f"secure_aggregation needs every client's integer codes on one grid: use a fixed bits in 2..16 "
+                    f"(got bits={cfg.bits}, bits_policy={cfg.bits_policy!r})")
+        if cfg.upload == "delta" and cfg.dp_clip == 0:
+            return ("secure_aggregation of upload='delta' needs a public bound on the update: set dp_clip, "
+                    "or use upload='weights'")
+        return None
 
     def send(self, job, values, up, reference):
         up.received = {n: v.detach().clone() for n, v in values.items()}  # the next client reuses the model

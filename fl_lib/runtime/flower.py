@@ -51,6 +51,9 @@ TRAIN = "train"
 
 def check_flower_config(cfg: Config) -> None:
     """What the Flower runtime supports: synchronous FedAvg / FedSGD uploads through the codec."""
+    from ..simulator.build import check
+
+    check(cfg)
     if cfg.algorithm == "fedbuff":
         raise ConfigError("algorithm='fedbuff' runs on fl_lib's simulated clock only; on Flower use fedavg or fedsgd")
     if cfg.secure_aggregation:

@@ -69,6 +69,9 @@ def run(cfg: Config, out=None, *, force: bool = False, progress: bool = True, ro
     the same folder at once take turns (a file lock): the second one reads what
     the first one computed. `on_round(t)` is called after each computed round.
     """
+    from ..simulator.build import check
+
+    check(cfg)  # stages that cannot work together are refused before anything is locked or loaded
     out = Path(out) if out is not None else run_dir(cfg, root)
     key = cfg.key()
     with run_lock(out, log):
@@ -144,9 +147,12 @@ def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log
     A run that fails (say it diverges) raises its FLError once the others have
     finished; with `return_errors` its place in the list holds the error instead.
     """
+    from ..simulator.build import check
     from ..simulator.pool import usable_cores
 
     configs = list(configs)
+    for cfg in configs:  # a grid with one impossible combination is refused before any run starts
+        check(cfg)
     root = Path(root if root is not None else RUNS_ROOT).resolve()
     longest: dict[str, Config] = {}  # the runs to compute, by cache key
     for cfg in configs:

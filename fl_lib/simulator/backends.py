@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 
 from ..core.client import all_finite
 from ..core.errors import ConfigError

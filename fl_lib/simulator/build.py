@@ -9,19 +9,21 @@ bits-policy and aggregator fields.
                  wrapped in FedSGD's server step for fedsgd
     clock        the link model with the width policy (fixed or adaptive) and what an upload costs
 
-Stages declare the stages they cannot work with; `check_conflicts` refuses such a
-pipeline in one line.
+Stages declare what they cannot work with (`Stage.conflicts`, `Stage.refusal`);
+`check` refuses such a config in one line before anything is built, and
+`build_pipeline` checks again.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..core.aggregators.base import Aggregator
 from ..core.aggregators.buffer import BufferAggregator
-from ..core.aggregators.registry import aggregator_class
-from ..core.aggregators.server_sgd import ServerSGD
+from ..core.aggregators.registry import AGGREGATORS, aggregator_class
 from ..core.errors import ConfigError
+from ..core.aggregators.server_sgd import ServerSGD
 from ..core.links import SECAGG_ROUND_TRIPS, Links, parse_link
 from ..core.stages import CodecTransport, Stage, Transport, UniformSampler, check_conflicts
 from ..privacy import dp_quant
@@ -52,8 +54,50 @@ class Pipeline:
         return self.epsilons[t - 1] if self.epsilons else None
 
 
+def stage_classes(cfg) -> list:
+    """The classes of `cfg`'s stages, transport and aggregator(s), chosen without building anything."""
+    dp = cfg.dp_clip > 0
+    classes = [DPClip] if dp else []
+    classes.append(MaskedValues if cfg.secure_aggregation else CodecTransport)
+    chosen = aggregator_class(cfg.aggregator)  # listed even where a private sum replaces it: it may conflict
+    if cfg.algorithm == "fedbuff":
+        classes += [BufferAggregator] + ([chosen] if cfg.aggregator != "mean" else [])
+    elif cfg.secure_aggregation or dp:
+        classes += [DPSecureSum if cfg.secure_aggregation and dp else SecureSum if cfg.secure_aggregation
+                    else DPMean] + ([chosen] if cfg.aggregator != "mean" else [])
+    else:
+        classes.append(chosen)
+    if cfg.algorithm == "fedsgd":
+        classes.append(ServerSGD)
+    return classes
+
+
+def all_stage_classes() -> list:
+    """Every stage class a config can ask for (to find the owner of a setting)."""
+    return [aggregator_class(name) for name in AGGREGATORS] + [
+        ServerSGD, BufferAggregator, DPClip, DPMean, DPSecureSum, SecureSum, MaskedValues, CodecTransport]
+
+
+def check(cfg) -> None:
+    """Refuse, in one line, a config whose stages declare they cannot work together or with its settings,
+    or that sets a field (away from its default) which only a stage outside its pipeline reads.
+
+    Called before a run starts (results.run, run_many, the CLI) and when a Federation is built.
+    """
+    classes = stage_classes(cfg)
+    check_conflicts(classes, cfg)
+    used = {f for c in classes for f in c.settings}
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for owner in all_stage_classes():
+        for name in owner.settings:
+            if name not in used and getattr(cfg, name) != defaults[name]:
+                raise ConfigError(f"{name}={getattr(cfg, name)!r} applies to {owner.requested_by or owner.name} "
+                                  f"only: leave it at {defaults[name]!r}")
+
+
 def build_pipeline(cfg, sizes: list[int], num_params: int, device) -> Pipeline:
     """The stages of `cfg`'s rounds, for clients holding `sizes` samples and a model of `num_params` floats."""
+    check(cfg)
     dp = cfg.dp_clip > 0
     poisson = dp and cfg.dp_sampling == "poisson"
     expected = cfg.client_fraction * cfg.num_clients if poisson else float(cfg.clients_per_round)
@@ -63,7 +107,6 @@ def build_pipeline(cfg, sizes: list[int], num_params: int, device) -> Pipeline:
     stages = [DPClip(cfg.dp_clip)] if dp else []
     transport = MaskedValues() if cfg.secure_aggregation else CodecTransport(cfg.seed, cfg.rounding, device)
     aggregator = _aggregator(cfg, sizes, num_params, expected, grid)
-    check_conflicts(stages + [transport, aggregator])
     epsilons = None
     if dp and cfg.dp_noise > 0:
         epsilons = (epsilon_per_round(cfg.client_fraction, cfg.dp_noise, cfg.num_rounds, cfg.dp_delta) if poisson
@@ -77,26 +120,16 @@ def build_pipeline(cfg, sizes: list[int], num_params: int, device) -> Pipeline:
 
 
 def _aggregator(cfg, sizes, num_params, expected, grid) -> Aggregator:
-    if cfg.algorithm == "fedbuff":
-        if cfg.aggregator != "mean":
-            raise ConfigError(f"aggregator={cfg.aggregator!r} cannot be combined with algorithm='fedbuff': its "
-                              f"server applies the staleness-weighted buffer; use aggregator='mean'")
-        return BufferAggregator(cfg.buffer_weights, cfg.server_lr)
     dp = cfg.dp_clip > 0
-    if cfg.aggregator != "mean" and (dp or cfg.secure_aggregation):
-        chosen = aggregator_class(cfg.aggregator)()
-        other = "dp-mean" if dp and not cfg.secure_aggregation else "secure-sum"
-        raise ConfigError(f"aggregator={cfg.aggregator!r} cannot be combined with "
-                          f"{'dp_clip' if other == 'dp-mean' else 'secure_aggregation'}: "
-                          f"{chosen.conflicts.get(other, 'the private aggregation computes a weighted mean')}; "
-                          f"use aggregator='mean'")
+    if cfg.algorithm == "fedbuff":
+        return BufferAggregator(cfg.buffer_weights, cfg.server_lr)
     if cfg.secure_aggregation and dp:
         return DPSecureSum(grid, cfg.dp_clip, cfg.dp_noise, expected, cfg.seed, num_params)
     if cfg.secure_aggregation:
         return SecureSum(cfg.bits, cfg.seed, sizes, num_params)
     if dp:
         return DPMean(cfg.dp_clip, cfg.dp_noise, expected, cfg.seed, num_params)
-    combine = aggregator_class(cfg.aggregator)()
+    combine = aggregator_class(cfg.aggregator).from_config(cfg)
     return ServerSGD(combine, cfg.lr) if cfg.algorithm == "fedsgd" else combine
 
 
@@ -110,11 +143,10 @@ def build_clock(cfg, sizes: list[int], info: ModelInfo, pipeline: Pipeline) -> C
     if cfg.secure_aggregation:
         grid = pipeline.dp_grid
         if grid is not None:  # DP: uniform weights on the rotated grid
-            def masked(bits, cohort):
-                return grid.upload_bytes(len(cohort))
+            masked = lambda bits, cohort: grid.upload_bytes(len(cohort))  # noqa: E731
         else:  # the integer n_k / gcd weights the secure sum masks with
-            def masked(bits, cohort):
-                return secure_upload_bytes(info.num_params, bits, [sizes[k] for k in cohort])
+            masked = lambda bits, cohort: secure_upload_bytes(info.num_params, bits,  # noqa: E731
+                                                              [sizes[k] for k in cohort])
         protocol = received_bytes
     return Clock(links, sizes, pipeline.epochs, info, policy, pipeline.sampler, masked, protocol,
                  SECAGG_ROUND_TRIPS if cfg.secure_aggregation else 1)

@@ -36,29 +36,14 @@ from ..core.errors import CodecError, ConfigError, DivergenceError
 from ..core.metrics import RoundMetrics
 from ..core.partition import make_partition
 from ..core.stages import Job, Upload  # noqa: F401  (Upload: 0.4's name here, re-exported)
-from ..core.trainer import EVAL_BATCH, Trainer, use_channels_last  # noqa: F401  (re-exported)
+from ..core.trainer import EVAL_BATCH, Trainer, resolve_device, use_channels_last  # noqa: F401  (re-exported)
 from .backends import ClientSide, build_backend
 from .build import build_clock, build_pipeline
 from .clock import ModelInfo
 from .fedbuff import FedBuff
+from .accessors import Accessors
 
 MAX_DEAD_ROUNDS = 3  # consecutive rounds with every upload non-finite before giving up
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU; anything else must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} is not available here: use auto or cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={name!r} is not available here: use auto or cpu")
-    return dev
 
 
 class RoundPlan:
@@ -72,7 +57,7 @@ class RoundPlan:
         return [Job(k, self.t, self.bits[k]) for k in self.chosen]
 
 
-class Federation:
+class Federation(Accessors):
     """Clients, server and the pipeline of one config; `round(t)` runs round t."""
 
     def __init__(self, cfg: Config, data: Dataset | None = None):
@@ -191,79 +176,6 @@ class Federation:
             raise DivergenceError(
                 f"every client diverged (NaN/inf) for {self.dead_rounds} rounds in a row up to round {t}: {cause}")
 
-    # -- the pieces, by their 0.4 names -------------------------------------
-    def sample_clients(self, t: int) -> list[int]:
-        return self.pipeline.sampler(t)
-
-    def evaluate(self) -> tuple[float, float]:
-        """Accuracy and mean loss of the global model on the whole test split."""
-        return self.trainer.evaluate(self.global_state)
-
-    def train_client(self, k: int, t: int, *extra: int) -> torch.Tensor:
-        """Client k's local training from the global model (it stays in `model`); returns its mean loss."""
-        return self.trainer.train(k, t, self.global_state, *extra)
-
-    def local_update(self, k: int, t: int, *extra: int):
-        """Client k's upload of round t before its client stages (weights, or FedSGD's gradient) and its loss."""
-        return self.client_side.local(k, t, self.global_state, *extra)
-
-    def generator(self, t, k, stream, *extra):
-        return self.trainer.generator(t, k, stream, *extra)
-
-    def upload_size(self, bits: int, cohort: list[int] | None = None) -> int:
-        return self.clock.upload_size(bits, cohort)
-
-    def client_time(self, t: int, k: int, bits: int, cohort: list[int] | None = None):
-        return self.clock.client_time(t, k, bits, cohort)
-
-    def plan(self, t: int, chosen: list[int]):
-        return self.clock.plan(t, chosen)
-
-    def flops_per_sample(self) -> int:
-        return self.info.flops_per_sample
-
-    @property
-    def model(self):
-        return self.trainer.model
-
-    @property
-    def opt(self):
-        return self.trainer.opt
-
-    @opt.setter
-    def opt(self, value):
-        self.trainer.opt = value
-
-    @property
-    def channels_last(self) -> bool:
-        return self.trainer.channels_last
-
-    @property
-    def pool(self):
-        """The worker processes, when the backend is (or auto chose) the pool; else None."""
-        backend = getattr(self.backend, "chosen", self.backend)
-        return backend if getattr(backend, "name", "") == "pool" else None
-
-    @property
-    def links(self):
-        return self.clock.links
-
-    @property
-    def model_bytes(self) -> int:
-        return self.info.model_bytes
-
-    @property
-    def num_params(self) -> int:
-        return self.info.num_params
-
-    @property
-    def dp_grid(self):
-        return self.pipeline.dp_grid
-
-    @property
-    def dp_expected_clients(self) -> float:
-        return self.pipeline.expected_clients
-
     # -- lifetime and checkpoints ---------------------------------------------
     def close(self) -> None:
         """Stop the backend's worker processes, if any; the next round starts them again."""
@@ -274,6 +186,9 @@ class Federation:
         state = {"dead_rounds": self.dead_rounds}
         if self.fedbuff is not None:
             state["fedbuff"] = self.fedbuff.state_dict()
+        carried = self.pipeline.aggregator.state_dict()
+        if carried:  # only aggregators with a memory (server optimizers): older checkpoints stay as they were
+            state["aggregator"] = carried
         return state
 
     def load_resume_state(self, state: dict, global_state: dict | None = None) -> None:
@@ -283,6 +198,8 @@ class Federation:
         self.dead_rounds = state["dead_rounds"]
         if self.fedbuff is not None:
             self.fedbuff.load_state_dict(state["fedbuff"])
+        if "aggregator" in state:
+            self.pipeline.aggregator.load_state_dict(state["aggregator"])
 
 
 Federation.engine_state = Federation.resume_state  # 0.4's names

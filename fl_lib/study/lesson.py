@@ -1,4 +1,10 @@
-"""What every lesson in notebooks/ shares: the project's folders, the notebook setup, the papers it cites.
+"""What every lesson in notebooks/ shares: its common parameters, the project's folders, the setup, the papers.
+
+The parameters every lesson may have (folders, device, seeds, workers) are declared once, in
+COMMON: name, annotation, default and comment. Each lesson still writes the ones it uses in its
+own parameters cell, plainly, since papermill injects values only there; the report refuses a
+lesson whose line differs from COMMON's (`check_parameters`), and tests/test_notebooks.py
+checks every lesson's cell line by line (`parameter_line`), so they stay one declaration.
 
 A lesson's folder parameters (data_root, results_dir, figures_dir) default to "", which means
 the project's own folder below, found from where fl_lib lives: a lesson run by papermill from
@@ -8,6 +14,8 @@ was started in, or JupyterLab's folder of the lesson.
 """
 from __future__ import annotations
 
+import ast
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]  # fl_lib/study/lesson.py -> the project folder
@@ -17,6 +25,55 @@ FOLDERS = {  # a folder parameter left at "" means this folder
     "results_dir": PROJECT / "data" / "runs",
     "figures_dir": PROJECT / "figures",
 }
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A parameter declared alike by every lesson that has it; default None: each lesson picks its own."""
+
+    kind: str  # the annotation: int, float, str or bool
+    default: object
+    help: str  # the trailing comment: what `papermill --help-notebook` prints
+
+
+COMMON = {
+    "data_root": Parameter("str", "", "where datasets are downloaded and built; empty: the project's data/"),
+    "results_dir": Parameter("str", "", "cached runs and attacks, shared by all lessons; empty: the project's "
+                                        "data/runs/"),
+    "figures_dir": Parameter("str", "", "where static PNGs are written; empty: the project's figures/"),
+    "device": Parameter("str", "auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps"),
+    # how many seeds a lesson needs by default differs (a spread needs two or more), so each sets its own
+    "seeds": Parameter("str", None, "comma-separated seeds; runs repeat for each (the lesson says which use the "
+                                    "first only)"),
+    "workers": Parameter("int", 0, "processes that compute this lesson's runs side by side; 0: one per core"),
+}
+assert set(FOLDERS) <= set(COMMON)
+
+
+def parameter_line(name: str, default=None) -> str:
+    """COMMON[name] as its line in a parameters cell; `default` for a parameter each lesson sets itself."""
+    p = COMMON[name]
+    value = p.default if p.default is not None else default
+    text = f'"{value}"' if isinstance(value, str) else repr(value)
+    return f"{name}: {p.kind} = {text}  # {p.help}"
+
+
+def check_parameters(stem: str, declared: dict) -> None:
+    """Raise ConfigError if a lesson declares a COMMON parameter otherwise than COMMON does.
+
+    `declared` is papermill's reading of the lesson's parameters cell
+    ({name: {inferred_type_name, default, help}}, as `report.lesson_parameters` gives it).
+    """
+    from ..core.errors import ConfigError
+
+    for name in [n for n in COMMON if n in declared]:
+        p, d = COMMON[name], declared[name]
+        default = ast.literal_eval(d["default"])
+        own_default = p.default is None  # seeds: each lesson's own
+        if (d["inferred_type_name"], d["help"]) != (p.kind, p.help) or not (own_default or default == p.default):
+            raise ConfigError(f"{stem}: parameter {name} is declared otherwise than in fl_lib.study.lesson.COMMON; "
+                              f"write it as: {parameter_line(name, default)}")
+
 
 REFERENCES = {
     "mcmahan": "McMahan, Moore, Ramage, Hampson and Agüera y Arcas (2017), *Communication-Efficient Learning "

@@ -14,6 +14,9 @@ which win over the shared ones:
       dataset: cifar10
       num_rounds: 20
 
+The parameters common to the lessons (fl_lib.study.lesson.COMMON: folders, device, seeds,
+workers) belong in the shared part; a lesson whose parameters cell declares one of them
+otherwise than COMMON does is refused before anything runs.
 A shared key no lesson has, or a lesson key that lesson lacks, is an error (a typo
 would otherwise be ignored silently). Paths given in the file (data_root, results_dir,
 figures_dir, and a dataset that is an .npz file) are relative to the current directory;
@@ -33,7 +36,7 @@ import time
 from pathlib import Path
 
 from ..core.errors import ConfigError, FLError
-from .lesson import FOLDERS, NOTEBOOKS_DIR, PROJECT
+from .lesson import FOLDERS, NOTEBOOKS_DIR, PROJECT, check_parameters
 
 PATH_PARAMS = tuple(FOLDERS)
 KERNEL = "python3"
@@ -131,6 +134,7 @@ def plan(params_file, selection=None, figures_dir=None) -> list[tuple[Path, dict
     out = []
     for p in paths:
         params = declared[p.stem]
+        check_parameters(p.stem, params)
         bad = sorted(set(own.get(p.stem, {})) - set(params))
         if bad:
             raise ConfigError(f"{params_file}: {p.stem} has no parameter {', '.join(bad)}; "

@@ -40,6 +40,18 @@ class Aggregator(Stage):
     name = "aggregator"
     steps_when_empty = False
 
+    @classmethod
+    def from_config(cls, cfg) -> "Aggregator":
+        """The aggregator with the settings it declares (`settings`) taken from `cfg`."""
+        return cls()
+
+    def state_dict(self) -> dict:
+        """What the aggregator carries from round to round (a server optimizer's moments), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def aggregate(self, t: int, global_state: dict, received: list[Received], cohort: list[int]) -> Aggregate:
         raise NotImplementedError
 

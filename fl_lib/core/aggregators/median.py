@@ -32,8 +32,12 @@ class MedianAggregator(Aggregator):
     """The next model is the coordinate-wise median of the received models."""
 
     name = "median"
-    conflicts = {"secure-sum": "the server only learns the sum of masked uploads, not the values a median needs",
-                 "dp-mean": "DP-FedAvg's noise is calibrated to the sum of clipped updates"}
+    requested_by = "aggregator='median'"
+    conflicts = {"secure-sum": "the server only learns the sum of masked uploads, not the values a median needs "
+                               "(use aggregator='mean')",
+                 "dp-secure-sum": "the server only learns the noised sum of masked uploads (use aggregator='mean')",
+                 "dp-mean": "DP-FedAvg's noise is calibrated to the sum of clipped updates (use aggregator='mean')",
+                 "buffer": "FedBuff's server applies its staleness-weighted buffer (use aggregator='mean')"}
 
     def aggregate(self, t, global_state, received, cohort):
         return Aggregate(coordinate_median([r.values for r in received]))

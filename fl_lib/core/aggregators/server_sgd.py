@@ -11,7 +11,6 @@ class ServerSGD(Aggregator):
 
     def __init__(self, inner: Aggregator, lr: float):
         self.inner, self.lr = inner, lr
-        self.conflicts = inner.conflicts
 
     def aggregate(self, t, global_state, received, cohort):
         step = self.inner.aggregate(t, global_state, received, cohort)
