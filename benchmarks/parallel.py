@@ -61,15 +61,18 @@ def main(argv=None) -> int:
                 "auto": Federation(cfg.replace(engine="auto"))}
         print(f"\n{name}:")
         first = {}
-        for label in ("pool", "auto", "sequential"):  # round 1: the pool starts its workers, auto decides
+        for label in ("pool", "auto", "sequential"):  # round 1: the pool starts its workers, auto times one way
             start = time.perf_counter()
             feds[label].round(1)
             first[label] = time.perf_counter() - start
+        feds["auto"].round(2)  # auto's second round: the other way, then it decides
+        for label in ("pool", "sequential"):
+            feds[label].round(2)
         auto = feds["auto"].backend
-        print(f"  engine=auto timed its first round at {auto.measured:.2f} s and chose {auto.chosen.name} "
-              f"(the pool from {auto_min_seconds():.1f} s a round)")
+        timed = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in auto.measured.items())
+        print(f"  engine=auto timed a sample's training ({timed}) and chose {auto.chosen.name}")
         times = {label: [] for label in feds}
-        for i, t in enumerate(range(2, repeats + 2)):
+        for i, t in enumerate(range(3, repeats + 3)):
             order = list(feds) if i % 2 == 0 else list(reversed(feds))
             for label in order:
                 start = time.perf_counter()
@@ -91,11 +94,6 @@ def main(argv=None) -> int:
     for label, ratio, goal in met:
         print(f"  {label:<62} {ratio:5.2f}x  target >= {goal:.2f}x  {'met' if ratio >= goal else 'NOT met'}")
     return 0
-
-
-def auto_min_seconds() -> float:
-    from fl_lib.simulator.backends import POOL_MIN_SECONDS
-    return POOL_MIN_SECONDS
 
 
 def bench_run_many(args, repeats: int) -> tuple[float, str]:

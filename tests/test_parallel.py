@@ -138,7 +138,7 @@ def test_two_processes_asking_for_the_same_run_share_it(tmp_path):
 def test_one_core_means_no_processes(monkeypatch, tmp_path):
     """On one core auto stays sequential and run_many loops in this process: nothing to lose there."""
     monkeypatch.setattr(pool, "CORE_BUDGET", 1)
-    monkeypatch.setattr(backends, "POOL_MIN_SECONDS", 0.0)  # even a round of milliseconds would qualify
+    monkeypatch.setattr(backends, "START_SECONDS", 0.0)  # even a run of milliseconds would try the pool
     fed = Federation(tiny(engine="auto", num_clients=4))
     fed.round(1)
     assert fed.pool is None and fed.backend.name == "auto: sequential"
@@ -187,21 +187,24 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_auto_moves_to_the_pool_only_after_a_round_that_took_long_enough(monkeypatch):
-    """engine=auto times the first round it runs (sequentially) and decides from that measurement."""
+def test_auto_times_both_engines_and_keeps_the_faster(monkeypatch):
+    """engine=auto runs a round sequentially, a round in the pool (workers started beforehand), and keeps
+    the one that trained a sample faster; a run too short to pay for the pool's start-up never tries it."""
     monkeypatch.setattr(pool, "CORE_BUDGET", 2)
     fed = Federation(tiny(engine="auto", num_clients=4))
     assert fed.backend.name == "auto (undecided)"
-    fed.round(1)  # the 2NN's round takes milliseconds: far below POOL_MIN_SECONDS
-    assert fed.backend.measured < backends.POOL_MIN_SECONDS and fed.backend.name == "auto: sequential"
-    monkeypatch.setattr(backends, "POOL_MIN_SECONDS", 0.0)
-    fed = Federation(tiny(engine="auto", num_clients=4))
-    try:
-        fed.round(1)
-        assert fed.backend.name == "auto: pool" and fed.pool is not None
-        assert fed.round(2).train_loss is not None  # round 2 ran in the workers
-    finally:
-        fed.close()
-    short = Federation(tiny(engine="auto", num_clients=4, num_rounds=2))
-    short.round(1)  # one round left: the workers' start-up would not pay
-    assert short.backend.name == "auto: sequential"
+    fed.round(1)  # the 2NN's rounds take milliseconds: the pool's start-up would never pay
+    assert fed.backend.name == "auto: sequential" and fed.pool is None
+    monkeypatch.setattr(backends, "START_SECONDS", 0.0)
+    for gain, winner in ((0.0, "pool"), (1e9, "sequential")):  # the pool always / never fast enough
+        monkeypatch.setattr(backends, "MIN_GAIN", gain)
+        fed = Federation(tiny(engine="auto", num_clients=4))
+        try:
+            fed.round(1)
+            assert fed.backend.name == "auto (undecided)" and fed.backend._trial is not None
+            fed.round(2)  # in the pool, timed
+            assert set(fed.backend.measured) == {"sequential", "pool"}
+            assert fed.backend.name == f"auto: {winner}" and (fed.pool is not None) == (winner == "pool")
+            assert fed.round(3).train_loss is not None
+        finally:
+            fed.close()

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,7 +140,7 @@ def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log
     time with cores // workers threads and that many cores for its own
     engine=auto decision, so runs and clients never oversubscribe the CPU. With
     workers=0 the runs go to processes only where that pays, judged from the first
-    run's first round, timed here (`_processes_pay`). One
+    run's first two rounds, timed here on all threads and on one (`_processes_pay`). One
     progress bar counts the rounds of all of them. Each run is cached and locked
     like `run`'s, so a notebook and a terminal asking for the same config share it.
     A run that fails (say it diverges) raises its FLError once the others have
@@ -181,36 +180,51 @@ def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log
             for cfg in configs]
 
 
-PROCESS_START_SECONDS = 3.0  # a run process's own start: spawning Python and importing torch, on top of the set-up
+PROCESS_START_SECONDS = 3.0  # a run process's own start: spawning Python and importing torch
+PROCESS_EFFICIENCY = 0.8  # share of the ideal w / S speed-up that w one-thread processes reached (see below)
+MIN_GAIN = 1.05  # processes are used only if they are predicted this much faster than one loop
 
 
 def _processes_pay(todo: list, workers: int, root: Path, log) -> bool:
-    """Whether spreading `todo` over `workers` processes beats one loop here, from a measurement.
+    """Whether spreading `todo` over `workers` one-thread processes beats one loop here, from a measurement.
 
-    The first run's first round runs in this process (it is stored: the run later
-    extends from it), timed apart from its set-up. With w processes the rounds of
-    all runs take about 1/w of the loop's time, and every process pays its start and
-    its runs' set-up again. Two 2-core VMs measured run_many against a loop at 1.31x
-    and 0.87x (issue 20): short runs do not pay for their processes.
+    The loop runs with every core as torch threads, so what processes can gain is what
+    threads lose: with S = (a round's time on 1 thread) / (on all threads), w processes
+    of one thread are at best w / S times faster. The first run's first two rounds run
+    here, one with all threads and one with a single thread (both are stored: the run
+    later extends from them), and give S for this model on this machine. On a 2-core
+    VM of this project (2026-12-05) the pool reached 0.78-0.82 of that bound (quick
+    model: 0.97x against 1.18; paper model: 1.24x against 1.59): PROCESS_EFFICIENCY.
+    Processes are used if the predicted gain is at least MIN_GAIN and the time it saves
+    exceeds their start. Runs computed on one path or the other may differ in the last
+    bits of their floats (threads split sums differently); workers=N pins the choice.
     """
     first = todo[0]
-    start = time.perf_counter()
-    if _stored_rounds(run_dir(first, root)) == 0:
-        run(first.replace(num_rounds=1), root=root, progress=False, log=lambda msg: None)
-    total = time.perf_counter() - start
-    timings = run_dir(first, root) / "timings.csv"
+    if first.num_rounds < 2 or _stored_rounds(run_dir(first, root)) > 0:
+        return True  # nothing to time without changing a stored run: keep the parallel default
+    quiet = lambda msg: None  # noqa: E731
+    threads = torch.get_num_threads()
+    run(first.replace(num_rounds=1), root=root, progress=False, log=quiet)
+    torch.set_num_threads(1)
     try:
-        per_round = float(timings.read_text().splitlines()[1].split(",")[1])
-    except (OSError, IndexError, ValueError):
-        return True  # nothing measured (stored by another version): keep the parallel default
-    setup = max(total - per_round, 0.0)
-    rounds = sum(cfg.num_rounds for cfg in todo) - 1
-    saving = rounds * per_round * (1 - 1 / workers)
-    cost = workers * (PROCESS_START_SECONDS + setup)
-    if saving <= cost:
-        log(f"run_many: {len(todo)} runs in one process (measured {per_round:.2f} s a round, {setup:.1f} s of "
-            f"set-up: {workers} processes would save {saving:.0f} s and cost {cost:.0f} s)")
-    return saving > cost
+        run(first.replace(num_rounds=2), root=root, progress=False, log=quiet)
+    finally:
+        torch.set_num_threads(threads)
+    try:
+        lines = (run_dir(first, root) / "timings.csv").read_text().splitlines()[1:3]
+        t_all, t_one = (float(line.split(",")[1]) for line in lines)
+    except (OSError, ValueError):
+        return True
+    gain = PROCESS_EFFICIENCY * workers * t_all / t_one  # w / S, discounted
+    rounds = sum(cfg.num_rounds for cfg in todo) - 2
+    saving = rounds * t_all * (1 - 1 / gain) if gain > 0 else 0.0
+    cost = workers * PROCESS_START_SECONDS
+    pays = gain >= MIN_GAIN and saving > cost
+    if not pays:
+        log(f"run_many: {len(todo)} runs in one loop (a round took {t_all:.2f} s on {threads} thread(s) and "
+            f"{t_one:.2f} s on one: {workers} processes would be about {gain:.2f}x as fast, saving {saving:.0f} s "
+            f"for {cost:.0f} s of start-up)")
+    return pays
 
 
 def _stored_rounds(folder: Path) -> int:

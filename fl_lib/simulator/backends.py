@@ -3,8 +3,8 @@
     sequential   one client after another on one model (`ClientSide.upload`)
     batched      every client at once with torch.func.vmap (batched.py), then the same client stages
     pool         worker processes, each with its own model (pool.py)
-    auto         batched on CUDA; on a CPU, sequential for the first round it runs, then the pool
-                 from the next round on if that round took at least POOL_MIN_SECONDS (see `AutoBackend`)
+    auto         batched on CUDA; on a CPU whichever of sequential and pool a timed round of each
+                 shows faster on this machine (see `AutoBackend`)
 
 No backend touches the Federation's state: each gets the global model as an argument.
 Flower's ClientApp (runtime/flower.py) calls the same `ClientSide.upload`.
@@ -30,6 +30,7 @@ class ClientSide:
     def __init__(self, trainer, pipeline):
         self.trainer, self.pipeline = trainer, pipeline
         self.local = trainer.gradient if pipeline.local == "gradient" else trainer.weights
+        trainer.prox_mu = pipeline.prox_mu  # FedProx's mu for every local training of this trainer (0: FedAvg's)
 
     def reference(self, global_state):
         """What an upload is taken against: the global model for delta uploads, else None (weights)."""
@@ -78,27 +79,33 @@ class Batched(Sequential):
         return [self.client_side.upload(job, global_state, trained.pop(job.client), reference) for job in jobs]
 
 
-POOL_MIN_SECONDS = 4.0  # a round's training time from which auto moves its clients to worker processes
+TRIAL_SHARE = 0.05  # auto tries the pool only if its start-up (about START_SECONDS) is at most this share of the run
+START_SECONDS = 5.0  # the pool's start-up on a 2-core VM: two processes importing torch and building their data
+MIN_GAIN = 1.05  # the pool must beat the timed sequential round by this factor to be kept (one round each: noise)
 
 
 class AutoBackend:
-    """engine=auto on a CPU: sequential, unless the first round's clients took POOL_MIN_SECONDS or more.
+    """engine=auto on a CPU: the faster of sequential and pool, timed on this machine with this model.
 
-    Two 2-core AMD EPYC VMs of this project measured the pool against sequential
-    (benchmarks/parallel.py): quick model rounds of 6.7 s sequential went 1.38x
-    faster in the pool, rounds of 1.9-2.6 s 0.74-0.95x (slower: the workers' fixed
-    cost per round, sending the model and decoding uploads, is a large share of a
-    short round), and the paper model's long rounds 1.2-1.4x. So the choice is made
-    from the round time measured here: the first round runs sequentially and is
-    timed; the pool takes over only from 4 s, and only with 2 or more usable cores,
-    2 or more clients per round, and at least 2 rounds still to go (its start-up,
-    a few seconds per worker, is paid once).
+    A fixed rule does not carry over between machines: on two 2-core AMD EPYC VMs of
+    this project the pool ran the quick model's rounds at 1.38x the sequential speed
+    on one and 0.74-0.97x on another, and the paper model's at 1.23-1.41x. So auto
+    times both. The first round it runs is sequential; if the rest of the run is long
+    enough that the pool's start-up is a small share of it (TRIAL_SHARE), the next
+    round runs in the pool, its workers started beforehand so that only training is
+    timed. Seconds per trained sample decide (the two rounds may sample different
+    clients): the pool is kept if it was MIN_GAIN times faster, else the run goes on
+    sequentially (and the pool stops). With one core, one client per round or a short
+    run it stays sequential. The two engines round floats in another order, so an
+    auto run may differ from a sequential one in the last bits.
     """
 
-    def __init__(self, sequential: Sequential, make_pool, cores: int, rounds_left):
-        self.sequential, self.make_pool, self.cores, self.rounds_left = sequential, make_pool, cores, rounds_left
-        self.chosen = None  # the backend picked after the first round, or None while undecided
-        self.measured = None  # seconds the first round's training took
+    def __init__(self, sequential: Sequential, make_pool, cores: int, rounds_left, samples):
+        self.sequential, self.make_pool, self.cores = sequential, make_pool, cores
+        self.rounds_left, self.samples = rounds_left, samples  # t -> rounds after t; jobs -> samples they train
+        self.chosen = None  # the backend picked, or None while undecided
+        self.measured = {}  # seconds per trained sample: {"sequential": ..., "pool": ...}
+        self._trial = None  # the pool on trial
 
     @property
     def name(self) -> str:
@@ -107,18 +114,30 @@ class AutoBackend:
     def uploads(self, t, jobs, global_state):
         if self.chosen is not None:
             return self.chosen.uploads(t, jobs, global_state)
+        backend = self._trial if self._trial is not None else self.sequential
         start = time.perf_counter()
-        uploads = self.sequential.uploads(t, jobs, global_state)
-        self.measured = time.perf_counter() - start
-        self.chosen = self.sequential
-        if (self.measured >= POOL_MIN_SECONDS and self.cores >= 2 and len(jobs) >= 2
-                and self.rounds_left(t) >= 2):
-            self.chosen = self.make_pool()
+        uploads = backend.uploads(t, jobs, global_state)
+        seconds = time.perf_counter() - start
+        self.measured[backend.name] = seconds / max(self.samples(jobs), 1)
+        if backend is self.sequential:
+            worth = seconds * self.rounds_left(t) * TRIAL_SHARE >= START_SECONDS
+            if worth and self.cores >= 2 and len(jobs) >= 2 and self.rounds_left(t) >= 2:
+                self._trial = self.make_pool()
+                self._trial.start_workers()  # start-up is paid here, outside the timed round
+            else:
+                self.chosen = self.sequential
+        else:
+            faster = self.measured["sequential"] >= MIN_GAIN * self.measured["pool"]
+            self.chosen = self._trial if faster else self.sequential
+            if not faster:
+                self._trial.close()
+            self._trial = None
         return uploads
 
     def close(self):
-        if self.chosen is not None and self.chosen is not self.sequential:
-            self.chosen.close()
+        for backend in (self.chosen, self._trial):
+            if backend is not None and backend is not self.sequential:
+                backend.close()
 
 
 def build_backend(fed) -> object:
@@ -141,6 +160,7 @@ def build_backend(fed) -> object:
         if fed.device.type == "cuda":
             return Batched(client_side) if batchable else sequential
         if fed.device.type == "cpu" and not fed.data.is_text:  # the pool was not measured for the LSTM
-            return AutoBackend(sequential, lambda: pool_backend(fed), usable_cores(),
-                               lambda t: cfg.num_rounds - t)
+            work = 1 if fed.pipeline.local == "gradient" else cfg.local_epochs
+            return AutoBackend(sequential, lambda: pool_backend(fed), usable_cores(), lambda t: cfg.num_rounds - t,
+                               lambda jobs: work * sum(fed.sizes[j.client] for j in jobs))
     return sequential

@@ -163,6 +163,16 @@ class Pool:
                                              initargs=(type(self.fed), self.fed.cfg, self.fed.data, self.threads,
                                                        os.getpid()))
 
+    def start_workers(self) -> None:
+        """Start every worker now (each imports torch and builds its federation), so that a timed round
+        that follows measures training, not start-up."""
+        if self._executor is None:
+            self._start()
+        with _main_hidden():
+            ready = [self._executor.submit(os.getpid) for _ in range(self.workers)]
+        for future in ready:
+            future.result()
+
     def uploads(self, t: int, jobs: list, global_state: dict) -> list:
         """Every job's `Upload` for round t, in job order; retried once if a worker dies."""
         chosen, bits = [j.client for j in jobs], {j.client: j.bits for j in jobs}
