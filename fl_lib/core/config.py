@@ -97,8 +97,9 @@ class Config:
     weight_decay: float = _field(5e-4, "L2 penalty per step")
     num_rounds: int = _field(300, "communication rounds")
     algorithm: str = _field("fedavg", "fedavg, fedsgd, or fedbuff (buffered asynchronous; needs a link)")
-    aggregator: str = _field("mean", "how the server combines the uploads: mean (n_k / n weighted) or median "
-                                     "(coordinate-wise); core/aggregators/registry.py lists them")
+    aggregator: str = _field("mean", "how the server combines the uploads: mean (n_k / n weighted), median, "
+                                     "trimmed_mean, cosine (direction-aware), soft_clip (Huber weights); "
+                                     "core/aggregators/registry.py lists them")
     bits: int = _field(32, "upload bit width: 2..16 quantized, 32 = float32")
     upload: str = _field("weights", "what clients send: quantized weights or quantized delta")
     rounding: str = _field("nearest", "quantizer rounding: nearest (half to even) or stochastic")

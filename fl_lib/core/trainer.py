@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 from .client import autocast, batch_inputs, client_batches, num_targets
+from .fedprox import add_proximal_
 from .models import build_model
 from .rng import Stream, stream_seed, torch_generator
 
@@ -52,6 +53,8 @@ def initial_model(cfg, data) -> torch.nn.Module:
 class Trainer:
     """The clients' local computation on one model and one SGD optimizer (momentum reset per client)."""
 
+    prox_mu = 0.0  # FedProx's mu (fedprox.py); set from the pipeline by ClientSide, never read from the config here
+
     def __init__(self, cfg, data, clients: list[torch.Tensor], sizes: list[int], device: torch.device):
         self.cfg, self.data, self.clients, self.sizes, self.device = cfg, data, clients, sizes, device
         model = initial_model(cfg, data)
@@ -76,7 +79,8 @@ class Trainer:
     def train(self, k: int, t: int, global_state: dict, *extra: int) -> torch.Tensor:
         """E local epochs of minibatch SGD from `global_state`; returns the mean loss (the model holds the result).
 
-        `extra` keys a second job of client k from the same global model (fedbuff).
+        `extra` keys a second job of client k from the same global model (fedbuff). With `prox_mu` > 0
+        the steps are FedProx's, anchored at `global_state`.
         """
         cfg, idx = self.cfg, self.clients[k]
         self._seed_dropout(t, k, *extra)
@@ -84,12 +88,15 @@ class Trainer:
         self.opt.state.clear()  # momentum starts afresh on every client, every round
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0
+        anchors = [global_state[n] for n, _ in self.model.named_parameters()] if self.prox_mu else None
         for x, y in client_batches(self.data, idx, cfg, self.generator(t, k, Stream.BATCHES, *extra),
                                    self.channels_last):
             with autocast(cfg.precision, self.device):
                 loss = F.cross_entropy(self.model(x), y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if anchors:  # FedProx: + mu (w - w_global); the loss reported below stays F_k's
+                add_proximal_([p.grad for p in self.params], self.params, anchors, self.prox_mu)
             self.opt.step()
             m = num_targets(y)  # images: len(y); text: its characters (the loss is their mean)
             total += loss.detach().float() * m

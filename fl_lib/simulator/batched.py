@@ -6,6 +6,8 @@ model, then SGD with momentum and weight decay written on the stacked tensors:
 
     d = g + weight_decay * w,   u = momentum * u + d,   w = w - lr * u      (torch.optim.SGD)
 
+with g = grad F_k + mu (w - w_global) under FedProx (the trainer's `prox_mu` > 0), as the Trainer does.
+
 Each client keeps its own batch order and augmentation draws: both trainers take
 them from `client.client_batches` with the client's `Stream.BATCHES` generator.
 Clients of unequal size are handled by masking: clients are sorted by their number of steps, so at step slot s the clients still
@@ -23,6 +25,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..core.client import autocast, client_batches, num_steps
 from ..core.errors import ConfigError
+from ..core.fedprox import add_proximal_
 from ..core.rng import SERVER, Stream, stream_seed, torch_generator
 
 
@@ -60,6 +63,9 @@ def train_clients(trainer, chosen: list[int], t: int, global_state: dict) -> dic
         grads, losses = step({n: p[:a] for n, p in params.items()}, x, y, mask, count)
         with torch.no_grad():
             total[:a] += losses.detach() * count
+            if trainer.prox_mu:  # FedProx (core/fedprox.py): + mu (w - w_global), the global model broadcast
+                add_proximal_([grads[n] for n in names], [params[n][:a] for n in names],
+                              [global_state[n] for n in names], trainer.prox_mu)
             for n in names:
                 _sgd(params[n][:a], grads[n], momenta.get(n), a, cfg)
     state = model.state_dict()

@@ -3,10 +3,11 @@ bits-policy and aggregator fields.
 
     sampler      who takes part in round t: m uniform clients, or Poisson(q) under DP
     local        what a client computes: its weights after E epochs (FedAvg, FedBuff) or its gradient (FedSGD)
+    prox_mu      FedProx's mu: local training held near the global model (0: off, no FedProx stage)
     stages       client-side transforms: DP clipping
     transport    codec bytes (quantized or float32), or plain values for a secure sum
     aggregator   mean | median (registry) | DP noisy mean | secure sum | DP secure sum | FedBuff's buffer,
-                 wrapped in FedSGD's server step for fedsgd
+                 wrapped in FedSGD's server step for fedsgd, or in a server optimizer (server_opt)
     clock        the link model with the width policy (fixed or adaptive) and what an upload costs
 
 Stages declare what they cannot work with (`Stage.conflicts`, `Stage.refusal`);
@@ -23,6 +24,8 @@ from ..core.aggregators.base import Aggregator
 from ..core.aggregators.buffer import BufferAggregator
 from ..core.aggregators.registry import AGGREGATORS, aggregator_class
 from ..core.errors import ConfigError
+from ..core.fedprox import FedProx
+from ..core.aggregators.server_opt import ServerOptimizer
 from ..core.aggregators.server_sgd import ServerSGD
 from ..core.links import SECAGG_ROUND_TRIPS, Links, parse_link
 from ..core.stages import CodecTransport, Stage, Transport, UniformSampler, check_conflicts
@@ -49,6 +52,7 @@ class Pipeline:
     expected_clients: float  # the DP mean's fixed divisor m (else the clients per round)
     epsilons: list[float] | None = field(default=None)  # epsilon after each round (DP with noise)
     dp_grid: object = None  # DP under secure aggregation: the public rotated grid (dp_quant.py)
+    prox_mu: float = 0.0  # FedProx's mu (core/fedprox.py): local training held near the global model; 0 = off
 
     def epsilon(self, t: int) -> float | None:
         return self.epsilons[t - 1] if self.epsilons else None
@@ -67,15 +71,20 @@ def stage_classes(cfg) -> list:
                     else DPMean] + ([chosen] if cfg.aggregator != "mean" else [])
     else:
         classes.append(chosen)
+    if cfg.server_opt != "none":  # listed wherever asked for: it names the server steps it cannot wrap
+        classes.append(ServerOptimizer)
     if cfg.algorithm == "fedsgd":
         classes.append(ServerSGD)
+    if cfg.prox_mu > 0:
+        classes.append(FedProx)
     return classes
 
 
 def all_stage_classes() -> list:
     """Every stage class a config can ask for (to find the owner of a setting)."""
     return [aggregator_class(name) for name in AGGREGATORS] + [
-        ServerSGD, BufferAggregator, DPClip, DPMean, DPSecureSum, SecureSum, MaskedValues, CodecTransport]
+        ServerSGD, ServerOptimizer, BufferAggregator, FedProx,
+        DPClip, DPMean, DPSecureSum, SecureSum, MaskedValues, CodecTransport]
 
 
 def check(cfg) -> None:
@@ -113,10 +122,12 @@ def build_pipeline(cfg, sizes: list[int], num_params: int, device) -> Pipeline:
                     else fixed_size_epsilon_per_round(cfg.num_clients, cfg.clients_per_round, cfg.dp_noise,
                                                       cfg.num_rounds, cfg.dp_delta))
     fedsgd = cfg.algorithm == "fedsgd"
+    prox = FedProx(cfg.prox_mu) if cfg.prox_mu > 0 else None
     return Pipeline(sampler=sampler, local="gradient" if fedsgd else "weights", stages=stages, transport=transport,
                     aggregator=aggregator, delta=cfg.upload == "delta" and cfg.algorithm in ("fedavg", "fedbuff"),
                     epochs=1 if fedsgd else cfg.local_epochs, asynchronous=cfg.algorithm == "fedbuff",
-                    expected_clients=expected, epsilons=epsilons, dp_grid=grid)
+                    expected_clients=expected, epsilons=epsilons, dp_grid=grid,
+                    prox_mu=prox.mu if prox else 0.0)
 
 
 def _aggregator(cfg, sizes, num_params, expected, grid) -> Aggregator:
@@ -130,6 +141,8 @@ def _aggregator(cfg, sizes, num_params, expected, grid) -> Aggregator:
     if dp:
         return DPMean(cfg.dp_clip, cfg.dp_noise, expected, cfg.seed, num_params)
     combine = aggregator_class(cfg.aggregator).from_config(cfg)
+    if cfg.server_opt != "none":  # FedAvgM / FedAdam / FedYogi on the aggregate (Reddi et al. 2021)
+        combine = ServerOptimizer.from_config(cfg, combine)
     return ServerSGD(combine, cfg.lr) if cfg.algorithm == "fedsgd" else combine
 
 

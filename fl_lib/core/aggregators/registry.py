@@ -11,6 +11,9 @@ import importlib
 AGGREGATORS = {
     "mean": "mean:MeanAggregator",  # FedAvg's n_k / n weighted mean (the default)
     "median": "median:MedianAggregator",  # coordinate-wise median (Yin et al. 2018)
+    "trimmed_mean": "trimmed_mean:TrimmedMeanAggregator",  # coordinate-wise trimmed mean (Yin et al. 2018)
+    "cosine": "cosine:CosineAggregator",  # n_k exp(cos(update, mean update) / T) weights (this project's design)
+    "soft_clip": "soft_clip:SoftClipAggregator",  # Huber weights around the median update (this project's design)
 }
 
 
