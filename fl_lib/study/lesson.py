@@ -90,6 +90,18 @@ REFERENCES = {
           "(NIID-Bench), ICDE.",
     "krishnamoorthi": "Krishnamoorthi (2018), *Quantizing deep convolutional networks for efficient inference: "
                       "A whitepaper*, arXiv:1806.08342.",
+    "fedprox": "Li, Sahu, Zaheer, Sanjabi, Talwalkar and Smith (2020), *Federated Optimization in Heterogeneous "
+               "Networks*, MLSys.",
+    "reddi": "Reddi, Charles, Zaheer, Garrett, Rush, Konečný, Kumar and McMahan (2021), *Adaptive Federated "
+             "Optimization*, ICLR.",
+    "yin": "Yin, Chen, Ramchandran and Bartlett (2018), *Byzantine-Robust Distributed Learning: Towards Optimal "
+           "Statistical Rates*, ICML.",
+    "scaffold": "Karimireddy, Kale, Mohri, Reddi, Stich and Suresh (2020), *SCAFFOLD: Stochastic Controlled "
+                "Averaging for Federated Learning*, ICML.",
+    "huber": "Huber (1964), *Robust Estimation of a Location Parameter*, Annals of Mathematical Statistics 35(1), "
+             "73-101.",
+    "fedadp": "Wu and Wang (2021), *Fast-Convergent Federated Learning with Adaptive Weighting*, IEEE ICC "
+              "(arXiv:2012.00661).",
 }
 
 

@@ -1,4 +1,5 @@
-"""Numbers read off finished runs: rounds (or time, or megabytes) to a target accuracy, quantization error per layer."""
+"""Numbers read off finished runs: rounds (or time, or megabytes) to a target accuracy, quantization error per layer,
+client drift from a stored model, and paired verdicts of methods against a reference over seeds."""
 from __future__ import annotations
 
 import math
@@ -102,3 +103,113 @@ def local_updates(local_epochs: int, batch_size, num_samples: int, num_clients: 
     if batch_size is None:
         return float(local_epochs)
     return local_epochs * num_samples / (num_clients * batch_size)
+
+
+# -- client drift and paired verdicts (lesson 09) ------------------------------------
+def drift_stats(updates, sizes) -> dict:
+    """How far, and how much in agreement, the clients of one round moved: a measure of client drift.
+
+    `updates` holds one client's update Delta_k = w_k - w_global per row (all float parameters,
+    flattened), `sizes` its n_k. With p_k = n_k / n and the FedAvg step Delta = sum_k p_k Delta_k:
+
+        update_norm  sum_k p_k ||Delta_k||             how far a client moves on its own
+        mean_update  ||Delta||                         how far FedAvg moves the global model
+        agreement    ||Delta|| / sum_k p_k ||Delta_k||  1: all move one way; near 0: they cancel out
+        spread       sum_k p_k ||Delta_k - Delta||     how far the clients' models lie from their average
+        rms_update   ||Delta|| / sqrt(d)               the FedAvg step per coordinate (d parameters)
+
+    Client drift (Karimireddy et al. 2020) is each client's walk towards its own optimum: it
+    shows as a large spread and a low agreement, the average of long walks in different
+    directions being a short step. By the triangle inequality agreement lies in [0, 1]; it is
+    NaN when no client moved.
+    """
+    import torch
+
+    u = torch.as_tensor(updates, dtype=torch.float64)
+    n_k = torch.as_tensor([float(s) for s in sizes], dtype=torch.float64)
+    if u.ndim != 2 or len(n_k) != u.shape[0] or not n_k.sum() > 0:
+        raise ValueError(f"drift_stats needs one row per client and sample counts summing to a positive number: "
+                         f"got updates of shape {tuple(u.shape)} and {len(n_k)} sizes summing to {n_k.sum().item()}")
+    p = n_k / n_k.sum()
+    step = p @ u
+    norms = torch.linalg.vector_norm(u, dim=1)
+    update_norm = float(p @ norms)
+    mean_update = float(torch.linalg.vector_norm(step))
+    return {"update_norm": update_norm, "mean_update": mean_update,
+            "agreement": mean_update / update_norm if update_norm > 0 else math.nan,
+            "spread": float(p @ torch.linalg.vector_norm(u - step, dim=1)),
+            "rms_update": mean_update / math.sqrt(u.shape[1])}
+
+
+def client_updates(cfg, global_state: dict, t: int, data=None):
+    """Every client's update Delta_k = w_k - w_global in round t of a run of `cfg` started at `global_state`.
+
+    Each client trains as round t of that run would (its E local epochs, its batches from
+    generators seeded by (seed, t, client)), so the result is deterministic; all clients train,
+    whatever the client fraction, and nothing is encoded, aggregated or stored. `data`: the
+    dataset, loaded from cfg if None. Returns (updates, sizes, losses): one row per client (all
+    float parameters flattened, float32 on the CPU), its n_k and its mean local loss.
+    """
+    import torch
+
+    from ..simulator.federation import Federation
+
+    fed = Federation(cfg, data=data)
+    start = {name: v.to(fed.device) for name, v in global_state.items()}
+    floats = [name for name, v in start.items() if v.is_floating_point()]
+    rows, losses = [], []
+    try:
+        for k in range(len(fed.clients)):
+            weights, loss = fed.trainer.weights(k, t, start)  # views of the one model: flattened at once
+            rows.append(torch.cat([(weights[n].float() - start[n].float()).flatten() for n in floats]).cpu())
+            losses.append(float(loss))
+    finally:
+        fed.close()
+    return torch.stack(rows), list(fed.sizes), losses
+
+
+def stored_model(cfg, root=None) -> tuple[int, dict]:
+    """(round, global model) of the last checkpoint of `cfg`'s cached run: where that run stopped, or would go on."""
+    from ..core.errors import FLError
+    from ..runtime import checkpoint, results
+
+    folder = results.run_dir(cfg, root) / "checkpoints"
+    state = checkpoint.latest(folder, cfg.key())
+    if state is None:
+        raise FLError(f"no checkpoint of this config in {folder}: run it first (results.run or sweep)")
+    return state["round"], state["global"]
+
+
+def paired_verdicts(runs, reference: str, value: str, by: str = "label", seed: str = "seed"):
+    """Each method of `runs` against `reference`, paired by seed: the differences, their mean and spread, a verdict.
+
+    `runs` has one row per run: its method (column `by`), its `seed` and the number compared
+    (`value`, e.g. final accuracy). For method m and each seed s that both ran,
+    d_s = value(m, s) - value(reference, s); the verdict compares the mean d of the d_s with their
+    sample standard deviation s_d (n - 1 in the denominator):
+
+        helps          d > s_d
+        hurts          d < -s_d
+        no difference  otherwise
+        one seed       only one paired seed: there is no spread to compare with
+
+    This is a rule of thumb for a lesson, not a significance test: with two seeds s_d rests on
+    one degree of freedom. Returns a DataFrame indexed by method, in the order of first
+    appearance, with one column per seed and columns mean, std, seeds, verdict.
+    """
+    import pandas as pd
+
+    table = runs.pivot_table(index=by, columns=seed, values=value, aggfunc="first", sort=False)
+    if reference not in table.index:
+        raise ValueError(f"reference {reference!r} is not among the {by} values: {', '.join(map(str, table.index))}")
+    rows = {}
+    for method in [m for m in dict.fromkeys(runs[by]) if m != reference]:
+        d = (table.loc[method] - table.loc[reference]).dropna()
+        mean, std = (d.mean(), d.std()) if len(d) else (math.nan, math.nan)
+        if len(d) < 2:
+            verdict = "one seed" if len(d) == 1 else "no paired seed"
+        else:
+            verdict = "helps" if mean > std else "hurts" if mean < -std else "no difference"
+        rows[method] = {**{f"seed {s}": d.get(s, math.nan) for s in table.columns},
+                        "mean": mean, "std": std, "seeds": len(d), "verdict": verdict}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by)

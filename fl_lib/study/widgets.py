@@ -1,8 +1,9 @@
-"""Sliders for lessons 02, 03 and 07. They only redraw: no widget ever starts training.
+"""Sliders and check boxes for lessons 02, 03, 06, 07 and 09. They only redraw: no widget ever starts training.
 
 Each explorer calls the same function the lesson calls directly (`partition_stats`,
-`channel_quant_stats`, `clock_stats`), so a headless run (papermill, the HTML report) still prints
-every number, and the figure (a plotly FigureWidget) is updated in place when a slider moves.
+`channel_quant_stats`, `clock_stats`; lesson 09's curves are read off its cached runs), so a
+headless run (papermill, the HTML report) still prints every number, and the figure (a plotly
+FigureWidget) is updated in place when a slider moves or a box is ticked.
 """
 from __future__ import annotations
 
@@ -353,6 +354,96 @@ class LeakageExplorer:
                                f"step{'' if r['steps_run'] == 1 else 's'} (stopped "
                                f"{_STOPS.get(r['stop'], r['stop'])}), final gradient-matching loss "
                                f"{r['match_loss']:.3g}.</p>")
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+# -- methods against FedAvg (lesson 09) ---------------------------------------------
+class CurveExplorer:
+    """Check boxes pick which methods' curves are overlaid; a menu picks the metric. Cached runs only.
+
+    `frame` is a sweep's table (one row per run and round, a column `hue` naming the method and one
+    `run` column telling the seeds apart). Each method's curve is the mean over its runs at each `x`
+    with a band of one standard deviation, as `plots.lines` draws them. The curves of every metric
+    are computed once from the frame; a check box only shows or hides its method's two traces, so
+    nothing is trained or recomputed when one is clicked.
+    """
+
+    METRICS = {"test_acc": "test accuracy", "test_loss": "test loss", "train_loss": "clients' training loss"}
+
+    def __init__(self, frame, hue="label", x="round", run="seed", metrics=tuple(METRICS), chosen=None, title=""):
+        import ipywidgets as w
+        import plotly.graph_objects as go
+
+        from .plots import COLORS
+
+        self.hue, self.x, self.title = hue, x, title
+        self.names = list(dict.fromkeys(frame[hue]))
+        shown = [m for m in metrics if m in frame and frame[m].notna().any()]
+        if not shown:
+            raise ValueError(f"none of the metrics {', '.join(metrics)} has a value in the frame")
+        chosen = self.names if chosen is None else list(chosen)
+        unknown = [c for c in chosen if c not in self.names]
+        if unknown:
+            raise ValueError(f"chosen {unknown[0]!r} is not a {hue} of the frame: {', '.join(map(str, self.names))}")
+        self.curves = {m: frame.dropna(subset=[m]).groupby([hue, x], sort=False)[m].agg(["mean", "std"])
+                       .fillna({"std": 0.0}) for m in shown}
+        self.runs = {name: frame.loc[frame[hue] == name, run].nunique() for name in self.names}
+        self.metric = w.Dropdown(options=[(self.METRICS.get(m, m), m) for m in shown], value=shown[0],
+                                 description="metric")
+        self.boxes = {name: w.Checkbox(value=name in chosen, description=str(name), indent=False,
+                                       layout=w.Layout(width="auto")) for name in self.names}
+        traces = []
+        for i, name in enumerate(self.names):  # two traces per method: its band, then its line
+            color = COLORS[i % len(COLORS)]
+            traces.append(go.Scatter(x=[], y=[], fill="toself", line=dict(width=0), fillcolor=color, opacity=0.2,
+                                     hoverinfo="skip", showlegend=False, legendgroup=str(name)))
+            traces.append(go.Scatter(x=[], y=[], mode="lines", name=str(name), line=dict(color=color),
+                                     legendgroup=str(name)))
+        self.figure = go.FigureWidget(traces)
+        self.figure.update_layout(xaxis_title=x, template="plotly_white", height=440, legend_title=hue)
+        self.text = w.HTML()
+        self.metric.observe(self.redraw, names="value")
+        for box in self.boxes.values():
+            box.observe(self.show, names="value")
+        self.widget = w.VBox([self.metric, w.HBox(list(self.boxes.values()), layout=w.Layout(flex_flow="row wrap")),
+                              self.figure, self.text])
+        self.redraw()
+
+    def chosen(self) -> list:
+        """The methods whose check box is ticked, in the frame's order."""
+        return [name for name in self.names if self.boxes[name].value]
+
+    def redraw(self, change=None):
+        """Put the chosen metric's curves into every trace (shown or not), then show the ticked ones."""
+        curves = self.curves[self.metric.value]
+        with self.figure.batch_update():
+            for i, name in enumerate(self.names):
+                c = curves.loc[name] if name in curves.index.get_level_values(0) else curves.iloc[:0]
+                xs, mean, std = c.index.to_numpy(), c["mean"].to_numpy(), c["std"].to_numpy()
+                band, line = self.figure.data[2 * i], self.figure.data[2 * i + 1]
+                band.x, band.y = np.r_[xs, xs[::-1]], np.r_[mean + std, (mean - std)[::-1]]
+                line.x, line.y = xs, mean
+            self.figure.layout.yaxis.title = self.METRICS.get(self.metric.value, self.metric.value)
+            self.figure.layout.title = self.title or f"{self.METRICS.get(self.metric.value, self.metric.value)} " \
+                                                     f"against {self.x}"
+        self.show()
+
+    def show(self, change=None):
+        """Show the ticked methods' traces, hide the others, and table where each chosen curve ends."""
+        chosen = set(self.chosen())
+        with self.figure.batch_update():
+            for i, name in enumerate(self.names):
+                self.figure.data[2 * i].visible = self.figure.data[2 * i + 1].visible = name in chosen
+        curves, rows = self.curves[self.metric.value], []
+        for name in self.chosen():
+            if name in curves.index.get_level_values(0):
+                last = curves.loc[name].iloc[-1]
+                rows.append(f"<tr><td>{name}</td><td>{curves.loc[name].index[-1]}</td><td>{last['mean']:.4f}</td>"
+                            f"<td>{last['std']:.4f}</td><td>{self.runs[name]}</td></tr>")
+        head = f"<tr><th>{self.hue}</th><th>last {self.x}</th><th>mean</th><th>std</th><th>runs</th></tr>"
+        self.text.value = f"<table>{head}{''.join(rows)}</table>" if rows else "<p>No method chosen.</p>"
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

@@ -1,0 +1,486 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · Beyond plain averaging: FedProx, server optimizers and robust aggregation
+#
+# The presentation of McMahan et al. (2017) that this project follows ends with a table of FedAvg's limits.
+# Three of them are about the average itself:
+#
+# - **non-IID data**: clients whose label distributions differ pull the model towards different optima, and
+#   their plain average can be worse than any of them, or fail to converge;
+# - **too much local training**: with a large number of local epochs $E$ each client over-fits its own data,
+#   and the global model generalizes worse (the field calls this *client drift*, Karimireddy et al. 2020);
+# - **averaging ignores direction**: $\sum_k \frac{n_k}{n} w_k$ weighs a client by its data alone, whichever
+#   way its update points, so in a non-convex problem the average can land on a meaningless point.
+#
+# The presentation proposes *direction-aware* averaging (weights that grow with the cosine similarity of the
+# updates $\Delta w$) and *soft clipping* (updates far from the others gently ignored). The field's own
+# remedies are older and better tested: FedProx (Li et al. 2020) holds local training near the global
+# model; server optimizers (FedAvgM, Hsu et al. 2019; FedAdam and FedYogi, Reddi et al. 2021) give the
+# server a memory across rounds; robust aggregation (the coordinate-wise median and trimmed mean, Yin et
+# al. 2018) keeps one extreme client from dragging a coordinate.
+#
+# This lesson runs each of them against FedAvg on a strongly skewed split (Dirichlet $\alpha$ = `alpha`; at
+# the default 0.1 most clients hold a few classes), in runs paired by seed: for a given seed every method
+# starts from the same model, partition, sampled clients and batches, so the difference between a method
+# and FedAvg on the same seed is the method's doing. Then it runs FedAvg at growing $E$ and measures the
+# client drift directly.
+
+# %% tags=["parameters"]
+preset: str = "quick"  # starting config: quick (small CNN, 1 local epoch) or paper (SqueezeNet 1.0, 5 epochs)
+dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
+data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
+num_rounds: int = 20  # communication rounds of every run
+num_clients: int = 10  # K, clients, all sampled every round
+alpha: float = 0.1  # Dirichlet concentration of the label split (0.1: most clients hold a few classes)
+methods: str = "FedAvg,FedProx,FedAvgM,FedAdam,FedYogi,median,trimmed_mean,cosine,soft_clip"  # comma-separated methods to run; FedAvg, the reference, always runs
+prox_mu: float = 0.01  # mu of FedProx's proximal term (Li et al. pick it from 0.001, 0.01, 0.1 and 1)
+server_momentum: float = 0.9  # beta_1, the server's momentum in FedAvgM, FedAdam and FedYogi
+avgm_server_lr: float = 1.0  # eta of FedAvgM (1: the server adds the momentum in full, as Flower's default)
+adaptive_server_lr: float = 0.01  # eta of FedAdam and FedYogi: about the step per coordinate and round
+trim_fraction: float = 0.1  # beta of the trimmed mean: share of the largest and of the smallest values dropped
+cosine_temperature: float = 1.0  # T of cosine-weighted averaging (large: FedAvg; small: the best aligned client)
+soft_clip: float = 2.0  # c of soft clipping: updates beyond c times the median distance are down-weighted
+target: float = 0.3  # test accuracy whose rounds and megabytes to reach are tabled
+final_rounds: int = 3  # final accuracy of a run: its mean test accuracy over its last final_rounds rounds
+epoch_values: str = "1,5,20"  # E values, comma-separated, of the FedAvg runs of the large-E section (first seed)
+seeds: str = "0,1"  # comma-separated seeds; runs repeat for each (the lesson says which use the first only)
+results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
+figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
+device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
+
+# %%
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from IPython.display import Markdown, display
+
+from fl_lib.core import config
+from fl_lib.core.aggregators.base import Received
+from fl_lib.core.aggregators.cosine import cosine_weights
+from fl_lib.core.aggregators.registry import aggregator_class
+from fl_lib.core.aggregators.soft_clip import middle, soft_clip_weights
+from fl_lib.core.config import parse_list, parse_seeds
+from fl_lib.core.data import load_dataset
+from fl_lib.core.errors import ConfigError
+from fl_lib.simulator.build import stage_classes
+from fl_lib.study import lesson
+from fl_lib.study import plots
+from fl_lib.study.measures import client_updates, drift_stats, paired_verdicts, stored_model, time_to_target
+from fl_lib.study.sweep import sweep
+from fl_lib.study.widgets import CurveExplorer
+
+lesson.setup("mcmahan", "hsu", "fedprox", "reddi", "yin", "scaffold", "huber", "fedadp")
+data_root = lesson.folder("data_root", data_root)
+results_dir = lesson.folder("results_dir", results_dir)
+figures_dir = lesson.folder("figures_dir", figures_dir)
+
+seed_list = parse_seeds(seeds)
+epoch_list = parse_list(epoch_values, int)
+base = config.preset(preset, dataset=dataset, data_root=data_root, num_rounds=num_rounds, num_clients=num_clients,
+                     alpha=alpha, partition="dirichlet", device=device)
+METHODS = {  # each method is FedAvg's config with these fields changed
+    "FedAvg": {},
+    "FedProx": {"prox_mu": prox_mu},
+    "FedAvgM": {"server_opt": "avgm", "server_lr": avgm_server_lr, "server_momentum": server_momentum},
+    "FedAdam": {"server_opt": "adam", "server_lr": adaptive_server_lr, "server_momentum": server_momentum},
+    "FedYogi": {"server_opt": "yogi", "server_lr": adaptive_server_lr, "server_momentum": server_momentum},
+    "median": {"aggregator": "median"},
+    "trimmed_mean": {"aggregator": "trimmed_mean", "trim_fraction": trim_fraction},
+    "cosine": {"aggregator": "cosine", "cosine_temperature": cosine_temperature},
+    "soft_clip": {"aggregator": "soft_clip", "soft_clip": soft_clip},
+}
+asked = parse_list(methods, str)
+unknown = [m for m in asked if m not in METHODS]
+if unknown:
+    raise ConfigError(f"methods={methods!r}: {unknown[0]!r} is not a method of this lesson; choose from "
+                      f"{', '.join(METHODS)}")
+chosen = list(dict.fromkeys(["FedAvg"] + asked))  # FedAvg first: every verdict is against it
+shown = ["model", "dataset", "num_clients", "partition", "alpha", "client_fraction", "local_epochs", "batch_size",
+         "lr", "momentum", "num_rounds"]
+display(pd.DataFrame([{k: getattr(base, k) for k in shown}], index=["base config (FedAvg)"]))
+pd.DataFrame([{"method": m, "changes to FedAvg's config": ", ".join(f"{k}={v}" for k, v in METHODS[m].items()) or "-",
+               "stages of its pipeline": " > ".join(c.name for c in stage_classes(base.replace(**METHODS[m])))}
+              for m in chosen]).set_index("method")
+
+# %% [markdown]
+# ## What FedAvg computes, and what it ignores
+#
+# In round $t$ client $k$ trains from the global model $w_t$ for $E$ epochs on its $n_k$ samples and sends
+# $w^k_{t+1}$; with $n = \sum_k n_k$ the server takes
+#
+# $$w_{t+1} = \sum_k \frac{n_k}{n}\, w^k_{t+1} = w_t + \sum_k \frac{n_k}{n}\, \Delta_k, \qquad \Delta_k = w^k_{t+1} - w_t$$
+#
+# A client's weight depends on its data size only. One client with many samples and an update that points
+# the other way moves every coordinate in proportion to its share.
+#
+# ## Robust and direction-aware averaging
+#
+# **Coordinate-wise median and trimmed mean** (Yin et al. 2018): each coordinate $i$ of the next model is
+# the median of the $m$ uploads' values, or their mean after dropping the $b = \lfloor \beta m \rfloor$
+# largest and $b$ smallest (`trim_fraction` is $\beta$). Both ignore $n_k$: one client, one vote.
+#
+# $$w_{t+1}[i] = \mathrm{median}_k\, w^k_{t+1}[i], \qquad w_{t+1}[i] = \frac{1}{m - 2b} \sum_{j = b + 1}^{m - b} w^{(j)}_{t+1}[i]$$
+#
+# where $w^{(1)}[i] \le \dots \le w^{(m)}[i]$ are the values sorted.
+#
+# **Cosine-weighted averaging**, the presentation's "weights grow with the cosine similarity of
+# $\Delta w$". Its exact rule is this project's (`fl_lib/core/aggregators/cosine.py`); the nearest published
+# rule is FedAdp (Wu & Wang 2021), which passes a smoothed angle through a Gompertz function. The reference
+# direction is FedAvg's own update $r$, and a softmax over the cosines with temperature $T$ reweighs the
+# clients, with $n_k$ as the prior:
+#
+# $$r = \sum_k \frac{n_k}{n} \Delta_k, \qquad c_k = \frac{\langle \Delta_k, r \rangle}{\|\Delta_k\|\, \|r\|}, \qquad a_k = \frac{n_k\, e^{c_k / T}}{\sum_j n_j\, e^{c_j / T}}, \qquad w_{t+1} = w_t + \sum_k a_k \Delta_k$$
+#
+# When every update points the same way ($c_k = 1$) this is FedAvg, and so it is as $T \to \infty$.
+#
+# **Soft clipping**, the presentation's "updates that differ too much are gently ignored". Again the exact
+# rule is this project's (`soft_clip.py`): Huber's (1964) weight $\min(1, s/d)$ around the coordinate-wise
+# median update $\bar\Delta$, with the threshold $s$ set to $c$ times the round's median distance:
+#
+# $$d_k = \|\Delta_k - \bar\Delta\|, \qquad s = c \cdot \mathrm{median}_k\, d_k, \qquad a_k = \frac{n_k \min(1, s / d_k)}{\sum_j n_j \min(1, s / d_j)}, \qquad w_{t+1} = w_t + \sum_k a_k \Delta_k$$
+#
+# An update within $s$ of the median keeps FedAvg's weight; one beyond it keeps the weight $n_k s / d_k$,
+# so however far it lies its pull $a_k d_k$ stays bounded.
+#
+# Below, each rule on the same ten made-up two-dimensional updates: seven clients move roughly one way,
+# three (holding much of the data) the other way. The aggregators are the very objects the runs build
+# (`aggregator_class(name).from_config(cfg)`, with this lesson's settings); the global model is at the
+# origin, so each result is the step $w_{t+1} - w_t$.
+
+# %%
+rng = np.random.default_rng(0)
+toy = np.r_[rng.normal([1.0, 0.5], 0.25, size=(7, 2)), rng.normal([-1.2, 0.9], 0.25, size=(3, 2))]
+toy_n = [40, 60, 30, 50, 70, 45, 55, 150, 120, 130]  # n_k: the three dissenting clients hold more data
+zero = {"w": torch.zeros(2)}
+received = [Received(k, {"w": torch.tensor(u, dtype=torch.float32)}, n) for k, (u, n) in enumerate(zip(toy, toy_n))]
+rules = {"FedAvg": "mean", "median": "median", "trimmed_mean": "trimmed_mean", "cosine": "cosine",
+         "soft_clip": "soft_clip"}
+steps = {name: aggregator_class(agg).from_config(base.replace(**METHODS[name])).aggregate(1, zero, received,
+                                                                                         list(range(10))).state["w"]
+         for name, agg in rules.items()}
+weights = pd.DataFrame({"n_k / n": np.array(toy_n) / sum(toy_n),
+                        "cosine a_k": aggregator_class("cosine").from_config(base.replace(**METHODS["cosine"]))
+                        .weights(zero, received).numpy(),
+                        "soft_clip a_k": aggregator_class("soft_clip").from_config(base.replace(**METHODS["soft_clip"]))
+                        .weights(zero, received).numpy()}, index=pd.Index(range(10), name="client k"))
+weights["direction"] = ["with the majority"] * 7 + ["against"] * 3
+fig = go.Figure(go.Scatter(x=toy[:, 0], y=toy[:, 1], mode="markers", name="client updates Delta_k",
+                           marker=dict(size=[6 + n / 10 for n in toy_n], color="lightgray",
+                                       line=dict(color="gray", width=1)),
+                           text=[f"client {k}, n_k = {n}" for k, n in enumerate(toy_n)]))
+for i, (name, s) in enumerate(steps.items()):
+    fig.add_trace(go.Scatter(x=[0, float(s[0])], y=[0, float(s[1])], mode="lines+markers", name=name,
+                             line=dict(color=plots.COLORS[i], width=3), marker=dict(size=[0, 10])))
+fig.update_layout(title="Ten client updates and each rule's step (marker size: n_k)", xaxis_title="coordinate 1",
+                  yaxis_title="coordinate 2", template="plotly_white", height=440)
+fig.update_yaxes(scaleanchor="x", scaleratio=1)
+fig.show()
+b = int(trim_fraction * len(toy))
+majority = torch.tensor(toy[:7].mean(0), dtype=torch.float32)
+along = {name: float(s @ majority / majority.norm() ** 2) for name, s in steps.items()}  # 1: the majority's mean
+display(pd.DataFrame({name: {"step, coordinate 1": float(s[0]), "step, coordinate 2": float(s[1]),
+                             "step along the majority's mean (1: all of it)": along[name]}
+                      for name, s in steps.items()}).T.round(3))
+share = sum(toy_n[7:]) / sum(toy_n)
+display(Markdown(
+    f"The three dissenting clients hold {share:.0%} of the data. FedAvg's step goes {along['FedAvg']:.2f} of the "
+    f"way along the majority's mean update; the median ({along['median']:.2f}) and the trimmed mean, which drops "
+    f"b = {b} value(s) at each end of every coordinate ({along['trimmed_mean']:.2f}), count clients, not samples. "
+    f"Soft clipping gives {along['soft_clip']:.2f}. The cosine rule gives {along['cosine']:.2f}: its reference "
+    f"direction is FedAvg's own step, so it "
+    + ("favours the clients that already dominate that step." if along["cosine"] < along["FedAvg"] else
+       "moves towards the majority here.")))
+weights.round(3).T
+
+# %% [markdown]
+# ## Held near the global model, and a server with a memory
+#
+# **FedProx** (Li et al. 2020) changes what a client minimizes: its loss $F_k$ plus a proximal term that
+# grows with the distance from the global model $w^t$ it was sent (`prox_mu` is $\mu$; $\mu = 0$ is FedAvg):
+#
+# $$h_k(w) = F_k(w) + \frac{\mu}{2} \|w - w^t\|^2, \qquad \nabla h_k(w) = \nabla F_k(w) + \mu\, (w - w^t)$$
+#
+# **Server optimizers** read FedAvg's aggregate $y_t$ as a pseudo-gradient $\Delta_t = y_t - x_t$ ($x_t$ the
+# global model) and feed it to an optimizer with a memory (Reddi et al. 2021, Algorithm 2; FedAvgM is Hsu et
+# al. 2019). With $\eta$ the server learning rate, $\beta_1$ = `server_momentum`, $\beta_2$ = `server_beta2`
+# and $\tau$ = `server_tau` (left at fl_lib's defaults, printed with the runs), per coordinate and from
+# $m_0 = v_0 = 0$:
+#
+# $$\mathrm{FedAvgM:}\quad m_t = \beta_1 m_{t-1} + \Delta_t, \qquad x_{t+1} = x_t + \eta\, m_t$$
+#
+# $$\mathrm{FedAdam:}\quad m_t = \beta_1 m_{t-1} + (1 - \beta_1) \Delta_t, \qquad v_t = \beta_2 v_{t-1} + (1 - \beta_2) \Delta_t^2, \qquad x_{t+1} = x_t + \eta_t \frac{m_t}{\sqrt{v_t} + \tau}$$
+#
+# $$\mathrm{FedYogi:}\quad v_t = v_{t-1} - (1 - \beta_2)\, \Delta_t^2\, \mathrm{sign}(v_{t-1} - \Delta_t^2), \qquad x_{t+1} = x_t + \eta \frac{m_t}{\sqrt{v_t} + \tau}$$
+#
+# with FedYogi's $m_t$ as FedAdam's. fl_lib computes them as Flower does (`server_opt.py`, tested against
+# Flower's strategies), so FedAdam's rate carries Adam's bias correction,
+# $\eta_t = \eta \sqrt{1 - \beta_2^{t+1}} / (1 - \beta_1^{t+1})$, which tends to $\eta$.
+#
+# *Choosing $\eta$.* FedAvgM's momentum sums the past steps, so a steady update is applied
+# $1 / (1 - \beta_1)$ times over: with $\eta$ = `avgm_server_lr` the long-run step is $\eta / (1 - \beta_1)$
+# times FedAvg's (at $\eta = 1$ the momentum is added in full, Flower's default). FedAdam and FedYogi divide by $\sqrt{v_t}$: when a coordinate's
+# update keeps its sign, $m_t \approx \Delta_t$ and $v_t \approx \Delta_t^2$, so the coordinate moves by about
+# $\eta$ per round whatever the size of its update. $\eta$ must then be of the order of the per-coordinate
+# size of a FedAvg step, far below FedAvg's implicit 1; Reddi et al. tune it on a logarithmic grid.
+# `adaptive_server_lr` is compared with the measured size of a FedAvg step in the large-$E$ section below.
+#
+# The runs: every chosen method on every seed, each cached. The FedAvg runs at the other $E$ of the large-$E$
+# section (first seed) are computed in the same sweep, so that every core stays busy. A run that fails (a
+# method that diverges) is kept as a row with its error, reported below, instead of stopping the lesson.
+
+# %%
+seed0 = seed_list[0]
+e_name = {e: "FedAvg" if e == base.local_epochs else f"FedAvg, E = {e}" for e in epoch_list}
+e_runs = {e_name[e]: {"local_epochs": e} for e in epoch_list if e != base.local_epochs}
+grids = [{"seed": seed_list, "method": {m: METHODS[m] for m in chosen}}]
+if e_runs:
+    grids.append({"seed": seed0, "method": e_runs})
+everything = sweep(base, grids, root=results_dir, workers=workers, errors="keep")
+failed = everything[everything.error.notna()]
+for r in failed.itertuples():
+    print(f"{r.method}, seed {r.seed}: failed ({r.error}); left out of every table below")
+everything = everything[everything.error.isna()].drop(columns="error")
+metrics = everything[everything.method.isin(chosen)].copy()
+metrics["cum_upload_mb"] = metrics.cum_upload_bytes / 1e6
+effective = avgm_server_lr / (1 - server_momentum)
+print(f"{metrics.groupby(['method', 'seed']).ngroups} runs of {num_rounds} rounds ({base.model}, "
+      f"{Path(dataset).stem}, Dirichlet alpha = {alpha:g}); server optimizers: beta_1 = {server_momentum:g}, "
+      f"beta_2 = {base.server_beta2:g}, tau = {base.server_tau:g}; FedAvgM's long-run step: eta / (1 - beta_1) = "
+      f"{effective:g} times FedAvg's")
+
+# %% [markdown]
+# ## Accuracy against rounds and megabytes
+#
+# Mean over the seeds, with a band of one standard deviation. Every method here uploads the same float32
+# model, so a megabyte costs the same in each and the second figure differs from the first only in its
+# axis; it is there for the rounds-to-target table below.
+
+# %%
+plots.lines(metrics, "round", "test_acc", "method", title=f"Test accuracy, Dirichlet alpha = {alpha:g}",
+            ylabel="test accuracy", name="09_accuracy", figures_dir=figures_dir).show()
+plots.lines(metrics, "cum_upload_mb", "test_acc", "method", title="Test accuracy against cumulative upload",
+            xlabel="cumulative upload (MB)", ylabel="test accuracy", name="09_accuracy_vs_mb",
+            figures_dir=figures_dir).show()
+
+# %% [markdown]
+# ### Final accuracy, rounds and megabytes to the target
+#
+# A run's *final accuracy* is its mean test accuracy over its last `final_rounds` evaluated rounds: on a
+# split this skewed the accuracy jumps from round to round, and one round's value would mostly measure the
+# jump. Rounds to `target` are read from the best accuracy so far, interpolated between evaluations as
+# McMahan et al. count them (`measures.time_to_target`); megabytes likewise. Means and standard deviations
+# are over the seeds (for the target, over the seeds that reached it).
+
+# %%
+per_run = []
+for (method, seed), m in metrics.groupby(["method", "seed"], sort=False):
+    evaluated = m.dropna(subset=["test_acc"])
+    per_run.append({"method": method, "seed": seed, "final_acc": evaluated.test_acc.tail(final_rounds).mean(),
+                    "rounds": time_to_target(m, target, x="round"),
+                    "MB": time_to_target(m, target, x="cum_upload_mb")})
+per_run = pd.DataFrame(per_run).astype({"rounds": float, "MB": float})
+summary = per_run.groupby("method", sort=False).agg(
+    final_acc=("final_acc", "mean"), final_acc_std=("final_acc", "std"),
+    reached=("rounds", lambda x: f"{x.notna().sum()} of {len(x)}"),
+    rounds_to_target=("rounds", "mean"), rounds_std=("rounds", "std"), MB_to_target=("MB", "mean"))
+display(Markdown(f"**Final accuracy** (last {final_rounds} round(s)) **and the way to {target:g}**, "
+                 f"{len(seed_list)} seed(s):"))
+summary.round(4)
+
+# %% [markdown]
+# ### The verdict, paired by seed
+#
+# For method $m$ and seed $s$, the paired difference to FedAvg is
+# $d_s = \mathrm{acc}_s^{m} - \mathrm{acc}_s^{\mathrm{FedAvg}}$ (final accuracies as above, same seed, so the
+# same start, split and batches). Over the $S$ seeds its mean $\bar d$ and sample standard deviation $s_d$:
+#
+# $$\bar d = \frac{1}{S} \sum_s d_s, \qquad s_d = \sqrt{\frac{1}{S - 1} \sum_s (d_s - \bar d)^2}$$
+#
+# The rule (`measures.paired_verdicts`): **helps** if $\bar d > s_d$, **hurts** if $\bar d < -s_d$, **no
+# difference** otherwise; with one seed there is no spread and no verdict. It is a rule of thumb for a
+# lesson, not a significance test: with two seeds $s_d$ rests on a single degree of freedom, and a real claim
+# needs more seeds and rounds.
+
+# %%
+verdicts = paired_verdicts(per_run, "FedAvg", "final_acc", by="method")
+verdicts.round(4)
+
+# %% [markdown]
+# ## The large-$E$ limit: client drift
+#
+# McMahan et al. raise $E$ to cut communication: more local work per round, fewer rounds. The presentation
+# lists the cost: with a large $E$ a client over-fits its own data. Here FedAvg runs at each $E$ of
+# `epoch_values` on the same split (the first seed only, computed with the methods above; a run at $E$
+# trains $E$ times as long per round).
+#
+# What the runs record shows the symptom: `train_loss` is the clients' mean loss on their own data during
+# local training, `test_loss` the global model's loss on the test set; a client that fits its own classes
+# better and better while the global model does not improve is drifting.
+#
+# To measure the drift itself, every client trains once more, at each $E$, from **one common model** (the
+# last stored global model of the FedAvg run at the base config's $E$), and its update $\Delta_k$ is kept
+# (`measures.client_updates`; nothing is aggregated or stored). With $p_k = n_k / n$ and FedAvg's step
+# $\Delta = \sum_k p_k \Delta_k$ over the $d$ parameters (`measures.drift_stats`):
+#
+# $$\mathrm{update\ norm} = \sum_k p_k \|\Delta_k\|, \qquad \mathrm{agreement} = \frac{\|\Delta\|}{\sum_k p_k \|\Delta_k\|}, \qquad \mathrm{spread} = \sum_k p_k \|\Delta_k - \Delta\|, \qquad \mathrm{rms} = \frac{\|\Delta\|}{\sqrt{d}}$$
+#
+# Agreement lies between 0 and 1: 1 when all clients move the same way, near 0 when their walks cancel. Two
+# effects pull it in opposite directions as $E$ grows. Minibatch noise, which makes a short walk partly
+# random, averages out over a longer one and raises the agreement; the walk towards each client's own
+# optimum, the drift, lowers it. Which one wins at these $E$ is measured, not assumed. The spread grows with
+# $E$ in either case; what drift adds is spread that FedAvg's step does not gain.
+
+# %%
+by_epochs = everything[(everything.seed == seed0) & everything.method.isin(e_name.values())].copy()
+by_epochs["local_epochs"] = by_epochs.method.map({name: e for e, name in e_name.items()})
+by_epochs["label"] = [f"E = {e}" for e in by_epochs.local_epochs]
+by_epochs["generalization gap"] = by_epochs.test_loss - by_epochs.train_loss
+for y, title, name in (("test_acc", "Test accuracy", "09_epochs_accuracy"),
+                       ("train_loss", "Clients' training loss (their own data)", "09_epochs_train_loss"),
+                       ("generalization gap", "Test loss minus clients' training loss", "09_epochs_gap")):
+    plots.lines(by_epochs, "round", y, "label", title=f"{title}, FedAvg at each E (seed {seed0})", ylabel=y,
+                name=name, figures_dir=figures_dir).show()
+by_e = by_epochs.dropna(subset=["test_acc"]).groupby("local_epochs").agg(
+    final_acc=("test_acc", lambda x: x.tail(final_rounds).mean()),
+    final_train_loss=("train_loss", lambda x: x.tail(final_rounds).mean()),
+    final_test_loss=("test_loss", lambda x: x.tail(final_rounds).mean()),
+    best_acc=("test_acc", "max"))
+by_e["gap"] = by_e.final_test_loss - by_e.final_train_loss
+by_e["local epochs in all"] = [e * num_rounds for e in by_e.index]
+by_e.round(4)
+
+# %%
+start_round, start = stored_model(base.replace(seed=seed0), results_dir)
+data0 = load_dataset(dataset, data_root, seed=seed0)
+drift, updates_at = {}, {}
+for e in sorted(epoch_list):
+    updates_at[e], sizes, losses = client_updates(base.replace(seed=seed0, local_epochs=e), start, start_round + 1,
+                                                  data=data0)
+    drift[e] = drift_stats(updates_at[e], sizes) | {"train_loss": float(np.mean(losses))}
+drift = pd.DataFrame(drift).T.rename_axis("local_epochs")
+display(Markdown(f"Client drift from the FedAvg model of round {start_round} (E = {base.local_epochs}, seed "
+                 f"{seed0}), every client training as in round {start_round + 1}:"))
+drift.round(5)
+
+# %% [markdown]
+# The same updates show what the two rules of the presentation do on real clients rather than toy ones. At
+# the base $E$, below: each client's share $n_k / n$, its cosine weight $a_k$ and soft-clipping weight
+# $a_k$ (computed by `cosine_weights` and `soft_clip_weights`, the functions the aggregators call), and its
+# distance to the median update in units of the median distance, $d_k / \mathrm{median}_j\, d_j$: soft
+# clipping down-weights exactly the clients beyond `soft_clip`.
+
+# %%
+e_rule = base.local_epochs if base.local_epochs in updates_at else min(updates_at)
+U = updates_at[e_rule]
+distance = torch.linalg.vector_norm(U - middle(U), dim=1)
+real_weights = pd.DataFrame({"n_k / n": np.array(sizes) / sum(sizes),
+                             "cosine a_k": cosine_weights(U, sizes, cosine_temperature).numpy(),
+                             "soft_clip a_k": soft_clip_weights(U, sizes, soft_clip).numpy(),
+                             "d_k / median d": (distance / middle(distance)).numpy()},
+                            index=pd.Index(range(len(sizes)), name="client k"))
+clipped = int((real_weights["d_k / median d"] > soft_clip).sum())
+moved = (real_weights["cosine a_k"] - real_weights["n_k / n"]).abs().sum() / 2
+display(Markdown(f"At E = {e_rule}, soft clipping (c = {soft_clip:g}) down-weights {clipped} of {len(sizes)} "
+                 f"clients (the farthest lies {real_weights['d_k / median d'].max():.2f} median distances from the "
+                 f"median update); the cosine weights move {moved:.1%} of the total weight away from FedAvg's "
+                 f"n_k / n."))
+real_weights.round(3).T
+
+# %% [markdown]
+# ## A widget: overlay the methods you choose
+#
+# Tick the methods to compare and pick the metric; the curves are the runs above, mean over the seeds with
+# a band of one standard deviation. It only redraws what is cached: nothing is trained.
+
+# %% tags=["widget"]
+explorer = CurveExplorer(metrics, hue="method", chosen=chosen[:3])
+explorer
+
+# %% [markdown]
+# ## In short
+#
+# Every sentence below is written from the runs above.
+
+# %%
+def fmt(mean, std):
+    return f"{mean:.4f}" + ("" if pd.isna(std) else f" ± {std:.4f}")
+
+
+ref = summary.loc["FedAvg"]
+text = [f"**Setup.** {base.model} on {Path(dataset).stem}, {num_clients} clients, Dirichlet alpha = {alpha:g}, "
+        f"{num_rounds} rounds, {len(seed_list)} seed(s); final accuracy = mean test accuracy of the last "
+        f"{final_rounds} round(s). FedAvg ended at {fmt(ref.final_acc, ref.final_acc_std)} and reached "
+        f"{target:g} in {ref.reached} seed(s)."]
+lines_out = []
+for m, row in verdicts.iterrows():
+    s = summary.loc[m]
+    per_seed = ", ".join(f"{v:+.4f}" for v in row[[c for c in verdicts.columns if c.startswith("seed ")]].dropna())
+    lines_out.append(f"* **{m}**: final accuracy {fmt(s.final_acc, s.final_acc_std)}; paired difference to FedAvg "
+                     f"{row['mean']:+.4f}" + ("" if pd.isna(row['std']) else f" (std {row['std']:.4f})")
+                     + f", per seed {per_seed}: **{row.verdict}**; reached {target:g} in {s.reached} seed(s)"
+                     + ("" if pd.isna(s.rounds_to_target) else f", in {s.rounds_to_target:.1f} rounds "
+                        f"({s.MB_to_target:.1f} MB) on average") + ".")
+if failed.size:
+    lines_out.append(f"* Failed runs, left out: {', '.join(sorted(set(failed.method)))}.")
+text.append("**Against FedAvg, paired by seed** (helps: mean difference above its std; hurts: below minus its "
+            "std):\n\n" + "\n".join(lines_out))
+counts = verdicts.verdict.value_counts()
+text.append("In this run " + ", ".join(f"{counts.get(v, 0)} method(s) {v}" for v in
+                                       ("helps", "no difference", "hurts")) + "; "
+            + ("no method helped" if counts.get("helps", 0) == 0 else
+               "helped: " + ", ".join(verdicts.index[verdicts.verdict == "helps"])) + ".")
+def every_step(values, rising=True) -> bool:
+    """Whether a sequence rises (or falls) from each entry to the next."""
+    steps = np.diff(np.asarray(values, dtype=float))
+    return bool(np.all(steps > 0) if rising else np.all(steps < 0))
+
+
+ordered = drift.loc[sorted(drift.index)]
+gaps = by_e.sort_index().gap
+large_e = (f"**Large E** (seed {seed0}): final accuracy "
+           + ", ".join(f"{by_e.loc[e, 'final_acc']:.4f} at E = {e}" for e in by_e.index)
+           + "; clients' training loss " + ", ".join(f"{by_e.loc[e, 'final_train_loss']:.3f}" for e in by_e.index)
+           + ", test loss minus training loss " + ", ".join(f"{by_e.loc[e, 'gap']:+.3f}" for e in by_e.index) + ".")
+if len(ordered) < 2:
+    large_e += " With a single E there is nothing to compare."
+else:
+    lo, hi = ordered.index[0], ordered.index[-1]
+    agreement = ordered.agreement
+    trend = ("rises with every larger E: at these E the averaging out of minibatch noise outweighs the drift"
+             if every_step(agreement) else
+             "falls with every larger E: at these E the clients' walks part faster than their noise averages out"
+             if every_step(agreement, rising=False) else "neither rises nor falls with every larger E")
+    large_e += (f" The gap between the global model's test loss and the clients' own training loss grows with every "
+                f"larger E: **{'holds' if every_step(gaps) else 'does not hold'}** in this run. From one common "
+                f"model the spread of the clients' updates goes from {ordered.loc[lo, 'spread']:.3g} at E = {lo} to "
+                f"{ordered.loc[hi, 'spread']:.3g} at E = {hi}, and their agreement from {agreement[lo]:.3f} to "
+                f"{agreement[hi]:.3f}: it {trend}.")
+text.append(large_e)
+text.append(f"**Soft clipping and cosine weights on real updates** (E = {e_rule}, that model): soft clipping "
+            f"down-weighted {clipped} of {len(sizes)} clients"
+            + (", so there it was FedAvg exactly" if clipped == 0 else "")
+            + f"; the cosine weights moved {moved:.1%} of the weight away from n_k / n.")
+if base.local_epochs in drift.index:
+    rms = drift.loc[base.local_epochs, "rms_update"]
+    text.append(f"**The server rates.** From that model a FedAvg round (E = {base.local_epochs}) moves a coordinate "
+                f"by {rms:.2g} (root mean square). FedAdam and FedYogi at eta = {adaptive_server_lr:g} move a "
+                f"coordinate whose update keeps its sign by about {adaptive_server_lr / rms:.2g} times that, and less "
+                f"where the sign flips from round to round; FedAvgM's long-run step is {effective:g} times FedAvg's.")
+display(Markdown("### In short\n\n" + "\n\n".join(text)))
