@@ -29,6 +29,15 @@ class Aggregate:
     errors: list[float] | None = None
 
 
+def needs_single_uploads(secure_sum_reason: str) -> dict[str, str]:
+    """The conflicts of an aggregator that reads each client's upload (median, trimmed mean, cosine,
+    soft clip): the private sums show the server only a sum, and FedBuff applies its own buffer."""
+    return {"secure-sum": secure_sum_reason,
+            "dp-secure-sum": "the server only learns the noised sum of masked uploads (use aggregator='mean')",
+            "dp-mean": "DP-FedAvg's noise is calibrated to the sum of clipped updates (use aggregator='mean')",
+            "buffer": "FedBuff's server applies its staleness-weighted buffer (use aggregator='mean')"}
+
+
 class Aggregator(Stage):
     """The server's rule: the round's received uploads (and the global model) -> the next global model.
 

@@ -38,7 +38,7 @@ import torch
 
 from ..errors import ConfigError
 from ..stages import weights_to_update
-from .base import Aggregate, Aggregator
+from .base import Aggregate, Aggregator, needs_single_uploads
 from .mean import aggregate as weighted_mean
 
 
@@ -80,11 +80,8 @@ class CosineAggregator(Aggregator):
     name = "cosine"
     settings = ("cosine_temperature",)
     requested_by = "aggregator='cosine'"
-    conflicts = {"secure-sum": "the server only learns the sum of masked uploads, not the single updates whose "
-                               "directions it weighs (use aggregator='mean')",
-                 "dp-secure-sum": "the server only learns the noised sum of masked uploads (use aggregator='mean')",
-                 "dp-mean": "DP-FedAvg's noise is calibrated to the sum of clipped updates (use aggregator='mean')",
-                 "buffer": "FedBuff's server applies its staleness-weighted buffer (use aggregator='mean')"}
+    conflicts = needs_single_uploads("the server only learns the sum of masked uploads, not the single updates whose "
+                               "directions it weighs (use aggregator='mean')")
 
     def __init__(self, temperature: float = 1.0, gradients: bool = False):
         if not temperature > 0:

@@ -10,22 +10,30 @@ from __future__ import annotations
 
 import torch
 
-from .base import Aggregate, Aggregator
+from .base import Aggregate, Aggregator, needs_single_uploads
 
 
-def coordinate_median(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def per_coordinate(states: list[dict[str, torch.Tensor]], reduce, what: str) -> dict[str, torch.Tensor]:
+    """`reduce` of each float tensor's values sorted along the clients (dim 0, float32); integer buffers
+    come from the first state. The sorting shared by the median and the trimmed mean."""
     if not states:
-        raise ValueError("coordinate_median needs at least one state")
+        raise ValueError(f"{what} needs at least one state")
     out = {}
     for name, first in states[0].items():
         if not first.is_floating_point():
             out[name] = first.clone()
             continue
         ordered = torch.stack([s[name].to(first.device, torch.float32) for s in states]).sort(dim=0).values
-        n = len(states)
-        middle = ordered[(n - 1) // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
-        out[name] = middle.to(first.dtype)
+        out[name] = reduce(ordered).to(first.dtype)
     return out
+
+
+def coordinate_median(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    n = len(states)
+
+    def middle(ordered):
+        return ordered[(n - 1) // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    return per_coordinate(states, middle, "coordinate_median")
 
 
 class MedianAggregator(Aggregator):
@@ -33,11 +41,8 @@ class MedianAggregator(Aggregator):
 
     name = "median"
     requested_by = "aggregator='median'"
-    conflicts = {"secure-sum": "the server only learns the sum of masked uploads, not the values a median needs "
-                               "(use aggregator='mean')",
-                 "dp-secure-sum": "the server only learns the noised sum of masked uploads (use aggregator='mean')",
-                 "dp-mean": "DP-FedAvg's noise is calibrated to the sum of clipped updates (use aggregator='mean')",
-                 "buffer": "FedBuff's server applies its staleness-weighted buffer (use aggregator='mean')"}
+    conflicts = needs_single_uploads("the server only learns the sum of masked uploads, not the values a median needs "
+                               "(use aggregator='mean')")
 
     def aggregate(self, t, global_state, received, cohort):
         return Aggregate(coordinate_median([r.values for r in received]))

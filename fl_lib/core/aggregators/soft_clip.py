@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .base import Aggregate, Aggregator
+from .base import Aggregate, Aggregator, needs_single_uploads
 from .cosine import flat_updates
 from .mean import aggregate as weighted_mean
 
@@ -69,11 +69,8 @@ class SoftClipAggregator(Aggregator):
     name = "soft_clip"
     settings = ("soft_clip",)
     requested_by = "aggregator='soft_clip'"
-    conflicts = {"secure-sum": "the server only learns the sum of masked uploads, not the single updates whose "
-                               "distances it weighs (use aggregator='mean')",
-                 "dp-secure-sum": "the server only learns the noised sum of masked uploads (use aggregator='mean')",
-                 "dp-mean": "DP-FedAvg's noise is calibrated to the sum of clipped updates (use aggregator='mean')",
-                 "buffer": "FedBuff's server applies its staleness-weighted buffer (use aggregator='mean')"}
+    conflicts = needs_single_uploads("the server only learns the sum of masked uploads, not the single updates whose "
+                               "distances it weighs (use aggregator='mean')")
 
     def __init__(self, soft_clip: float = 2.0, gradients: bool = False):
         if not soft_clip > 0:

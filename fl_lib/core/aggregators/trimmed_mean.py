@@ -21,23 +21,15 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .base import Aggregate, Aggregator
+from .base import Aggregate, Aggregator, needs_single_uploads
+from .median import per_coordinate
 
 
 def trimmed_mean(states: list[dict[str, torch.Tensor]], beta: float) -> dict[str, torch.Tensor]:
     """Per coordinate, the mean of `states` without their int(beta n) largest and int(beta n) smallest values."""
-    if not states:
-        raise ValueError("trimmed_mean needs at least one state")
     n = len(states)
     cut = int(beta * n)  # floor, as Flower's and scipy's trim_mean; < n / 2 since beta < 0.5
-    out = {}
-    for name, first in states[0].items():
-        if not first.is_floating_point():
-            out[name] = first.clone()
-            continue
-        ordered = torch.stack([s[name].to(first.device, torch.float32) for s in states]).sort(dim=0).values
-        out[name] = ordered[cut:n - cut].mean(dim=0).to(first.dtype)
-    return out
+    return per_coordinate(states, lambda ordered: ordered[cut:n - cut].mean(dim=0), "trimmed_mean")
 
 
 class TrimmedMeanAggregator(Aggregator):
@@ -46,11 +38,8 @@ class TrimmedMeanAggregator(Aggregator):
     name = "trimmed_mean"
     settings = ("trim_fraction",)
     requested_by = "aggregator='trimmed_mean'"
-    conflicts = {"secure-sum": "the server only learns the sum of masked uploads, not the values a trimmed mean "
-                               "sorts (use aggregator='mean')",
-                 "dp-secure-sum": "the server only learns the noised sum of masked uploads (use aggregator='mean')",
-                 "dp-mean": "DP-FedAvg's noise is calibrated to the sum of clipped updates (use aggregator='mean')",
-                 "buffer": "FedBuff's server applies its staleness-weighted buffer (use aggregator='mean')"}
+    conflicts = needs_single_uploads("the server only learns the sum of masked uploads, not the values a trimmed mean "
+                               "sorts (use aggregator='mean')")
 
     def __init__(self, beta: float = 0.1):
         if not 0.0 <= beta < 0.5:
