@@ -36,7 +36,7 @@
 # the default 0.1 most clients hold a few classes), in runs paired by seed: for a given seed every method
 # starts from the same model, partition, sampled clients and batches, so the difference between a method
 # and FedAvg on the same seed is the method's doing. Then it runs FedAvg at growing $E$ and measures the
-# client drift directly.
+# client drift directly, and schedules $E$ over the rounds against a fixed $E$ at equal client compute.
 
 # %% tags=["parameters"]
 preset: str = "quick"  # starting config: quick (small CNN, 1 local epoch) or paper (SqueezeNet 1.0, 5 epochs)
@@ -45,7 +45,7 @@ data_root: str = ""  # where datasets are downloaded and built; empty: the proje
 num_rounds: int = 20  # communication rounds of every run
 num_clients: int = 10  # K, clients, all sampled every round
 alpha: float = 0.1  # Dirichlet concentration of the label split (0.1: most clients hold a few classes)
-methods: str = "FedAvg,FedProx,FedAvgM,FedAdam,FedYogi,median,trimmed_mean,cosine,soft_clip"  # comma-separated methods to run; FedAvg, the reference, always runs
+methods: str = "FedAvg,FedProx,SCAFFOLD,FedAvgM,FedAdam,FedYogi,median,trimmed_mean,cosine,soft_clip"  # comma-separated methods to run; FedAvg, the reference, always runs
 prox_mu: float = 0.01  # mu of FedProx's proximal term (Li et al. pick it from 0.001, 0.01, 0.1 and 1)
 server_momentum: float = 0.9  # beta_1, the server's momentum in FedAvgM, FedAdam and FedYogi
 avgm_server_lr: float = 1.0  # eta of FedAvgM (1: the server adds the momentum in full, as Flower's default)
@@ -56,6 +56,16 @@ soft_clip: float = 2.0  # c of soft clipping: updates beyond c times the median 
 target: float = 0.3  # test accuracy whose rounds and megabytes to reach are tabled
 final_rounds: int = 3  # final accuracy of a run: its mean test accuracy over its last final_rounds rounds
 epoch_values: str = "1,5,20"  # E values, comma-separated, of the FedAvg runs of the large-E section (first seed)
+schedules: str = "decay,loss"  # epoch schedules of the adaptive-computation section (decay, loss), comma-separated
+schedule_epochs: int = 4  # E_1, the local epochs the schedules start from
+epoch_halving: int = 5  # h of the decay schedule: rounds between two halvings of E
+epoch_min_drop: float = 0.01  # theta of the loss schedule: relative drop of the training loss below which E halves
+cfl_rounds: int = 20  # rounds of each of the clustered-FL section's two runs (CFL, and one global model)
+cfl_model: str = "2nn"  # model of the clustered-FL section (2nn: a small MLP, fast enough for the section's budget)
+cfl_images: int = 5000  # training images of the clustered-FL section (the dataset's first; 0: all), test: a fifth
+cfl_eps1: float = 0.35  # eps_1: a cluster may split once the norm of its weighted mean update is below this
+cfl_eps2: float = 0.7  # eps_2: ... and the norm of its largest client update is above this
+cfl_min_rounds: int = 5  # rounds of plain FedAvg before the first split is allowed
 seeds: str = "0,1"  # comma-separated seeds; runs repeat for each (the lesson says which use the first only)
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
@@ -69,7 +79,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from IPython.display import Markdown, display
+from IPython.display import Image, Markdown, display
 
 from fl_lib.core import config
 from fl_lib.core.aggregators.base import Received
@@ -77,16 +87,19 @@ from fl_lib.core.aggregators.cosine import cosine_weights
 from fl_lib.core.aggregators.registry import aggregator_class
 from fl_lib.core.aggregators.soft_clip import middle, soft_clip_weights
 from fl_lib.core.config import parse_list, parse_seeds
-from fl_lib.core.data import load_dataset
+from fl_lib.core.clustering import same_partition
+from fl_lib.core.data import head, load_dataset
 from fl_lib.core.errors import ConfigError
+from fl_lib.core.schedule import epochs_per_round
 from fl_lib.simulator.build import stage_classes
+from fl_lib.simulator.clustered import run_clustered
 from fl_lib.study import lesson
 from fl_lib.study import plots
 from fl_lib.study.measures import client_updates, drift_stats, paired_verdicts, stored_model, time_to_target
 from fl_lib.study.sweep import sweep
 from fl_lib.study.widgets import CurveExplorer
 
-lesson.setup("mcmahan", "hsu", "fedprox", "reddi", "yin", "scaffold", "huber", "fedadp")
+lesson.setup("mcmahan", "hsu", "fedprox", "reddi", "yin", "scaffold", "huber", "fedadp", "sattler")
 data_root = lesson.folder("data_root", data_root)
 results_dir = lesson.folder("results_dir", results_dir)
 figures_dir = lesson.folder("figures_dir", figures_dir)
@@ -98,6 +111,7 @@ base = config.preset(preset, dataset=dataset, data_root=data_root, num_rounds=nu
 METHODS = {  # each method is FedAvg's config with these fields changed
     "FedAvg": {},
     "FedProx": {"prox_mu": prox_mu},
+    "SCAFFOLD": {"scaffold": True},
     "FedAvgM": {"server_opt": "avgm", "server_lr": avgm_server_lr, "server_momentum": server_momentum},
     "FedAdam": {"server_opt": "adam", "server_lr": adaptive_server_lr, "server_momentum": server_momentum},
     "FedYogi": {"server_opt": "yogi", "server_lr": adaptive_server_lr, "server_momentum": server_momentum},
@@ -216,6 +230,17 @@ weights.round(3).T
 # grows with the distance from the global model $w^t$ it was sent (`prox_mu` is $\mu$; $\mu = 0$ is FedAvg):
 #
 # $$h_k(w) = F_k(w) + \frac{\mu}{2} \|w - w^t\|^2, \qquad \nabla h_k(w) = \nabla F_k(w) + \mu\, (w - w^t)$$
+#
+# **SCAFFOLD** (Karimireddy et al. 2020, Algorithm 1, option II) corrects each local step instead: the server
+# keeps a control variate $c$, each client its own $c_k$ (both zero at the start, so the first round is
+# FedAvg's), and $c - c_k$ estimates how the global gradient differs from client $k$'s. From $y = x$ (the
+# global model), with $K_k$ local steps of rate $\eta_l$ (`lr`), $N$ clients and $S$ those of the round:
+#
+# $$y \leftarrow y - \eta_l \left(g_k(y) - c_k + c\right), \qquad c_k^+ = c_k - c + \frac{x - y}{K_k\, \eta_l}, \qquad x \leftarrow x + \sum_{k \in S} \frac{n_k}{n} (y_k - x), \qquad c \leftarrow c + \frac{1}{N} \sum_{k \in S} (c_k^+ - c_k)$$
+#
+# The model step is FedAvg's $n_k / n$ mean (the paper's is the plain mean). Each client sends
+# $\Delta c_k = c_k^+ - c_k$ beside its model at the same width and receives $c$ beside the model, so its
+# traffic is twice FedAvg's (`fl_lib/core/scaffold.py`).
 #
 # **Server optimizers** read FedAvg's aggregate $y_t$ as a pseudo-gradient $\Delta_t = y_t - x_t$ ($x_t$ the
 # global model) and feed it to an optimizer with a memory (Reddi et al. 2021, Algorithm 2; FedAvgM is Hsu et
@@ -404,6 +429,160 @@ display(Markdown(f"At E = {e_rule}, soft clipping (c = {soft_clip:g}) down-weigh
 real_weights.round(3).T
 
 # %% [markdown]
+# ## Adaptive local computation
+#
+# The presentation proposes to schedule the local work instead of fixing it: many local epochs early, while
+# the clients' updates still agree and local steps are cheap progress, few later, when extra epochs mostly
+# pull each client towards its own data; or less local work once the training loss stops falling.
+# `epoch_schedule` (`fl_lib/core/schedule.py`) gives the local epochs $E_t$ of round $t$, starting from
+# $E_1$ = `schedule_epochs`, with $h$ = `epoch_halving`, $\theta$ = `epoch_min_drop` and $L_t$ the round's
+# recorded `train_loss`:
+#
+# $$\mathrm{decay:}\quad E_t = \max\Big(1, \Big\lfloor \frac{E_1}{2^{\lfloor (t - 1) / h \rfloor}} \Big\rfloor\Big)$$
+#
+# $$\mathrm{loss:}\quad E_{t+1} = \begin{cases} \max(1, \lfloor E_t / 2 \rfloor) & \text{if } E_{t-1} = E_t \text{ and } (L_{t-1} - L_t) / L_{t-1} < \theta \\ E_t & \text{otherwise (and } E_2 = E_1) \end{cases}$$
+#
+# The loss rule compares two rounds at the same $E$ only: a round's loss is the mean over its local epochs,
+# so right after $E$ halves it is higher whatever the model does. Both rules depend only on $t$ and the
+# recorded metrics, so `epochs_per_round` replays $E_t$ from a run's `train_loss` column.
+#
+# Every client trains in every round here, so round $t$ costs $E_t\, n$ sample passes ($n$ training samples)
+# and the client compute up to round $T$ is $n \sum_{t \le T} E_t$. The fair reference spends the same
+# compute at a fixed $E$: FedAvg at the base config's $E$ (the runs above, same seeds), run for
+#
+# $$R = \Big\lceil \frac{1}{E} \sum_{t=1}^{T} E_t \Big\rceil$$
+#
+# rounds, exactly the schedule's compute when $E$ divides the sum (the table prints both). The two runs
+# spend the same compute in $T$ and $R$ rounds, so they also differ in communication: a schedule that mostly
+# trains above $E$ needs fewer rounds. The verdict is the paired rule above, on the final accuracy (mean over
+# the last `final_rounds` rounds) of two runs that end at equal compute. The schedules run on every seed.
+
+# %%
+SCHEDULES = {"decay": {"epoch_halving": epoch_halving}, "loss": {"epoch_min_drop": epoch_min_drop}}
+asked_schedules = parse_list(schedules, str)
+unknown = [s for s in asked_schedules if s not in SCHEDULES]
+if unknown:
+    raise ConfigError(f"schedules={schedules!r}: {unknown[0]!r} is not an epoch schedule; choose from "
+                      f"{', '.join(SCHEDULES)}")
+schedule_changes = {s: {"local_epochs": schedule_epochs, "epoch_schedule": s, **SCHEDULES[s]} for s in asked_schedules}
+scheduled = sweep(base, [{"seed": seed_list, "schedule": schedule_changes}], root=results_dir, workers=workers)
+n_train = len(data0.y_train)  # every client trains every round (C = 1): a round at E_t costs E_t n sample passes
+E = base.local_epochs
+plans = {}  # (schedule, seed) -> E_t of each round, their sum, and R, the rounds of fixed E with that compute
+for s in asked_schedules:
+    for seed in seed_list:
+        m = scheduled[(scheduled.schedule == s) & (scheduled.seed == seed)]
+        e_t = epochs_per_round(base.replace(**schedule_changes[s]), m.train_loss)
+        plans[s, seed] = {"E_t": e_t, "total": sum(e_t), "R": -(-sum(e_t) // E)}  # R = ceil(sum E_t / E)
+fixed = sweep(base.replace(num_rounds=max(p["R"] for p in plans.values())), {"seed": seed_list}, root=results_dir,
+              workers=workers)
+fixed_label = f"fixed E = {E}"
+
+
+def final_acc(m) -> float:
+    """Mean test accuracy of the last final_rounds evaluated rounds of one run's rows."""
+    return m.dropna(subset=["test_acc"]).test_acc.tail(final_rounds).mean()
+
+
+curves, compared, table = [], [], []
+for (s, seed), p in plans.items():
+    m = scheduled[(scheduled.schedule == s) & (scheduled.seed == seed)]
+    f = fixed[(fixed.seed == seed) & (fixed["round"] <= p["R"])]  # the fixed run up to equal compute
+    curves.append(m.assign(run=f"{s}, seed {seed}", compute=np.cumsum(p["E_t"]) * n_train))
+    compared += [{"schedule": s, "method": s, "seed": seed, "final_acc": final_acc(m)},
+                 {"schedule": s, "method": fixed_label, "seed": seed, "final_acc": final_acc(f)}]
+    table.append({"schedule": s, "seed": seed, "E_t, round by round": " ".join(map(str, p["E_t"])),
+                  "rounds T": len(p["E_t"]), "compute / n": p["total"], "fixed rounds R": p["R"],
+                  "fixed compute / n": p["R"] * E, "final_acc, schedule": final_acc(m),
+                  f"final_acc, {fixed_label}": final_acc(f)})
+for seed in seed_list:
+    f = fixed[fixed.seed == seed]
+    curves.append(f.assign(run=f"{fixed_label}, seed {seed}", compute=f["round"] * E * n_train))
+plots.lines(pd.concat(curves, ignore_index=True), "compute", "test_acc", "run",
+            title="Test accuracy against cumulative client compute, one line per run",
+            xlabel="cumulative client compute (local epochs x samples)", ylabel="test accuracy",
+            name="09_schedule_compute", figures_dir=figures_dir).show()
+table = pd.DataFrame(table).set_index(["schedule", "seed"])
+table.round(4)
+
+# %%
+compared = pd.DataFrame(compared)
+schedule_verdicts = pd.concat([paired_verdicts(compared[compared.schedule == s], fixed_label, "final_acc",
+                                               by="method") for s in asked_schedules])
+unequal = table[table["fixed compute / n"] != table["compute / n"]]
+parts = []
+for s, row in schedule_verdicts.iterrows():
+    p = plans[s, seed0]
+    parts.append(f"**{s}** (seed {seed0}: E_t = {' '.join(map(str, p['E_t']))}, {len(p['E_t'])} rounds where "
+                 f"{fixed_label} needs {p['R']} for the same compute): paired difference in final accuracy "
+                 f"{row['mean']:+.4f}" + ("" if pd.isna(row["std"]) else f" (std {row['std']:.4f})")
+                 + f", **{row.verdict}**")
+schedule_text = (f"**Adaptive local computation** against FedAvg at {fixed_label} with equal client compute: "
+                 + "; ".join(parts) + "."
+                 + ("" if unequal.empty else f" In {len(unequal)} run(s) E = {E} does not divide the schedule's "
+                    f"compute, and the fixed run got up to {E - 1} epoch(s) x n more."))
+display(Markdown(schedule_text))
+schedule_verdicts.round(4)
+
+# %% [markdown]
+# ## Clustered FL: when one model cannot fit everyone
+#
+# Every remedy above still looks for one global model. Sattler, Müller and Samek (2020) ask first whether one
+# model can serve every client at all, and take as their example clients that label the same images
+# differently. Here client $k$ belongs to group $g = k \bmod 2$, and group 1 relabels every label $y$ as
+# $y \oplus 1$ (exclusive or): on CIFAR-10 airplane and automobile trade places, and so do bird and cat, deer
+# and dog, frog and horse, ship and truck (`fl_lib/core/label_swap.py`). One model can at best learn the pair
+# and guess within it; a model per group can be right everywhere.
+#
+# Clustered FL runs FedAvg inside every cluster $c$ (at first one cluster of all clients): client $k$ trains
+# from the cluster's model $w_c$ and sends $\Delta_k = w_k - w_c$. When FedAvg has nearly stopped moving the
+# cluster's model while some client still wants to move it far, no single model fits the cluster, and it is
+# split in two (Algorithm 1; `fl_lib/core/clustering.py`), with $n_c = \sum_{k \in c} n_k$:
+#
+# $$\Big\| \sum_{k \in c} \frac{n_k}{n_c} \Delta_k \Big\| < \varepsilon_1 \qquad \text{and} \qquad \max_{k \in c} \|\Delta_k\| > \varepsilon_2$$
+#
+# The two parts are the ones whose updates agree least across the cut, by the cosine similarity $\alpha_{ij}$
+# of two clients' updates:
+#
+# $$\alpha_{ij} = \frac{\langle \Delta_i, \Delta_j \rangle}{\|\Delta_i\|\, \|\Delta_j\|}, \qquad c_1, c_2 = \arg\min_{c_1 \cup c_2 = c}\; \max_{i \in c_1,\, j \in c_2} \alpha_{ij}$$
+#
+# The minimizer is single linkage's split of the distances $1 - \alpha_{ij}$ into two clusters, which scipy
+# computes (the authors' code uses complete linkage, a heuristic for the same goal). Each part then takes the
+# $n_k$-weighted mean of its own clients' models, trains on, and may split again.
+#
+# The section runs `cfl_model` on the first `cfl_images` training images (and a fifth as many test images),
+# split IID over the `num_clients` clients so that the labelling is the only difference between them, every
+# client in every round, for `cfl_rounds` rounds (`fl_lib/simulator/clustered.py`). No split is allowed before
+# round `cfl_min_rounds` + 1. A second run with $\varepsilon_1 = 0$ never splits: it is FedAvg on the same
+# population, identical to the clustered run up to its first split. A client's accuracy is that of its
+# cluster's model on the test images as the client's group labels them; the runs report the mean over clients.
+
+# %%
+cfl_data = head(data0, cfl_images, cfl_images // 5)
+cfl_cfg = base.replace(seed=seed0, model=cfl_model, partition="iid", num_rounds=cfl_rounds, cfl_eps1=cfl_eps1,
+                       cfl_eps2=cfl_eps2, cfl_min_rounds=cfl_min_rounds)
+cfl = run_clustered(cfl_cfg, cfl_data)
+one_model = run_clustered(cfl_cfg.replace(cfl_eps1=0.0), cfl_data)
+display(Image(filename=str(plots.cluster_assignments(cfl.assignments, cfl.groups, cfl.norms, cfl_eps1, cfl_eps2,
+                                                     "09_cfl_clusters", figures_dir))))
+cfl_acc = pd.concat([cfl.metrics.assign(run="clustered FL"), one_model.metrics.assign(run="one global model")])
+plots.lines(cfl_acc, "round", "test_acc", "run", title="Label-swapped groups: mean client test accuracy",
+            ylabel="test accuracy (each client's model, its group's labels)", name="09_cfl_accuracy",
+            figures_dir=figures_dir).show()
+
+# %%
+recovered = same_partition(cfl.assignments[-1], cfl.groups)
+split_rounds = cfl.metrics.loc[cfl.metrics.splits > 0, "round"].tolist()
+acc_clusters, acc_one = cfl.metrics.test_acc.iloc[-1], one_model.metrics.test_acc.iloc[-1]
+cfl_text = (f"**Clustered FL {'recovered' if recovered else 'did not recover'} the two label groups in this run**: "
+            f"after round {cfl_rounds} the {num_clients} clients form {cfl.metrics.num_clusters.iloc[-1]} "
+            f"cluster(s), " + (f"split in round(s) {', '.join(map(str, split_rounds))}" if split_rounds else
+                               "since no cluster met the split criterion")
+            + f". Mean client test accuracy after round {cfl_rounds}: {acc_clusters:.4f} with a model per cluster, "
+            f"{acc_one:.4f} with one global model (a difference of {acc_clusters - acc_one:+.4f}).")
+display(Markdown(cfl_text))
+
+# %% [markdown]
 # ## A widget: overlay the methods you choose
 #
 # Tick the methods to compare and pick the metric; the curves are the runs above, mean over the seeds with
@@ -473,6 +652,7 @@ else:
                 f"{ordered.loc[hi, 'spread']:.3g} at E = {hi}, and their agreement from {agreement[lo]:.3f} to "
                 f"{agreement[hi]:.3f}: it {trend}.")
 text.append(large_e)
+text.append(schedule_text)
 text.append(f"**Soft clipping and cosine weights on real updates** (E = {e_rule}, that model): soft clipping "
             f"down-weighted {clipped} of {len(sizes)} clients"
             + (", so there it was FedAvg exactly" if clipped == 0 else "")

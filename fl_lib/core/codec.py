@@ -62,6 +62,23 @@ def header_size(blob):
     return _PREFIX.size + length + _CRC.size
 
 
+def message_length(blob):
+    """Bytes of the first message in `blob`, when several are sent back to back (SCAFFOLD's update, then its
+    Delta c): from the prefix and the header's tensors; `decode` then checks each message's checksum."""
+    blob = memoryview(bytes(blob))
+    if len(blob) < _PREFIX.size:
+        raise CodecError(f"upload is truncated: {len(blob)} bytes is shorter than any valid upload")
+    _, _, length = _PREFIX.unpack_from(blob)
+    end = _PREFIX.size + length
+    try:
+        header = json.loads(bytes(blob[_PREFIX.size:end]))
+        check_bits(header["bits"])
+        payload = sum(tensor_size(tuple(shape), _dtype(d), header["bits"]) for _, shape, d in header["tensors"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CodecError(f"upload header is malformed: {e!r}") from None
+    return end + payload + _CRC.size
+
+
 def _code_word(bits):
     """Unsigned numpy word one offset code is staged in: uint8 up to 8 bits, else uint16."""
     return np.dtype(np.uint8 if bits <= 8 else "<u2")

@@ -31,14 +31,16 @@ BITS_POLICIES = ("fixed", "adaptive")
 DP_SAMPLINGS = ("poisson", "fixed")  # how a DP run picks its clients (dp.py)
 BUFFER_WEIGHTS = ("uniform", "samples")  # fedbuff: the paper's 1/K mean, or FedAvg's n_i / sum n_i
 SERVER_OPTS = ("none", "avgm", "adam", "yogi")  # Reddi et al. 2021's server optimizers (and FedAvgM)
+EPOCH_SCHEDULES = ("fixed", "decay", "loss")  # local epochs E_t per round (core/schedule.py)
 ENGINES = ("sequential", "batched", "pool", "auto")
 
 
 # Fields added after 0.4 that the cache key leaves out while they hold their default, so that
 # every run stored before them keeps its key (it ran with that default).
-KEYLESS_DEFAULTS = {"aggregator": "mean", "server_opt": "none", "server_momentum": 0.9, "server_beta2": 0.99,
+KEYLESS_DEFAULTS = {"epoch_schedule": "fixed", "epoch_halving": 10, "epoch_min_drop": 0.01,
+                    "aggregator": "mean", "server_opt": "none", "server_momentum": 0.9, "server_beta2": 0.99,
                     "server_tau": 1e-3, "prox_mu": 0.0, "trim_fraction": 0.1, "cosine_temperature": 1.0,
-                    "soft_clip": 2.0}
+                    "soft_clip": 2.0, "cfl_eps1": 0.4, "cfl_eps2": 1.6, "cfl_min_rounds": 20, "scaffold": False}
 
 
 @dataclass(frozen=True)
@@ -128,12 +130,24 @@ class Config:
     server_tau: float = _field(1e-3, "server_opt adam / yogi: tau, the adaptivity (added to sqrt(v))")
     prox_mu: float = _field(0.0, "FedProx (Li et al. 2020): mu of the proximal term mu/2 ||w - w_global||^2 "
                                  "in local training (0 = off)")
+    epoch_schedule: str = _field("fixed", "local epochs per round (core/schedule.py): fixed = E every round; decay = "
+                                          "E halved every epoch_halving rounds; loss = E halved when the training "
+                                          "loss stops falling")
+    epoch_halving: int = _field(10, "epoch_schedule decay: rounds between two halvings of E (down to 1)")
+    epoch_min_drop: float = _field(0.01, "epoch_schedule loss: relative drop of the rounds' mean training loss "
+                                         "below which E is halved")
     trim_fraction: float = _field(0.1, "aggregator trimmed_mean: share of the largest and of the smallest values "
                                        "dropped per coordinate")
     cosine_temperature: float = _field(1.0, "aggregator cosine: temperature T of the softmax over cosine "
                                             "similarities")
     soft_clip: float = _field(2.0, "aggregator soft_clip: Huber threshold, as a multiple of the median update "
                                    "norm, beyond which an update is down-weighted")
+    scaffold: bool = _field(False, "SCAFFOLD (Karimireddy et al. 2020, option II): local steps corrected by control "
+                                   "variates c - c_k; uploads carry Delta c_k too (twice the bytes)")
+    cfl_eps1: float = _field(0.4, "clustered FL (simulator/clustered.py): a cluster may split when the norm of its "
+                                  "weighted mean update is below eps_1 (0 = never split: FedAvg)")
+    cfl_eps2: float = _field(1.6, "clustered FL: ... and its largest client update norm is above eps_2")
+    cfl_min_rounds: int = _field(20, "clustered FL: rounds before the first split is allowed")
     dp_clip: float = _field(0.0, "DP-FedAvg: L2 norm each client's update is clipped to (0 = DP off)")
     dp_noise: float = _field(0.0, "DP-FedAvg: noise std on the sum, as a multiple of dp_clip")
     dp_delta: float = _field(1e-5, "DP-FedAvg: the delta of the (epsilon, delta) guarantee")
@@ -288,9 +302,16 @@ RULES: dict[str, Rule] = {
     "server_beta2": Rule(float, 0, 1, hi_open=True),
     "server_tau": Rule(float, 0, 1, lo_open=True),
     "prox_mu": Rule(float, 0, 1e3),
+    "epoch_schedule": Rule(str, choices=EPOCH_SCHEDULES),
+    "epoch_halving": Rule(int, 1, 1_000_000),
+    "epoch_min_drop": Rule(float, 0, 1),
     "trim_fraction": Rule(float, 0, 0.5, hi_open=True),
     "cosine_temperature": Rule(float, 0, 1e3, lo_open=True),
     "soft_clip": Rule(float, 0, 1e3, lo_open=True),
+    "scaffold": Rule(bool),
+    "cfl_eps1": Rule(float, 0, 1e6),
+    "cfl_eps2": Rule(float, 0, 1e6),
+    "cfl_min_rounds": Rule(int, 0, 1_000_000),
     "dp_clip": Rule(float, 0, 1e6),
     "dp_noise": Rule(float, 0, 1e3),
     "dp_delta": Rule(float, 0, 1, lo_open=True, hi_open=True),

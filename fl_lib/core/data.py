@@ -183,6 +183,18 @@ def _load_npz(path):
     return _make(path.stem, *(arrays[k] for k in NPZ_KEYS))
 
 
+def head(ds, num_train, num_test):
+    """The first num_train training and num_test test samples (0: all), for a section on a small budget.
+
+    Views, not copies; the normalization statistics stay those of the whole training set.
+    """
+    def first(x, n):
+        return x if n <= 0 else x[:n]
+    return dataclasses.replace(ds, x_train=first(ds.x_train, num_train), y_train=first(ds.y_train, num_train),
+                               x_test=first(ds.x_test, num_test), y_test=first(ds.y_test, num_test),
+                               groups=None if ds.groups is None else first(ds.groups, num_train))
+
+
 def load_dataset(name, root="data", device="cpu", seed=0):
     """Load one of DATASETS or an .npz path onto device; seed only affects the synthetic sets."""
     name = str(name)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .errors import ConfigError
 from .client import autocast, batch_inputs, client_batches, num_targets
 from .fedprox import add_proximal_
+from .scaffold import add_correction_
 from .models import build_model
 from .rng import Stream, stream_seed, torch_generator
 
@@ -54,6 +55,8 @@ class Trainer:
     """The clients' local computation on one model and one SGD optimizer (momentum reset per client)."""
 
     prox_mu = 0.0  # FedProx's mu (fedprox.py); set from the pipeline by ClientSide, never read from the config here
+    schedule = None  # the pipeline's epoch schedule (schedule.py), set by the Federation; None: local_epochs always
+    control = None  # SCAFFOLD's control variates (scaffold.py), set by the Federation; None: no correction
 
     def __init__(self, cfg, data, clients: list[torch.Tensor], sizes: list[int], device: torch.device):
         self.cfg, self.data, self.clients, self.sizes, self.device = cfg, data, clients, sizes, device
@@ -68,6 +71,10 @@ class Trainer:
         """Client k's generator for `stream` in round t (see rng.py)."""
         return torch_generator(self.cfg.seed, t, k, stream, *extra)
 
+    def epochs(self, t: int) -> int:
+        """E_t, the local epochs of round t: the epoch schedule's, or local_epochs without one."""
+        return self.cfg.local_epochs if self.schedule is None else self.schedule.epochs(t)
+
     def load(self, global_state: dict) -> None:
         with torch.no_grad():
             for name, tensor in self.model.state_dict().items():
@@ -77,7 +84,7 @@ class Trainer:
         torch.manual_seed(stream_seed(self.cfg.seed, t, k, Stream.DROPOUT, *extra))  # dropout uses the global RNG
 
     def train(self, k: int, t: int, global_state: dict, *extra: int) -> torch.Tensor:
-        """E local epochs of minibatch SGD from `global_state`; returns the mean loss (the model holds the result).
+        """E_t local epochs of minibatch SGD from `global_state`; returns the mean loss (the model holds the result).
 
         `extra` keys a second job of client k from the same global model (fedbuff). With `prox_mu` > 0
         the steps are FedProx's, anchored at `global_state`.
@@ -89,14 +96,18 @@ class Trainer:
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0
         anchors = [global_state[n] for n, _ in self.model.named_parameters()] if self.prox_mu else None
+        correction = (self.control.correction(k, [n for n, _ in self.model.named_parameters()])
+                      if self.control is not None else None)
         for x, y in client_batches(self.data, idx, cfg, self.generator(t, k, Stream.BATCHES, *extra),
-                                   self.channels_last):
+                                   self.channels_last, self.epochs(t)):
             with autocast(cfg.precision, self.device):
                 loss = F.cross_entropy(self.model(x), y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if anchors:  # FedProx: + mu (w - w_global); the loss reported below stays F_k's
                 add_proximal_([p.grad for p in self.params], self.params, anchors, self.prox_mu)
+            if correction:  # SCAFFOLD: + (c - c_k)
+                add_correction_([p.grad for p in self.params], correction)
             self.opt.step()
             m = num_targets(y)  # images: len(y); text: its characters (the loss is their mean)
             total += loss.detach().float() * m
@@ -131,16 +142,18 @@ class Trainer:
         return grads, total
 
     @torch.inference_mode()
-    def evaluate(self, global_state: dict) -> tuple[float, float]:
-        """Accuracy and mean loss of `global_state` on the whole test split."""
+    def evaluate(self, global_state: dict, labels: torch.Tensor | None = None) -> tuple[float, float]:
+        """Accuracy and mean loss of `global_state` on the whole test split (scored against `labels` if given:
+        the test images relabelled, as clustered FL's label-swapped groups see them)."""
         self.load(global_state)
         self.model.eval()
-        y_all = self.data.y_test
+        y_all = self.data.y_test if labels is None else labels
         correct = torch.zeros((), device=self.device)
         loss = torch.zeros((), device=self.device)
         for start in range(0, len(y_all), EVAL_BATCH):
             idx = torch.arange(start, min(start + EVAL_BATCH, len(y_all)), device=self.device)
             x, y = batch_inputs(self.data, idx, train=False, augment=False, channels_last=self.channels_last)
+            y = y if labels is None else labels[idx]
             with autocast(self.cfg.precision, self.device):
                 out = self.model(x).float()
             loss += F.cross_entropy(out, y, reduction="sum")

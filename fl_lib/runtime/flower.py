@@ -58,6 +58,12 @@ def check_flower_config(cfg: Config) -> None:
         raise ConfigError("algorithm='fedbuff' runs on fl_lib's simulated clock only; on Flower use fedavg or fedsgd")
     if cfg.secure_aggregation:
         raise ConfigError("secure_aggregation runs in process only; on Flower uploads go through the codec")
+    if cfg.epoch_schedule == "loss":  # decay needs nothing but t, which every client knows
+        raise ConfigError("epoch_schedule='loss' follows the server's recorded losses, which Flower's clients do not "
+                          "see; on Flower use epoch_schedule fixed or decay")
+    if cfg.scaffold:
+        raise ConfigError("scaffold=True keeps every client's control variate c_k in the simulator's process; "
+                          "on Flower use scaffold=False")
 
 
 # -- client side ------------------------------------------------------------------

@@ -6,7 +6,8 @@ model, then SGD with momentum and weight decay written on the stacked tensors:
 
     d = g + weight_decay * w,   u = momentum * u + d,   w = w - lr * u      (torch.optim.SGD)
 
-with g = grad F_k + mu (w - w_global) under FedProx (the trainer's `prox_mu` > 0), as the Trainer does.
+with g = grad F_k + mu (w - w_global) under FedProx (the trainer's `prox_mu` > 0), as the Trainer does,
+and + (c - c_k) under SCAFFOLD (the trainer's `control`).
 
 Each client keeps its own batch order and augmentation draws: both trainers take
 them from `client.client_batches` with the client's `Stream.BATCHES` generator.
@@ -26,27 +27,31 @@ from torch.func import functional_call, grad_and_value, vmap
 from ..core.client import autocast, client_batches, num_steps
 from ..core.errors import ConfigError
 from ..core.fedprox import add_proximal_
+from ..core.scaffold import stacked_corrections
 from ..core.rng import SERVER, Stream, stream_seed, torch_generator
 
 
 def train_clients(trainer, chosen: list[int], t: int, global_state: dict) -> dict[int, tuple[dict, torch.Tensor]]:
     """Train clients `chosen` of round t from `global_state` at once, on `trainer`'s model and data.
 
-    Returns {k: (state dict after E local epochs, mean training loss)}, the same
+    Returns {k: (state dict after E_t local epochs, mean training loss)}, the same
     pair `Trainer.weights` returns.
     """
     cfg, model = trainer.cfg, trainer.model
     if any(True for _ in model.buffers()):
         raise ConfigError(f"engine=batched does not support model={cfg.model}: it has buffers; use engine=sequential")
-    steps = {k: num_steps(trainer.sizes[k], cfg.batch_size, cfg.local_epochs) for k in chosen}
+    epochs = trainer.epochs(t)  # E_t: local_epochs, or the epoch schedule's
+    steps = {k: num_steps(trainer.sizes[k], cfg.batch_size, epochs) for k in chosen}
     order = sorted(chosen, key=lambda k: -steps[k])  # active clients of any slot form a prefix
     m = len(order)
     names = [name for name, _ in model.named_parameters()]
     params = {n: global_state[n].detach().unsqueeze(0).repeat((m,) + (1,) * global_state[n].dim())
               for n in names}
     momenta = {n: torch.zeros_like(p) for n, p in params.items()} if cfg.momentum else {}
+    control = (stacked_corrections(trainer.control, order, names)  # SCAFFOLD's c - c_k, stacked; None: all zero
+               if trainer.control is not None else None)
     batches = [client_batches(trainer.data, trainer.clients[k], cfg, torch_generator(cfg.seed, t, k, Stream.BATCHES),
-                              trainer.channels_last) for k in order]
+                              trainer.channels_last, epochs) for k in order]
     total = torch.zeros(m, device=trainer.device)
     model.train()
     torch.manual_seed(stream_seed(cfg.seed, t, SERVER, Stream.DROPOUT))  # dropout: one stream for the round's clients
@@ -66,13 +71,16 @@ def train_clients(trainer, chosen: list[int], t: int, global_state: dict) -> dic
             if trainer.prox_mu:  # FedProx (core/fedprox.py): + mu (w - w_global), the global model broadcast
                 add_proximal_([grads[n] for n in names], [params[n][:a] for n in names],
                               [global_state[n] for n in names], trainer.prox_mu)
+            if control:  # SCAFFOLD (core/scaffold.py): + (c - c_k), each client its own c_k
+                for n, corr in zip(names, control):
+                    grads[n].add_(corr[:a])
             for n in names:
                 _sgd(params[n][:a], grads[n], momenta.get(n), a, cfg)
     state = model.state_dict()
     out = {}
     for i, k in enumerate(order):
         sd = {n: params[n][i].to(state[n].dtype) for n in state}
-        out[k] = (sd, total[i] / (trainer.sizes[k] * cfg.local_epochs))
+        out[k] = (sd, total[i] / (trainer.sizes[k] * epochs))
     return out
 
 

@@ -4,6 +4,8 @@ bits-policy and aggregator fields.
     sampler      who takes part in round t: m uniform clients, or Poisson(q) under DP
     local        what a client computes: its weights after E epochs (FedAvg, FedBuff) or its gradient (FedSGD)
     prox_mu      FedProx's mu: local training held near the global model (0: off, no FedProx stage)
+    schedule     local epochs E_t of round t: fixed, or a decay / loss-driven schedule (core/schedule.py)
+    scaffold     SCAFFOLD's control variates: a client stage, a second upload message, and the aggregator
     stages       client-side transforms: DP clipping
     transport    codec bytes (quantized or float32), or plain values for a secure sum
     aggregator   mean | median (registry) | DP noisy mean | secure sum | DP secure sum | FedBuff's buffer,
@@ -25,6 +27,8 @@ from ..core.aggregators.buffer import BufferAggregator
 from ..core.aggregators.registry import AGGREGATORS, aggregator_class
 from ..core.errors import ConfigError
 from ..core.fedprox import FedProx
+from ..core.schedule import SCHEDULES, FixedEpochs, epoch_schedule
+from ..core.scaffold import ControlTransport, Scaffold
 from ..core.aggregators.server_opt import ServerOptimizer
 from ..core.aggregators.server_sgd import ServerSGD
 from ..core.links import SECAGG_ROUND_TRIPS, Links, parse_link
@@ -53,6 +57,8 @@ class Pipeline:
     epsilons: list[float] | None = field(default=None)  # epsilon after each round (DP with noise)
     dp_grid: object = None  # DP under secure aggregation: the public rotated grid (dp_quant.py)
     prox_mu: float = 0.0  # FedProx's mu (core/fedprox.py): local training held near the global model; 0 = off
+    schedule: FixedEpochs | None = None  # E_t of round t (core/schedule.py); build_pipeline always sets one
+    control: Scaffold | None = None  # SCAFFOLD (core/scaffold.py): c and the c_k; also a stage and the aggregator
 
     def epsilon(self, t: int) -> float | None:
         return self.epsilons[t - 1] if self.epsilons else None
@@ -77,14 +83,21 @@ def stage_classes(cfg) -> list:
         classes.append(ServerSGD)
     if cfg.prox_mu > 0:
         classes.append(FedProx)
+    if cfg.epoch_schedule != "fixed":
+        classes.append(SCHEDULES[cfg.epoch_schedule])
+    if cfg.scaffold:
+        classes.append(Scaffold)
     return classes
 
 
 def all_stage_classes() -> list:
     """Every stage class a config can ask for (to find the owner of a setting)."""
     return [aggregator_class(name) for name in AGGREGATORS] + [
-        ServerSGD, ServerOptimizer, BufferAggregator, FedProx,
+        ServerSGD, ServerOptimizer, BufferAggregator, FedProx, *SCHEDULES.values(), Scaffold,
         DPClip, DPMean, DPSecureSum, SecureSum, MaskedValues, CodecTransport]
+
+
+CLUSTERED_ONLY = ("cfl_eps1", "cfl_eps2", "cfl_min_rounds")  # the split thresholds of simulator/clustered.py
 
 
 def check(cfg) -> None:
@@ -102,6 +115,11 @@ def check(cfg) -> None:
             if name not in used and getattr(cfg, name) != defaults[name]:
                 raise ConfigError(f"{name}={getattr(cfg, name)!r} applies to {owner.requested_by or owner.name} "
                                   f"only: leave it at {defaults[name]!r}")
+    for name in CLUSTERED_ONLY:
+        if getattr(cfg, name) != defaults[name]:
+            raise ConfigError(f"{name}={getattr(cfg, name)!r} is read by clustered FL only "
+                              f"(simulator/clustered.run_clustered), not by a federation's rounds: "
+                              f"leave it at {defaults[name]!r}")
 
 
 def build_pipeline(cfg, sizes: list[int], num_params: int, device) -> Pipeline:
@@ -116,6 +134,10 @@ def build_pipeline(cfg, sizes: list[int], num_params: int, device) -> Pipeline:
     stages = [DPClip(cfg.dp_clip)] if dp else []
     transport = MaskedValues() if cfg.secure_aggregation else CodecTransport(cfg.seed, cfg.rounding, device)
     aggregator = _aggregator(cfg, sizes, num_params, expected, grid)
+    control = Scaffold.from_config(cfg, aggregator, sizes, device) if cfg.scaffold else None
+    if control is not None:  # c_k+ and Delta c_k on the client, a second message up, c updated after the model
+        stages, aggregator = stages + [control], control
+        transport = ControlTransport(transport, cfg.seed, cfg.rounding, device)
     epsilons = None
     if dp and cfg.dp_noise > 0:
         epsilons = (epsilon_per_round(cfg.client_fraction, cfg.dp_noise, cfg.num_rounds, cfg.dp_delta) if poisson
@@ -127,7 +149,8 @@ def build_pipeline(cfg, sizes: list[int], num_params: int, device) -> Pipeline:
                     aggregator=aggregator, delta=cfg.upload == "delta" and cfg.algorithm in ("fedavg", "fedbuff"),
                     epochs=1 if fedsgd else cfg.local_epochs, asynchronous=cfg.algorithm == "fedbuff",
                     expected_clients=expected, epsilons=epsilons, dp_grid=grid,
-                    prox_mu=prox.mu if prox else 0.0)
+                    prox_mu=prox.mu if prox else 0.0, control=control,
+                    schedule=epoch_schedule(cfg, 1 if fedsgd else None))
 
 
 def _aggregator(cfg, sizes, num_params, expected, grid) -> Aggregator:
@@ -162,4 +185,4 @@ def build_clock(cfg, sizes: list[int], info: ModelInfo, pipeline: Pipeline) -> C
                                                               [sizes[k] for k in cohort])
         protocol = received_bytes
     return Clock(links, sizes, pipeline.epochs, info, policy, pipeline.sampler, masked, protocol,
-                 SECAGG_ROUND_TRIPS if cfg.secure_aggregation else 1)
+                 SECAGG_ROUND_TRIPS if cfg.secure_aggregation else 1, schedule=pipeline.schedule)

@@ -8,6 +8,8 @@ bytes, or a masked share of a secure sum, with its protocol's round trips) and t
 width policy (fixed, or adaptive from each client's link).
 
     T_k = D / down_k + n_k E F / speed_k + U_k / up_k + latency_k      (links.client_seconds)
+
+with E the round's E_t under an epoch schedule (core/schedule.py).
 """
 from __future__ import annotations
 
@@ -86,12 +88,13 @@ class Clock:
 
     def __init__(self, links: Links | None, sizes: list[int], epochs: int, info: ModelInfo, policy,
                  sampler: Callable[[int], list[int]], masked_bytes: Callable[[int, list[int]], int] | None = None,
-                 protocol_download: Callable[[int], int] | None = None, round_trips: int = 1):
+                 protocol_download: Callable[[int], int] | None = None, round_trips: int = 1, schedule=None):
         self.links, self.sizes, self.epochs, self.info, self.policy = links, sizes, epochs, info, policy
         self.sampler = sampler  # round t -> its sampled clients (the default cohort of a secure sum)
         self.masked_bytes = masked_bytes  # (bits, cohort) -> one client's masked upload; None: codec uploads
         self.protocol_download = protocol_download  # cohort size -> bytes a client receives in the protocol
         self.round_trips = round_trips
+        self.schedule = schedule  # an epoch schedule: E_t of round t (core/schedule.py); None: `epochs` every round
         self._sizes: dict = {}
 
     def upload_size(self, bits: int, cohort: list[int] | None = None) -> int:
@@ -112,7 +115,7 @@ class Clock:
         Under secure aggregation the round's cohort (default: its sampled clients) sets what
         the client sends and receives, and it waits one round trip in each protocol round.
         """
-        samples = self.sizes[k] * self.epochs
+        samples = self.sizes[k] * (self.epochs if self.schedule is None else self.schedule.epochs(t))
         state = self.links.state(t, k)
         if self.masked_bytes is None:
             return client_seconds(state, self.info.model_bytes, self.upload_size(bits), samples, 1,

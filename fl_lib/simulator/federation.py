@@ -75,8 +75,12 @@ class Federation(Accessors):
         self.global_state = {k: v.detach().clone() for k, v in self.trainer.model.state_dict().items()}
         num_params = sum(v.numel() for v in self.global_state.values() if v.is_floating_point())  # d
         self.pipeline = build_pipeline(cfg, self.sizes, num_params, self.device)
+        self.trainer.schedule = self.pipeline.schedule  # E_t of each round (core/schedule.py)
         shape = (self.data.in_channels, self.data.image_size, self.data.image_size)
         self.info = ModelInfo(self.trainer.model, self.global_state, shape, params_only=self.pipeline.local == "gradient")
+        if self.pipeline.control is not None:  # SCAFFOLD (core/scaffold.py): corrected steps; c sent with the model
+            self.trainer.control = self.pipeline.control
+            self.info.model_bytes += self.pipeline.control.download_bytes(self.global_state)
         self.clock = build_clock(cfg, self.sizes, self.info, self.pipeline)
         self.client_side = ClientSide(self.trainer, self.pipeline)
         self.backend = build_backend(self)
@@ -149,13 +153,15 @@ class Federation(Accessors):
             errors = errors if result.errors is None else result.errors
         elif not late:  # every client that sent diverged (a round whose clients were all late is not divergence)
             self.count_dead_round(t)
-        return RoundMetrics(
+        row = RoundMetrics(
             round=t, train_loss=float(torch.tensor(losses, dtype=torch.float32).mean()) if losses else None,
             upload_bytes=upload_bytes, download_bytes=self.model_bytes * (len(uploads) + len(late)),
             quant_error=float(np.mean(errors)) if errors else None, dropped_clients=dropped,
             sim_seconds=plan.duration, mean_bits=float(np.mean(widths)) if widths else None,
             mean_staleness=0.0 if widths else None, epsilon=self.pipeline.epsilon(t),
             sampled_clients=len(uploads) + len(late))
+        self.pipeline.schedule.observe(t, row.train_loss)  # the loss-driven epoch schedule's input
+        return row
 
     def evaluate_row(self, t: int, row: RoundMetrics) -> RoundMetrics:
         """Add test_acc / test_loss to round t's row when t is evaluated (every eval_every rounds, and the last)."""
@@ -189,6 +195,9 @@ class Federation(Accessors):
         carried = self.pipeline.aggregator.state_dict()
         if carried:  # only aggregators with a memory (server optimizers): older checkpoints stay as they were
             state["aggregator"] = carried
+        schedule = self.pipeline.schedule.state_dict()
+        if schedule:  # only the loss-driven epoch schedule remembers (E_t and L_t so far)
+            state["schedule"] = schedule
         return state
 
     def load_resume_state(self, state: dict, global_state: dict | None = None) -> None:
@@ -200,6 +209,8 @@ class Federation(Accessors):
             self.fedbuff.load_state_dict(state["fedbuff"])
         if "aggregator" in state:
             self.pipeline.aggregator.load_state_dict(state["aggregator"])
+        if "schedule" in state:
+            self.pipeline.schedule.load_state_dict(state["schedule"])
 
 
 Federation.engine_state = Federation.resume_state  # 0.4's names
@@ -215,9 +226,9 @@ def replay_clock(cfg: Config, link: str, data: Dataset | None = None) -> list[fl
     sampled clients, link draws and encoded sizes as a real run with that link.
     """
     cfg = cfg.replace(link=link)
-    if cfg.bits_policy != "fixed" or cfg.deadline > 0 or cfg.algorithm == "fedbuff":
-        raise ConfigError("replay_clock needs bits_policy='fixed', deadline=0 and a synchronous algorithm: "
-                          "otherwise the clock changes what is trained, so run it instead")
+    if cfg.bits_policy != "fixed" or cfg.deadline > 0 or cfg.algorithm == "fedbuff" or cfg.epoch_schedule == "loss":
+        raise ConfigError("replay_clock needs bits_policy='fixed', deadline=0, a synchronous algorithm and no "
+                          "loss-driven epoch_schedule: otherwise the clock changes with what is trained, so run it")
     if cfg.link == "none":
         raise ConfigError("replay_clock needs a link profile, e.g. mobile")
     fed = Federation(cfg, data=data)

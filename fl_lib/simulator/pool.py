@@ -106,10 +106,17 @@ def _init(engine: type, cfg, data, threads: int, parent: int) -> None:
     _worker = engine(cfg.replace(engine="sequential"), data=data).client_side
 
 
-def _train(t: int, model: bytes, jobs: list[tuple[int, int]]) -> list:
-    """Worker side: clients `jobs` [(k, bits)] of round t from the global model `model`."""
+def _train(t: int, model: bytes, jobs: list[tuple[int, int]], control: bytes | None = None,
+           schedule: dict | None = None) -> tuple[list, bytes | None]:
+    """Worker side: clients `jobs` [(k, bits)] of round t from the global model `model`; with SCAFFOLD,
+    `control` holds c and these clients' c_k, and their updated c_k go back with the uploads."""
     client_side = _worker
     global_state = state_from_bytes(model, client_side.trainer.device)
+    scaffold = client_side.pipeline.control
+    if control is not None:
+        scaffold.set_variates(scaffold.variates_from_bytes(control))
+    if schedule:  # the loss-driven epoch schedule: the server's E_t and losses so far, so E_t is the server's
+        client_side.trainer.schedule.load_state_dict(schedule)
     reference = client_side.reference(global_state)
     uploads = []
     for k, bits in jobs:
@@ -119,7 +126,7 @@ def _train(t: int, model: bytes, jobs: list[tuple[int, int]]) -> list:
         elif up.received is not None:  # secure aggregation: plain values, masked on the server side
             up.received = {n: v.cpu() for n, v in up.received.items()}
         uploads.append(up)
-    return uploads
+    return uploads, scaffold.variates_bytes([k for k, _ in jobs]) if control is not None else None
 
 
 @contextlib.contextmanager
@@ -190,14 +197,21 @@ class Pool:
 
     def _round(self, t, chosen, bits, global_state):
         fed = self.fed
-        model = state_bytes(global_state)
+        model, scaffold = state_bytes(global_state), fed.pipeline.control
         shares = assign(chosen, {k: fed.sizes[k] for k in chosen}, self.workers)
         with _main_hidden():  # submit() starts the worker processes when they are needed
-            futures = [self._executor.submit(_train, t, model, [(k, bits[k]) for k in share]) for share in shares]
-        by_client = {}
+            futures = [self._executor.submit(_train, t, model, [(k, bits[k]) for k in share],
+                                             scaffold.variates_bytes(share) if scaffold is not None else None,
+                                             schedule=fed.pipeline.schedule.state_dict())
+                       for share in shares]
+        by_client, updated = {}, []
         for future in futures:
-            for up in future.result():
+            uploads, control = future.result()
+            updated.append(control)
+            for up in uploads:
                 by_client[up.client] = up
+        if scaffold is not None:  # SCAFFOLD: the workers' c_k+ replace the server's copies, once every share is back
+            scaffold.take_clients([scaffold.variates_from_bytes(c) for c in updated])
         return [by_client[k] for k in chosen]
 
     def close(self):

@@ -102,6 +102,8 @@ REFERENCES = {
              "73-101.",
     "fedadp": "Wu and Wang (2021), *Fast-Convergent Federated Learning with Adaptive Weighting*, IEEE ICC "
               "(arXiv:2012.00661).",
+    "sattler": "Sattler, Müller and Samek (2020), *Clustered Federated Learning: Model-Agnostic Distributed "
+               "Multitask Optimization Under Privacy Constraints*, IEEE TNNLS 32(8), 2021, online 2020 (arXiv:1910.01991).",
 }
 
 

@@ -298,3 +298,43 @@ def psnr_panels(rows, reference=None, name=None, figures_dir="figures"):
                 ax.legend(frameon=False)
         save_figure(sfig, name, figures_dir)
     return fig
+
+
+def cluster_assignments(assignments, groups, norms, eps1, eps2, name, figures_dir="figures"):
+    """Clustered FL in two panels: each client's cluster per round (its true group on the left), and the split
+    criterion per cluster (mean and largest update norm against eps_1 and eps_2); saves the PNG, returns its path.
+
+    `assignments`: (rounds, K) cluster ids; `norms`: a row per round and cluster (round, cluster, mean_norm, max_norm).
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    a = np.asarray(assignments)
+    rounds, k = a.shape
+    fig = Figure(figsize=(10, 0.9 + 0.28 * max(k, 8)), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1.2, 1])
+    colors = ListedColormap(COLORS[: int(a.max()) + 1])
+    left.imshow(a.T, aspect="auto", cmap=colors, vmin=-0.5, vmax=a.max() + 0.5, interpolation="nearest",
+                extent=(0.5, rounds + 0.5, k - 0.5, -0.5))
+    left.set_yticks(range(k), [f"client {i} (group {g})" for i, g in enumerate(groups)], fontsize=7)
+    for i, g in enumerate(groups):  # the true group: a marker beside each row, filled for group 0
+        left.plot(0.2, i, marker="o" if g == 0 else "s", color="black", fillstyle="full" if g == 0 else "none",
+                  clip_on=False)
+    left.set_xlim(0, rounds + 0.5)
+    left.set_xlabel("round")
+    left.set_title("cluster of each client after each round (colour: cluster id)", fontsize=9)
+    for c, part in norms.groupby("cluster"):
+        color = COLORS[int(c) % len(COLORS)]
+        right.plot(part["round"], part.mean_norm, color=color, label=f"cluster {c}: mean update norm")
+        right.plot(part["round"], part.max_norm, color=color, linestyle="--", label=f"cluster {c}: largest norm")
+    right.axhline(eps1, color="gray", linewidth=1)
+    right.axhline(eps2, color="gray", linewidth=1, linestyle="--")
+    right.text(1, eps1, "eps_1", va="bottom", fontsize=7)
+    right.text(1, eps2, "eps_2", va="bottom", fontsize=7)
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    right.set_xlabel("round")
+    right.set_title("split criterion: mean below eps_1 and largest above eps_2", fontsize=9)
+    right.legend(fontsize=6)
+    return save_figure(fig, name, figures_dir)
