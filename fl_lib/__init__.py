@@ -25,7 +25,7 @@ import sys
 # imported before torch (or set in the shell); a value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 # 0.4's flat modules, moved into the layers in 0.5 (CHANGES.md): `import fl_lib.fedavg` and
 # `from fl_lib import dp` keep working and give the very module at its new place.

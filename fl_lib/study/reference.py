@@ -1,0 +1,102 @@
+"""Reference results: finished long runs shipped with the project, so a lesson shows converged curves at once.
+
+`reference/` (at the repository root) holds one folder per reference run, with the
+four small files of a finished run folder (config.json, metrics.csv, timings.csv,
+summary.json; no checkpoints), and `reference/index.json`, which records for each run
+
+    files        the sha256 of each of the four files (checked on every load),
+    command      the exact command that regenerates (or extends) it,
+    data         which data it used (the full set or a named subset),
+    fl_lib       the version that computed it (its summary.json), machine: where, wall_seconds: how long
+                 (the sum of its rounds' seconds in timings.csv, across every extension).
+
+`reference/README.md` is written from the index. A run that is still being extended
+is published at the rounds it has finished; its summary says how many.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from .. import __version__
+from ..core.errors import FLError
+from ..runtime import checkpoint
+from ..runtime.results import Run, load_run
+
+ROOT = Path(__file__).resolve().parents[2] / "reference"  # the repository's reference/ tree
+FILES = ("config.json", "metrics.csv", "timings.csv", "summary.json")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_index(root: Path = ROOT) -> dict:
+    """{name: record} of every published reference run (empty if there is none)."""
+    path = Path(root) / "index.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def names(root: Path = ROOT, prefix: str = "") -> list[str]:
+    """The published runs whose name starts with `prefix` (e.g. 'shakespeare/')."""
+    return sorted(n for n in read_index(root) if n.startswith(prefix))
+
+
+def verify(name: str, root: Path = ROOT) -> Path:
+    """The folder of reference run `name`, after checking each file against its recorded sha256."""
+    index = read_index(root)
+    if name not in index:
+        raise FLError(f"no reference run {name!r}; published: {', '.join(sorted(index)) or 'none'}")
+    folder = Path(root) / name
+    for file, digest in index[name]["files"].items():
+        path = folder / file
+        if not path.exists() or _sha256(path) != digest:
+            raise FLError(f"reference {name}: {file} is missing or does not match its checksum in index.json; "
+                          f"restore it (git checkout reference/) or regenerate it with: {index[name]['command']}")
+    return folder
+
+
+def load(name: str, root: Path = ROOT) -> Run:
+    """Reference run `name` as a `Run` (results.load_run), its files verified first."""
+    return load_run(verify(name, root))
+
+
+def publish(run_folder, name: str, *, command: str, data: str, root: Path = ROOT) -> dict:
+    """Copy a finished run folder's four files into reference/`name` and record them in the index.
+
+    The run is loaded first (a folder that does not load is never published); the
+    index and README are replaced atomically, so an interrupted publish leaves the
+    previous state readable.
+    """
+    run = load_run(run_folder)
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in FILES:
+        tmp = folder / (file + ".tmp")
+        shutil.copyfile(Path(run_folder) / file, tmp)
+        tmp.replace(folder / file)
+    index = read_index(root)
+    index[name] = dict(files={f: _sha256(folder / f) for f in FILES}, command=command, data=data,
+                       rounds=int(run.summary["rounds"]), fl_lib=run.summary.get("fl_lib_version", __version__),
+                       machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
+                       wall_seconds=round(float(run.metrics.seconds.sum()), 1))
+    checkpoint.atomic_write(Path(root) / "index.json", json.dumps(index, indent=1, sort_keys=True) + "\n")
+    checkpoint.atomic_write(Path(root) / "README.md", readme(index))
+    return index[name]
+
+
+def readme(index: dict) -> str:
+    """reference/README.md: what each run is, how to regenerate it, and what it cost."""
+    lines = ["# Reference runs", "",
+             "Finished long runs shipped with the project (written by `fl_lib.study.reference.publish`;",
+             "do not edit by hand: `index.json` holds each file's sha256, checked on every load).", ""]
+    for name, r in sorted(index.items()):
+        lines += [f"## {name}", "",
+                  f"- rounds: {r['rounds']}; data: {r['data']}",
+                  f"- fl_lib {r['fl_lib']} on {r['machine']}; wall time {r['wall_seconds'] / 3600:.2f} h",
+                  f"- regenerate or extend: `{r['command']}`", ""]
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""Reference runs (study/reference.py): every published folder loads, its checksums hold, its config resolves."""
+import json
+import shutil
+
+import pytest
+
+from fl_lib.core.config import Config
+from fl_lib.core.errors import FLError
+from fl_lib.runtime import results
+from fl_lib.study import reference
+
+PUBLISHED = reference.names()
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_reference_loads_with_its_checksums_and_todays_config(name):
+    run = reference.load(name)
+    record = reference.read_index()[name]
+    assert int(run.summary["rounds"]) == record["rounds"] == len(run.metrics)
+    raw = json.loads((reference.ROOT / name / "config.json").read_text())
+    raw.pop("key", None)
+    assert Config.from_dict(raw) == run.config  # still a valid config under today's rules
+    assert record["command"].startswith(("python -m fl_lib", "sh ", "./"))
+
+
+def test_shakespeare_reference_is_published():
+    assert reference.names(prefix="shakespeare/"), "the full-scale Shakespeare runs (issue 22) are missing"
+
+
+def _published_copy(tiny, tmp_path):
+    run = results.run(tiny(num_rounds=2), out=tmp_path / "run", progress=False)
+    root = tmp_path / "reference"
+    reference.publish(run.dir, "demo/tiny", command="python -m fl_lib run --preset smoke", data="synthetic", root=root)
+    return root
+
+
+def test_publish_then_load_round_trips(tiny, tmp_path):
+    root = _published_copy(tiny, tmp_path)
+    loaded = reference.load("demo/tiny", root=root)
+    assert loaded.metrics.equals(results.load_run(tmp_path / "run").metrics)
+    assert "demo/tiny" in (root / "README.md").read_text()
+
+
+def test_a_changed_file_is_refused_naming_the_file(tiny, tmp_path):
+    root = _published_copy(tiny, tmp_path)
+    path = root / "demo" / "tiny" / "config.json"
+    path.write_text(path.read_text().replace("\"seed\": 0", "\"seed\": 1"))
+    with pytest.raises(FLError, match="config.json .*checksum"):
+        reference.load("demo/tiny", root=root)
+
+
+def test_an_unknown_name_lists_the_published_ones(tiny, tmp_path):
+    root = _published_copy(tiny, tmp_path)
+    with pytest.raises(FLError, match="published: demo/tiny"):
+        reference.load("nope", root=root)
+    shutil.rmtree(root / "demo")
+    with pytest.raises(FLError, match="missing"):
+        reference.load("demo/tiny", root=root)
