@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="SuperLink connection in Flower's config.toml (default: its default connection)")
             fp.add_argument("--connect-timeout", type=float, default=120.0,
                             help="seconds the server waits for every SuperNode to connect (120)")
+    p = sub.add_parser("reference", help="the published reference runs (reference/): checksums verified, "
+                                         "rounds, best accuracy, wall time, and the command that extends each")
+    p.add_argument("--prefix", default="", help="only runs whose name starts with this (e.g. shakespeare/)")
     p = sub.add_parser("report", help="run the notebooks with papermill into an HTML report")
     report.add_arguments(p)
     return parser
@@ -93,6 +96,10 @@ def main(argv=None) -> int:
             return _traffic(args)
         if args.command == "flower":
             return _flower(args)
+        if args.command == "reference":
+            from .study import reference
+            print(reference.format_table(args.prefix))
+            return 0
         if args.command == "leakage":
             from .privacy import leakage
             return leakage.main(args)

@@ -56,3 +56,12 @@ def test_an_unknown_name_lists_the_published_ones(tiny, tmp_path):
     shutil.rmtree(root / "demo")
     with pytest.raises(FLError, match="missing"):
         reference.load("demo/tiny", root=root)
+
+
+def test_the_cli_lists_every_published_run(capsys):
+    from fl_lib.cli import main
+
+    assert main(["reference"]) == 0
+    out = capsys.readouterr().out
+    for name in PUBLISHED:
+        assert f"{name}: " in out and "extend: " in out

@@ -100,3 +100,16 @@ def readme(index: dict) -> str:
                   f"- fl_lib {r['fl_lib']} on {r['machine']}; wall time {r['wall_seconds'] / 3600:.2f} h",
                   f"- regenerate or extend: `{r['command']}`", ""]
     return "\n".join(lines)
+
+
+def format_table(prefix: str = "", root: Path = ROOT) -> str:
+    """One line per published run (each verified and loaded): rounds, best accuracy, wall hours, command."""
+    lines = []
+    for name in names(root, prefix):
+        run = load(name, root)
+        r = read_index(root)[name]
+        best = run.metrics.test_acc.max()
+        lines.append(f"{name}: {r['rounds']} rounds, best test accuracy {best:.4f}, "
+                     f"{r['wall_seconds'] / 3600:.2f} h on {r['machine']} (fl_lib {r['fl_lib']})\n"
+                     f"  extend: {r['command']}")
+    return "\n".join(lines) if lines else f"no reference runs under {Path(root)}" + (f" named {prefix}*" if prefix else "")
