@@ -46,6 +46,8 @@ COMMON = {
     "seeds": Parameter("str", None, "comma-separated seeds; runs repeat for each (the lesson says which use the "
                                     "first only)"),
     "workers": Parameter("int", 0, "processes that compute this lesson's runs side by side; 0: one per core"),
+    "theme": Parameter("str", "screen", "figures for a laptop screen, or a projector (larger fonts, thicker "
+                                        "lines): screen or projector"),
 }
 assert set(FOLDERS) <= set(COMMON)
 
@@ -120,17 +122,20 @@ def references(*keys: str) -> str:
     return "\n".join(f"- {REFERENCES[k]}" for k in keys)
 
 
-def setup(*cite: str):
-    """Set up a lesson's kernel: autoreload of fl_lib, plotly's offline output; show the references `cite`."""
+def setup(*cite: str, theme: str = "screen"):
+    """Set up a lesson's kernel: autoreload of fl_lib, plotly's offline output, the figure theme (theme.py);
+    show the references `cite`."""
     from IPython import get_ipython
     from IPython.display import Markdown, display
 
     from . import plots
+    from . import theme as figure_theme
 
     ip = get_ipython()
     if ip is not None and "autoreload" not in ip.extension_manager.loaded:
         ip.run_line_magic("load_ext", "autoreload")  # edits to fl_lib reach a running lesson
         ip.run_line_magic("autoreload", "2")
     plots.setup_notebook()
+    figure_theme.use(theme)  # refuses an unknown theme in one line, before anything runs
     if cite:
         display(Markdown("**References**\n\n" + references(*cite)))

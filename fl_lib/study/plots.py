@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-COLORS = qualitative.Plotly  # the same color per hue value in plotly and seaborn
+from . import theme
+
+COLORS = theme.PALETTE  # the same colour per hue value in plotly and seaborn (colour-blind safe)
 MB = 1e6
 
 
@@ -63,16 +64,19 @@ def lines(df, x, y, hue, title="", xlabel=None, ylabel=None, log_x=False, log_y=
     fig = go.Figure()
     for i, h in enumerate(order):
         s = g[g[hue] == h]
-        color = COLORS[i % len(COLORS)]
+        style = theme.line_style(i)  # colour, dash and marker: apart in greyscale and on a projector too
+        color = style["color"]
         if (s["std"] > 0).any():
             band_x = np.concatenate([s[x].to_numpy(), s[x].to_numpy()[::-1]])
             band_y = np.concatenate([(s["mean"] + s["std"]).to_numpy(), (s["mean"] - s["std"]).to_numpy()[::-1]])
             fig.add_trace(go.Scatter(x=band_x, y=band_y, fill="toself", line=dict(width=0), fillcolor=color,
-                                     opacity=0.2, hoverinfo="skip", showlegend=False, legendgroup=str(h)))
-        fig.add_trace(go.Scatter(x=s[x], y=s["mean"], mode="lines", name=str(h), line=dict(color=color),
+                                     opacity=theme.current().band_opacity, hoverinfo="skip", showlegend=False,
+                                     legendgroup=str(h)))
+        fig.add_trace(go.Scatter(x=s[x], y=s["mean"], mode="lines+markers", name=str(h),
+                                 line=dict(color=color, dash=style["dash"]), marker=dict(symbol=style["symbol"]),
                                  legendgroup=str(h)))
-    fig.update_layout(title=title, xaxis_title=xlabel or x, yaxis_title=ylabel or y, legend_title=hue,
-                      template="plotly_white", height=420)
+    fig.update_layout(title=title, xaxis_title=xlabel or x, yaxis_title=ylabel or y,
+                      legend_title=theme.legend_title(hue), template=theme.template(), height=420)
     if log_x:
         fig.update_xaxes(type="log")
     if log_y:
@@ -87,14 +91,18 @@ def lines(df, x, y, hue, title="", xlabel=None, ylabel=None, log_x=False, log_y=
         palette = {h: COLORS[i % len(COLORS)] for i, h in enumerate(order)}
         d = df.dropna(subset=[y]).assign(**{hue: df[hue].astype(str)})
         sns.lineplot(data=d, x=x, y=y, hue=hue, hue_order=[str(h) for h in order], errorbar="sd", ax=ax,
-                     palette={str(k): v for k, v in palette.items()})
+                     palette={str(k): v for k, v in palette.items()}, style=hue, style_order=[str(h) for h in order],
+                     dashes=[theme.MPL_DASHES[i % len(theme.MPL_DASHES)] for i in range(len(order))],
+                     markers=[theme.MPL_MARKERS[i % len(theme.MPL_MARKERS)] for i in range(len(order))],
+                     err_kws={"alpha": theme.current().band_opacity})
         ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel or y,
                xscale="log" if log_x else "linear", yscale="log" if log_y else "linear")
         if integer_x:
             from matplotlib.ticker import MaxNLocator
 
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # never over the lines
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False,  # never over the lines
+                        title=theme.legend_title(hue) or None)
         save_figure(sfig, name, figures_dir)
     return fig
 
@@ -124,7 +132,7 @@ def label_heatmaps(counts_by_name: dict, title="Label counts per client", name=N
                                  hovertemplate="client %{y}<br>class %{x}<br>%{z} samples<extra></extra>"), 1, i)
         fig.update_xaxes(title_text="class", row=1, col=i, dtick=1)
         fig.update_yaxes(autorange="reversed", row=1, col=i, title_text="client" if i == 1 else None)
-    fig.update_layout(title=title, template="plotly_white", margin=dict(t=110),  # room for two-line titles
+    fig.update_layout(title=title, template=theme.template(), margin=dict(t=110),  # room for two-line titles
                       height=380 + 6 * max(len(np.asarray(c)) for c in counts_by_name.values()))
     if name:
         import seaborn as sns
@@ -147,7 +155,7 @@ def grid_heatmap(table, title="", fmt=".3f", colorbar="", name=None, figures_dir
                                text=text, texttemplate="%{text}", colorscale="Viridis",
                                colorbar=dict(title=colorbar)))
     fig.update_layout(title=title, xaxis_title=table.columns.name, yaxis_title=table.index.name,
-                      template="plotly_white", height=380)
+                      template=theme.template(), height=380)
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
     if name:
@@ -212,7 +220,7 @@ def histogram(df, x, hue, title="", xlabel=None, ylabel="count", bins=30, log_x=
         fig.add_trace(go.Scatter(x=sx, y=sy, mode="lines", line_shape="hv", name=str(h),
                                  line=dict(color=COLORS[i % len(COLORS)], width=2)))
     fig.update_layout(title=title, xaxis_title=xlabel or x, yaxis_title=ylabel, legend_title=hue,
-                      template="plotly_white", height=420)
+                      template=theme.template(), height=420)
     if log_x:
         fig.update_xaxes(type="log")
     if name:
@@ -282,7 +290,7 @@ def psnr_panels(rows, reference=None, name=None, figures_dir="figures"):
     fig.update_yaxes(title_text="PSNR (dB)", row=1, col=1)
     fig.update_layout(title="Reconstruction quality" + (f" (dashed: flat gray guess, {reference:.1f} dB)"
                                                         if reference is not None else ""),
-                      template="plotly_white", height=400, legend_title="batch size")
+                      template=theme.template(), height=400, legend_title="batch size")
     if name:
         sfig, axes = _static(figsize=(12, 3.6), ncols=3)
         for ax, (title, d, x, hue) in zip(axes, panels):

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from . import theme
 from .analysis import channel_quant_stats, describe_quant, describe_stats, partition_stats
 from ..core.partition import label_counts, make_partition
 
@@ -32,7 +33,7 @@ class PartitionExplorer:
                                        continuous_update=False)
         self.figure = go.FigureWidget(go.Heatmap(z=[[0]], colorscale="Blues",
                                                  hovertemplate="client %{y}<br>class %{x}<br>%{z}<extra></extra>"))
-        self.figure.update_layout(xaxis_title="class", yaxis_title="client", template="plotly_white", height=420)
+        self.figure.update_layout(xaxis_title="class", yaxis_title="client", template=theme.template(), height=420)
         self.figure.update_yaxes(autorange="reversed")
         self.text = w.HTML()
         self.alpha.observe(self.redraw, names="value")
@@ -79,7 +80,7 @@ class QuantExplorer:
             go.Scatter(x=i, y=[], mode="markers", name="w_hat", marker=dict(symbol="x", size=6)),
         ])
         self.figure.update_layout(xaxis_title="index i within the channel", yaxis_title="weight",
-                                  template="plotly_white", height=420)
+                                  template=theme.template(), height=420)
         self.text = widgets.HTML()
         self.bits.observe(self.redraw, names="value")
         self.widget = widgets.VBox([self.bits, self.figure, self.text])
@@ -219,7 +220,7 @@ class LinkExplorer:
                          ticktext=self.categories, tickangle=-90,
                          title_text="width", row=1, col=2)
         fig.update_yaxes(title_text="client-rounds", row=1, col=1)
-        fig.update_layout(template="plotly_white", height=440)
+        fig.update_layout(template=theme.template(), height=440)
         self.figure = go.FigureWidget(fig)
         self.text = w.HTML()
         self.sigma.observe(self.redraw, names="value")
@@ -320,7 +321,7 @@ class LeakageExplorer:
             fig.add_trace(go.Image(z=_rgb(self.original[i]), hoverinfo="skip"), 2, i + 1)
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)
-        fig.update_layout(template="plotly_white", height=360, width=max(360, 180 * batch_size),
+        fig.update_layout(template=theme.template(), height=360, width=max(360, 180 * batch_size),
                           margin=dict(l=10, r=40, t=60, b=10))
         self.figure = go.FigureWidget(fig)
         self.text = w.HTML()
@@ -376,8 +377,6 @@ class CurveExplorer:
         import ipywidgets as w
         import plotly.graph_objects as go
 
-        from .plots import COLORS
-
         self.hue, self.x, self.title = hue, x, title
         self.names = list(dict.fromkeys(frame[hue]))
         shown = [m for m in metrics if m in frame and frame[m].notna().any()]
@@ -396,13 +395,16 @@ class CurveExplorer:
                                        layout=w.Layout(width="auto")) for name in self.names}
         traces = []
         for i, name in enumerate(self.names):  # two traces per method: its band, then its line
-            color = COLORS[i % len(COLORS)]
-            traces.append(go.Scatter(x=[], y=[], fill="toself", line=dict(width=0), fillcolor=color, opacity=0.2,
-                                     hoverinfo="skip", showlegend=False, legendgroup=str(name)))
-            traces.append(go.Scatter(x=[], y=[], mode="lines", name=str(name), line=dict(color=color),
+            style = theme.line_style(i)
+            traces.append(go.Scatter(x=[], y=[], fill="toself", line=dict(width=0), fillcolor=style["color"],
+                                     opacity=theme.current().band_opacity, hoverinfo="skip", showlegend=False,
                                      legendgroup=str(name)))
+            traces.append(go.Scatter(x=[], y=[], mode="lines+markers", name=str(name),
+                                     line=dict(color=style["color"], dash=style["dash"]),
+                                     marker=dict(symbol=style["symbol"]), legendgroup=str(name)))
         self.figure = go.FigureWidget(traces)
-        self.figure.update_layout(xaxis_title=x, template="plotly_white", height=440, legend_title=hue)
+        self.figure.update_layout(xaxis_title=x, template=theme.template(), height=440,
+                                  legend_title=theme.legend_title(hue))
         self.text = w.HTML()
         self.metric.observe(self.redraw, names="value")
         for box in self.boxes.values():
