@@ -6,7 +6,7 @@
     the float32 state dict at 32 bits; at b bits {name: integer codes (int8/int16),
     name + ".scale": float32 scales per channel}.
 
-Finding: the paper's 28.41 is in MiB (2^20 bytes) and is torch.save of SqueezeNet 1.0's
+Reading (the paper states no unit): its 28.41 fits MiB (2^20 bytes) of torch.save of SqueezeNet 1.0's
 10-class float32 state dict times 10 clients (we get 28.43 MiB, +0.07%). Its INT16 14.66
 MiB is 0.54 MiB above the bare 2-byte codes (14.12 MiB), so it is probably torch.save of
 int16 codes plus per-channel scales: our layout (b) gives 14.54 MiB (-0.8%), while other
@@ -89,10 +89,11 @@ def format_table(rows):
                      f" {'' if paper is None else f'{paper:.2f}':>7} {versus:>9}")
     if any(r["paper_mib"] is not None for r in rows):
         lines += ["",
-                  "Paper (Table 1): 28.41 and 14.66 are MiB of torch.save'd uploads. FP32 is torch.save of the",
-                  "float32 state dict. INT16 is probably torch.save of int16 codes plus per-channel scales, but",
-                  "its exact layout cannot be recovered from the number: ours (int16 codes + float32 scales) is",
-                  "a bit smaller. 'encoded' is the bit-packed upload fl_lib counts (header + checksum included)."]
+                  "Paper (Table 1): the paper does not state its unit. Its 28.41 and 14.66 lie closest to the",
+                  "torch.save columns read in MiB (the 'vs paper' column above): a reading that fits, not a fact.",
+                  "Under it FP32 is torch.save of the float32 state dict and INT16 torch.save of int16 codes plus",
+                  "per-channel scales in some layout (ours is a bit smaller). 'encoded' is the bit-packed upload",
+                  "fl_lib counts (header + checksum included)."]
     if any(r["bits"] < 8 for r in rows):
         lines.append("torch.save keeps codes of 8 bits or fewer in int8, so below 8 bits it saves no more.")
     return "\n".join(line.rstrip() for line in lines)
