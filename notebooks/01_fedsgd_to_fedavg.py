@@ -44,6 +44,7 @@ seeds: str = "0"  # comma-separated seeds; runs repeat for each (the lesson says
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
@@ -59,7 +60,7 @@ from fl_lib.study.measures import local_updates, rounds_to_target
 from fl_lib.study.mixing import mixing_curves
 from fl_lib.runtime.results import run_many
 
-lesson.setup("mcmahan", "lee")
+lesson.setup("mcmahan", "lee", theme=theme)
 data_root = lesson.folder("data_root", data_root)
 results_dir = lesson.folder("results_dir", results_dir)
 figures_dir = lesson.folder("figures_dir", figures_dir)
@@ -176,8 +177,10 @@ rows[["model", "row", "E", "B", "u_ours", "u_paper", "paper_iid", "paper_non_iid
 # process per core) and caches each under `results_dir` by a hash of its config: rerunning the lesson,
 # or another lesson asking for the same run, loads it at once, and asking for more rounds continues a
 # stored run from its last round.
-# `partition="shards"` is the paper's pathological non-IID split (sort by label, 200 shards, 2 per
-# client); `iid` is a uniform random split.
+# `partition="shards"` is the paper's pathological non-IID split: sort the training set by label, cut it
+# into K times `shards_per_client` equal shards and deal each client `shards_per_client` of them (the
+# paper: 100 clients, 200 shards of 300 images, 2 per client; the cell prints this run's counts);
+# `iid` is a uniform random split.
 
 # %%
 def config_for(r, partition, seed):
@@ -189,6 +192,10 @@ def config_for(r, partition, seed):
 
 grid = [(r, partition, seed) for r in rows[rows.run].itertuples() for partition in ("iid", "shards")
         for seed in seed_list]
+per_client = config_for(rows[rows.run].iloc[0], "shards", seed_list[0]).shards_per_client
+num_shards = num_clients * per_client
+print(f"non-IID split: {num_clients} clients x {per_client} shards = {num_shards} shards of about "
+      f"{n / num_shards:.0f} images; {len(grid)} runs ({len(rows[rows.run])} rows x 2 partitions x {len(seed_list)} seed(s))")
 runs = run_many([config_for(*g) for g in grid], root=results_dir, workers=workers)  # side by side on the cores
 frames = [result.metrics.assign(model=r.model, row=r.row, partition=partition, seed=seed,
                                 label=f"{r.row}, {'IID' if partition == 'iid' else 'non-IID'}")
@@ -241,8 +248,11 @@ for (model, partition), b in best.groupby(level=["model", "partition"]):
     b = b.droplevel(["model", "partition"])
     others = ", ".join(f"{row} {acc:.3f}" for row, acc in b.items() if row != "FedSGD")
     rounds_run = num_rounds if model == "2nn" else cnn_rounds
+    fedavg = b.drop("FedSGD", errors="ignore")
+    above = ("" if "FedSGD" not in b or fedavg.empty else
+             f"; every FedAvg row above FedSGD: **{'holds' if (fedavg > b['FedSGD']).all() else 'does not hold'}**")
     found.append(f"* {model.upper()}, {'IID' if partition == 'iid' else 'non-IID'}, best accuracy within "
-                 f"{rounds_run} rounds: FedSGD {b.get('FedSGD', float('nan')):.3f}; {others}")
+                 f"{rounds_run} rounds: FedSGD {b.get('FedSGD', float('nan')):.3f}; {others}{above}")
 display(Markdown(
     f"**What these runs used.** {n:,} training images ({n / num_clients:.0f} per client on average; the paper: "
     f"all 60,000, 600 per client), {len(seed_list)} seed(s), {num_rounds} rounds per 2NN run and "
@@ -258,28 +268,58 @@ display(Markdown(
 #
 # Averaging the weights of two neural networks trained separately usually gives a bad model, since
 # their hidden units need not line up. McMahan et al. show that this changes when both start from the
-# same initialization. Two 2NNs are trained on disjoint IID samples of 600 training images (SGD,
-# lr 0.1, minibatches of 50, 240 updates = 20 passes), then mixed as
+# same initialization. Two 2NNs are trained with plain SGD on disjoint IID samples of `mixing_samples`
+# training images each (the paper: 600 images, lr 0.1, minibatches of 50, 240 updates = 20 passes), then
+# mixed as
 #
 # $$\theta w + (1-\theta) w'$$
 #
-# for 50 values of $\theta$ in [-0.2, 1.2], and each mixture's loss is measured on the whole training
-# set: once from two independent initializations, once from a shared one.
+# for `mixing_thetas` evenly spaced values of $\theta$ in [-0.2, 1.2], and each mixture's loss is measured
+# on the whole training set: once from two independent initializations, once from a shared one. The cell
+# prints the values this run used.
 
 # %%
-mix = mixing_curves(data, num_thetas=mixing_thetas, num_samples=mixing_samples, seed=seed_list[0])
+MIX = {"theta_min": -0.2, "theta_max": 1.2, "batch_size": 50, "steps": 240, "lr": 0.1}  # the paper's settings
+mix = mixing_curves(data, num_thetas=mixing_thetas, num_samples=mixing_samples, seed=seed_list[0], **MIX)
+thetas = sorted(mix.theta.unique())
+print(f"{mixing_samples} images per model, SGD lr {MIX['lr']}, minibatches of {MIX['batch_size']}, {MIX['steps']} "
+      f"updates = {MIX['steps'] * MIX['batch_size'] / mixing_samples:.1f} passes; {len(thetas)} values of theta from "
+      f"{thetas[0]:g} to {thetas[-1]:g}")
 plots.lines(mix, "theta", "loss", "init", title="Training loss of theta w + (1 - theta) w'",
             xlabel="theta", ylabel="loss on the whole training set", log_y=True,
             name="01_mixing", figures_dir=figures_dir).show()
-def loss_at(g, theta):  # the loss at the evaluated theta nearest to `theta`
-    return g.loss.iloc[(g.theta - theta).abs().argmin()]
+def nearest(theta):  # the evaluated theta nearest to `theta`
+    return min(thetas, key=lambda t: abs(t - theta))
 
-pd.DataFrame({init: {"theta = 0 (w')": loss_at(g, 0), "theta = 0.5": loss_at(g, 0.5), "theta = 1 (w)": loss_at(g, 1),
-                     "lowest": g.loss.min(), "lowest at theta": g.theta.iloc[g.loss.argmin()]}
+def loss_at(g, theta):  # the loss at the evaluated theta nearest to `theta`
+    return g.set_index("theta").loss[nearest(theta)]
+
+theta_0, theta_mid, theta_1 = nearest(0), nearest(0.5), nearest(1)  # the parents w' and w, and the middle
+pd.DataFrame({init: {f"theta = {theta_0:.3g} (w')": loss_at(g, 0), f"theta = {theta_mid:.3g}": loss_at(g, 0.5),
+                     f"theta = {theta_1:.3g} (w)": loss_at(g, 1), "lowest": g.loss.min(),
+                     "lowest at theta": g.theta.iloc[g.loss.argmin()]}
               for init, g in mix.groupby("init")}).T.round(4)
 
+# %%
+def mixing_check(g):
+    """(parents' losses, middle loss, worst loss between the parents) of one init's curve."""
+    parents = (loss_at(g, 0), loss_at(g, 1))
+    inside = g[(g.theta >= theta_0) & (g.theta <= theta_1)]
+    return parents, loss_at(g, 0.5), inside.loss.max()
+
+lines = []
+for init, g in mix.groupby("init"):
+    parents, middle, worst = mixing_check(g)
+    lines.append(f"* {init} initialization: loss {middle:.4f} at theta = {theta_mid:.3g} against {parents[0]:.4f} (w') "
+                 f"and {parents[1]:.4f} (w); worse than both parents: **{'holds' if middle > max(parents) else 'does not hold'}**; "
+                 f"better than both: **{'holds' if middle < min(parents) else 'does not hold'}**; largest loss between "
+                 f"the parents {worst:.4f}, {worst / max(parents):.2f}x the worse parent's.")
+exact = abs(theta_0) < 1e-9 and abs(theta_1 - 1) < 1e-9
+display(Markdown(
+    "McMahan et al. find the mixture around the middle worse than either parent with independent "
+    "initializations, and better than both with a shared one. In this run (seed "
+    f"{seed_list[0]}{'' if exact else '; the grid has no theta = 0 or 1, the nearest values stand in for the parents'}):\n\n"
+    + "\n".join(lines)))
+
 # %% [markdown]
-# With independent initializations the mixture near $\theta = 0.5$ is far worse than either parent.
-# From a shared initialization the mixture is smooth in $\theta$ and, in the paper, better than
-# both parents around the middle. FedAvg relies on exactly this: every round starts all clients from
-# the same global model $w_t$.
+# FedAvg is the shared-initialization case: every round starts all clients from the same global model $w_t$.

@@ -29,6 +29,7 @@ alpha: float = 0.5  # Dirichlet concentration (smaller: more label skew)
 shards_per_client: int = 2  # label shards per client in McMahan et al.'s split
 seed: int = 0  # seed of the random splits
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
+theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 
 # %%
 import numpy as np
@@ -42,7 +43,7 @@ from fl_lib.core.data import load_dataset
 from fl_lib.core.partition import label_counts, make_partition
 from fl_lib.study.widgets import PartitionExplorer
 
-lesson.setup("mcmahan", "lee", "yurochkin", "wang", "li", "hsu")
+lesson.setup("mcmahan", "lee", "yurochkin", "wang", "li", "hsu", theme=theme)
 data_root = lesson.folder("data_root", data_root)
 figures_dir = lesson.folder("figures_dir", figures_dir)
 

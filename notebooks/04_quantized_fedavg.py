@@ -37,9 +37,11 @@ alpha: float = 0.5  # Dirichlet concentration of the label split (the paper: 0.5
 bit_widths: str = "32,16,8,4"  # upload bit widths, comma-separated; 32 means float32 (the paper: 32, 16)
 delta_bit_widths: str = "4"  # bit widths, comma-separated, at which quantized weights and updates are compared
 seeds: str = "0,1,2"  # comma-separated seeds; runs repeat for each (the lesson says which use the first only)
+early_rounds: int = 0  # R, the first rounds whose mean accuracy the early-convergence check compares; 0: a quarter of num_rounds (at least 2)
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
@@ -52,9 +54,11 @@ from fl_lib.core import config
 from fl_lib.study import lesson
 from fl_lib.study import plots
 from fl_lib.core.config import parse_list, parse_seeds
+from fl_lib.core.errors import ConfigError
+from fl_lib.study.measures import early_auc_by, paired_verdicts, time_to_target_by
 from fl_lib.study.sweep import sweep
 
-lesson.setup("lee", "mcmahan")
+lesson.setup("lee", "mcmahan", theme=theme)
 data_root = lesson.folder("data_root", data_root)
 results_dir = lesson.folder("results_dir", results_dir)
 figures_dir = lesson.folder("figures_dir", figures_dir)
@@ -62,6 +66,8 @@ figures_dir = lesson.folder("figures_dir", figures_dir)
 bits_list = parse_list(bit_widths, int)
 delta_list = parse_list(delta_bit_widths, int)
 seed_list = parse_seeds(seeds)
+if not 0 <= early_rounds <= num_rounds:
+    raise ConfigError(f"early_rounds={early_rounds} is not allowed: must be between 0 and num_rounds = {num_rounds}")
 base = config.preset(preset, dataset=dataset, data_root=data_root, num_rounds=num_rounds,
                      num_clients=num_clients, alpha=alpha, partition="dirichlet", device=device)
 label = {b: "FP32" if b == 32 else f"INT{b}" for b in sorted(set(bits_list + delta_list + [32]))}
@@ -112,8 +118,10 @@ per_bits.sort_index(ascending=False).round(4)
 #
 # $$\Delta_t = \mathrm{acc}_t^{\mathrm{INT}b} - \mathrm{acc}_t^{\mathrm{FP32}}$$
 #
-# Pairing removes what the seeds share (initialization, partition, batches), so this spread is smaller
-# than the spread of either curve alone.
+# Pairing removes what the two runs of one seed share (initialization, partition, batches), so the spread
+# of the differences should be smaller than the spread of either curve alone. The cell after the
+# table checks it: for each round, the standard deviation over the seeds of $\Delta_t$, of the b-bit
+# accuracy and of the FP32 accuracy, each averaged over the rounds.
 
 # %%
 acc = metrics.dropna(subset=["test_acc"]).pivot_table(index=["seed", "round"], columns="bits", values="test_acc")
@@ -139,13 +147,85 @@ if diffs:
                                  .groupby("label").mean() * 100})
     display(summary.round(4))
 
+# %%
+if len(diffs) and len(seed_list) > 1:
+    per_round_sd = acc.groupby(level="round").std()  # over the seeds, one column per bit width
+    checks = []
+    for b in [b for b in bits_list if b != 32]:
+        paired_sd = (acc[b] - acc[32]).groupby(level="round").std().mean()
+        alone_b, alone_32 = per_round_sd[b].mean(), per_round_sd[32].mean()
+        holds = paired_sd < min(alone_b, alone_32)
+        checks.append(f"* {label[b]} - FP32: {paired_sd:.4f}, against {alone_b:.4f} for {label[b]} alone and "
+                      f"{alone_32:.4f} for FP32 alone: **{'holds' if holds else 'does not hold'}** in this run")
+    display(Markdown(f"**The paired spread is smaller than either curve's** (standard deviation over the "
+                     f"{len(seed_list)} seeds, mean over {acc.index.get_level_values('round').nunique()} rounds):\n\n"
+                     + "\n".join(checks)))
+elif len(diffs):
+    print(f"{len(seed_list)} seed: no spread over seeds, so the paired spread cannot be compared; run with two or more seeds")
+
+# %% [markdown]
+# ## Does INT16 rise faster in the early rounds? (the paper's second claim)
+#
+# Lee & Lee report that INT16's accuracy rises faster than FP32's early on (their Figure 1). Two measures,
+# each taken per run and paired with the FP32 run of the same seed:
+#
+# * **Rounds to a target**, `time_to_target_by` (the best accuracy so far, interpolated between rounds, as
+#   in lesson 01), for targets at fixed fractions of the best accuracy FP32 reached (mean over the seeds).
+#   The gain is FP32's rounds minus the b-bit run's: positive means faster. A seed whose two runs did not
+#   both reach a target is left out of that pair.
+# * **Early area**, `early_auc`: the area under the accuracy curve over the first R rounds divided by its
+#   width, that is the mean accuracy over those rounds (trapezoids between the evaluated rounds
+#   $t_1 < \dots < t_J \le R$):
+#
+# $$\bar{a}_R = \frac{1}{t_J - t_1} \sum_{j=1}^{J-1} (t_{j+1} - t_j) \, \frac{a_{t_j} + a_{t_{j+1}}}{2}$$
+#
+# The verdict is `paired_verdicts`' rule of thumb: *faster* when the mean paired gain is larger than its
+# standard deviation over the seeds, *slower* when it is below minus that, *no difference* in between.
+
+# %%
+EARLY_FRACTIONS = (0.5, 0.75, 0.9)  # targets, as fractions of FP32's best accuracy
+R = early_rounds or min(num_rounds, max(2, num_rounds // 4))
+early_table = None
+if 32 in bits_list:
+    fp32_best = metrics[metrics.bits == 32].groupby("seed").test_acc.max().mean()
+    targets = [round(f * fp32_best, 4) for f in EARLY_FRACTIONS]
+    per_run = pd.DataFrame({f"gain to {t:.4f}": -time_to_target_by(metrics, ["label", "seed"], t) for t in targets})
+    per_run[f"early area, R = {R}"] = early_auc_by(metrics, ["label", "seed"], R)
+    per_run = per_run.reset_index()
+    early_table = pd.concat({measure: paired_verdicts(per_run, "FP32", measure)[["mean", "std", "seeds", "verdict"]]
+                             for measure in per_run.columns[2:]}, names=["measure"])
+    early_table["verdict"] = early_table.verdict.replace({"helps": "faster", "hurts": "slower"})
+    print(f"R = {R} of {num_rounds} rounds; targets {', '.join(f'{t:.4f}' for t in targets)} "
+          f"({', '.join(f'{f:g}' for f in EARLY_FRACTIONS)} x FP32's best accuracy {fp32_best:.4f}, mean over "
+          f"{len(seed_list)} seed(s)); gains in rounds, early area in accuracy")
+    display(early_table.round(4))
+else:
+    print("the early-convergence check needs FP32 among bit_widths")
+
+# %%
+if early_table is not None and 16 in bits_list:
+    int16 = early_table.xs("INT16", level="label")
+    area = int16.loc[f"early area, R = {R}"]
+    gains = int16[int16.index.str.startswith("gain")]
+    display(Markdown(
+        f"**INT16 rises faster than FP32 in the first {R} rounds** (mean accuracy over them, INT16 minus FP32, "
+        f"paired over {area.seeds} seed(s): {area['mean']:+.4f}, std {area['std']:.4f}): "
+        + (f"**{'holds' if area.verdict == 'faster' else 'does not hold'}** in this run ({area.verdict})"
+           if area.seeds > 1 else "cannot be judged with one seed (no spread)")
+        + ". Rounds gained to the targets: "
+        + "; ".join(f"{m[len('gain to '):]}: {r['mean']:+.2f} ("
+                    + (f"std {r['std']:.2f}, {r.seeds} seeds, {r.verdict})" if r.seeds > 1 else f"{r.verdict})")
+                    for m, r in gains.iterrows()) + "."))
+elif early_table is not None:
+    print("the paper's claim is about INT16: add 16 to bit_widths to check it")
+
 # %% [markdown]
 # ## Quantized weights or quantized updates?
 #
 # With `upload="weights"` a client sends its quantized model $\hat{w}^k$. With `upload="delta"` it
 # sends the quantized update $w^k_{t+1} - w_t$, and the server adds it to $w_t$, which it already
 # holds. The quantization error is proportional to the largest value in a channel, and an update is
-# much smaller than the weights, so at a low bit width the delta should lose far less. `quant_error`
+# much smaller than the weights, so at a low bit width the delta should lose less. `quant_error`
 # is the relative error $\|\hat{w} - w\| / \|w\|$ of what the server reconstructs, averaged over the
 # clients of a round.
 
@@ -157,6 +237,21 @@ plots.accuracy_over_rounds(uploads, title="Quantized weights vs quantized update
                            name="04_weights_vs_delta", figures_dir=figures_dir).show()
 pd.DataFrame({"final_test_acc": uploads[uploads["round"] == num_rounds].groupby("label").test_acc.mean(),
               "mean quant_error": uploads.groupby("label").quant_error.mean()}).round(5)
+
+# %%
+err = uploads.groupby("label").quant_error.mean()
+final_uploads = uploads[uploads["round"] == num_rounds]
+delta_checks = []
+for b in [b for b in delta_list if b != 32]:
+    w_label, d_label = f"{label[b]}, weights", f"{label[b]}, delta"
+    v = paired_verdicts(final_uploads, w_label, "test_acc").loc[d_label]
+    delta_checks.append(
+        f"* {label[b]}: mean quant_error {err[d_label]:.3g} (delta) against {err[w_label]:.3g} (weights), "
+        f"{err[w_label] / err[d_label]:.1f}x less: **{'holds' if err[d_label] < err[w_label] else 'does not hold'}** "
+        f"in this run. Final accuracy, delta minus weights, paired over {v.seeds} seed(s): {v['mean']:+.4f} "
+        f"(std {v['std']:.4f}; {v.verdict}).")
+display(Markdown("**The delta upload loses less than the weights upload:**\n\n" + "\n".join(delta_checks))
+        if delta_checks else Markdown("No quantized bit width in `delta_bit_widths`: nothing to compare."))
 
 # %%
 fp32 = per_bits.loc[32] if 32 in per_bits.index else None

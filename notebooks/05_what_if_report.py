@@ -33,20 +33,24 @@ seeds: str = "0"  # comma-separated seeds; runs repeat for each (the lesson says
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from IPython.display import Markdown, display
 
 from fl_lib.core import config
 from fl_lib.study import lesson
 from fl_lib.study import plots
 from fl_lib.core.config import parse_list, parse_seeds
+from fl_lib.study.measures import paired_verdicts
 from fl_lib.study.sweep import sweep
 
-lesson.setup("lee", "mcmahan")
+lesson.setup("lee", "mcmahan", theme=theme)
 data_root = lesson.folder("data_root", data_root)
 results_dir = lesson.folder("results_dir", results_dir)
 figures_dir = lesson.folder("figures_dir", figures_dir)
@@ -56,16 +60,26 @@ bits_list = parse_list(bit_widths, int)
 seed_list = parse_seeds(seeds)
 base = config.preset(preset, dataset=dataset, data_root=data_root, num_rounds=num_rounds,
                      num_clients=num_clients, partition="dirichlet", aggregator=aggregator, device=device)
+# one seed has no spread between seeds: the alpha = 0.5 cells (lesson 04's runs) also run with the next seed
+spread_alpha = 0.5 if 0.5 in alpha_list else alpha_list[0]
+spread_seeds = seed_list if len(seed_list) > 1 else seed_list + [seed_list[0] + 1]
+extra_runs = len(bits_list) * (len(spread_seeds) - len(seed_list))
 print(f"{len(alpha_list)} alphas x {len(bits_list)} bit widths x {len(seed_list)} seed(s) = "
       f"{len(alpha_list) * len(bits_list) * len(seed_list)} runs of {num_rounds} rounds ({base.model}, "
-      f"the server's {base.aggregator} of the uploads)")
+      f"the server's {base.aggregator} of the uploads)"
+      + (f", plus {extra_runs} at alpha = {spread_alpha:g} with seed {spread_seeds[-1]} to measure the spread "
+         f"between seeds" if extra_runs else ""))
 
 # %%
 # every alpha with every bit width and seed, side by side on the cores; each run cached
-metrics = sweep(base, {"alpha": alpha_list, "bits": bits_list, "seed": seed_list}, root=results_dir, workers=workers)
-cells = metrics.groupby(["alpha", "bits", "seed"]).agg(  # one row per run: where it ended
+axes = [{"alpha": alpha_list, "bits": bits_list, "seed": seed_list}]
+if extra_runs:
+    axes.append({"alpha": spread_alpha, "bits": bits_list, "seed": spread_seeds[-1]})
+all_runs = sweep(base, axes, root=results_dir, workers=workers)
+all_cells = all_runs.groupby(["alpha", "bits", "seed"]).agg(  # one row per run: where it ended
     final_test_acc=("test_acc", "last"), best_test_acc=("test_acc", "max"),
     total_upload_mb=("cum_upload_bytes", lambda x: x.iloc[-1] / 1e6))
+cells = all_cells[all_cells.index.get_level_values("seed").isin(seed_list)]  # the grid: this lesson's seeds only
 grid = cells.groupby(["alpha", "bits"]).mean()
 acc_table = grid.final_test_acc.unstack("bits")[bits_list]
 mb_table = grid.total_upload_mb.unstack("bits")[bits_list]
@@ -82,10 +96,36 @@ plots.grid_heatmap(mb_table, title="Uploaded by all clients (MB)", fmt=".1f", co
 # ## The headline numbers
 #
 # Written from the tables above. "Within a point" means the mean final accuracy is at most 0.01
-# below FP32's at the same $\alpha$; with few seeds and rounds, differences of that size are
-# within the noise between seeds (lesson 04 measures that spread).
+# below FP32's at the same $\alpha$. Whether a difference of that size is more than chance is
+# measured, not assumed: for each seed $s$ the paired difference $d_s = \mathrm{acc}(b, s) -
+# \mathrm{acc}(32, s)$ (same $\alpha$, same clients and batches), and the spread between seeds is
+# the standard deviation $s_d$ of the $d_s$ (`measures.paired_verdicts`). With one seed in `seeds`
+# the $\alpha = 0.5$ cells (or the first $\alpha$'s) also run with the next seed to give it; at
+# $\alpha = 0.5$ these are lesson 04's runs when its parameters agree, read back from the cache.
 
 # %%
+def spread_lines(point=0.01):
+    """The spread between seeds of the paired differences to FP32; whether `point` and each difference lie within it."""
+    runs = all_cells.reset_index()
+    spreads = pd.concat({a: paired_verdicts(runs[runs.alpha == a], reference=32, value="final_test_acc", by="bits")
+                         for a in alpha_list}, names=["alpha", "bits"])
+    measured = spreads[spreads.seeds >= 2]
+    if measured.empty:
+        return [f"Spread between seeds: not measured (no cell ran with two seeds), so whether {point:g} is noise "
+                f"cannot be judged in this run."]
+    s_d = float(np.sqrt((measured["std"] ** 2).mean()))  # pooled over the cells that have a spread
+    where = ", ".join(f"alpha = {a:g} at {b} bits" for a, b in measured.index)
+    rough = "; two seeds give a rough measure" if measured.seeds.min() < 3 else ""
+    out = [f"Spread between seeds of the paired difference to FP32: s_d = {s_d:.4f} (pooled over {where}; "
+           f"{int(measured.seeds.min())} seed(s) each{rough}). A difference of {point:g} is within it: "
+           f"**{'holds' if point <= s_d else 'does not hold'}** in this run."]
+    for (a, b), r in spreads.iterrows():
+        within = abs(r["mean"]) <= s_d
+        out.append(f"* alpha = {a:g}, {b} bits minus FP32: {r['mean']:+.4f}, the mean over {int(r.seeds)} seed(s); "
+                   f"within the spread ({s_d:.4f}): **{'holds' if within else 'does not hold'}**.")
+    return ["\n".join(out[:1] + ["", *out[1:]])]
+
+
 text = [f"Grid of {len(alpha_list)} alphas by {len(bits_list)} bit widths, {num_rounds} rounds of "
         f"{base.model} on {Path(dataset).stem}, {len(seed_list)} seed(s) per cell."]
 best = grid.final_test_acc.idxmax()
@@ -104,4 +144,5 @@ if 32 in acc_table:
         ok = [f"{a:g}" for a in d.index if d[a] >= -0.01]
         text.append(f"{b} bits: {saved:.1f}% less upload; accuracy minus FP32 from {d.min():+.4f} to "
                     f"{d.max():+.4f} across alphas; within a point of FP32 at alpha = {', '.join(ok) or 'none'}.")
+    text += spread_lines()
 display(Markdown("\n\n".join(text)))

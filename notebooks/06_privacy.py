@@ -49,7 +49,7 @@ num_rounds: int = 8  # communication rounds of every federated run
 num_clients: int = 10  # K, clients, all sampled every round
 alpha: float = 0.5  # Dirichlet concentration of the label split
 bits: int = 8  # upload bit width of the federated runs (2..16; secure aggregation needs integer codes)
-dp_clip: float = 1.0  # S, L2 norm every client update is clipped to (about the median update norm of round 1)
+dp_clip: float = 1.0  # S, L2 norm every client update is clipped to (printed against round 1's median update norm)
 noise_levels: str = "0.1,1.0"  # comma-separated noise multipliers z (noise std on the sum is z S); 0 clips only
 dp_delta: float = 1e-5  # delta of the (epsilon, delta) guarantee
 dp_sampling: str = "poisson"  # how DP runs pick clients: poisson (each with probability C) or fixed (exactly m)
@@ -58,6 +58,7 @@ seeds: str = "0,1"  # comma-separated seeds; runs repeat for each (the lesson sa
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
@@ -84,13 +85,14 @@ from fl_lib.core.errors import ConfigError, DivergenceError
 from fl_lib.privacy.stages import SECAGG_MARGIN
 from fl_lib.simulator.federation import Federation
 from fl_lib.core.models import build_model
-from fl_lib.core.quant import fake_quantize, relative_error
+from fl_lib.core.quant import fake_quantize, q_max, relative_error
 from fl_lib.runtime.results import run
 from fl_lib.study import attacks
+from fl_lib.study.measures import paired_verdicts
 from fl_lib.study.sweep import sweep
 from fl_lib.study.widgets import LeakageExplorer, width_label
 
-lesson.setup("mcmahan")
+lesson.setup("mcmahan", theme=theme)
 data_root = lesson.folder("data_root", data_root)
 results_dir = lesson.folder("results_dir", results_dir)
 figures_dir = lesson.folder("figures_dir", figures_dir)
@@ -320,11 +322,58 @@ display(Markdown(f"Same leak: PSNRs within {same_db:g} dB (MSE within {10 ** (sa
 # step 2, and the matching loss cannot fall below what that error leaves. How much of the picture
 # survives at each width is what the checks above measure, for this attack: a stronger attack (image
 # priors, several restarts) can only do better, so a width that leaks here is not made safe by a
-# weaker attack failing on it. Larger batches are harder for this attack, but that too is a property
-# of the attack, not a guarantee: attacks with image priors rebuild batches (Geiping et al.). Noise
-# the *client* adds before uploading does help, at a cost in accuracy that is the subject of the next
-# section, where the noise is added by the server instead.
+# weaker attack failing on it. Whether larger batches, or noise the *client* adds before uploading,
+# make this attack fail is checked below from the same rows. Neither is a guarantee: attacks with
+# image priors rebuild batches (Geiping et al.), and noise costs accuracy, the subject of the next
+# section (where the server adds it instead).
 #
+# **Quantization as a defence, against the spread between seeds.** One image says little about
+# chance, so every seed of `seeds` attacks its own image at each width ($B = 1$, stored like the
+# rest). For seed $s$ the paired difference is $d_s = \mathrm{PSNR}_s(b) - \mathrm{PSNR}_s(32)$;
+# quantization lowers the leak beyond chance when their mean is below minus their standard deviation,
+# $\bar d < -s_d$ (`measures.paired_verdicts`), and it is a defence only if it also lowers it by more
+# than `same_db`: a drop smaller than that leaves the reconstruction as good as FP32's.
+
+# %%
+psnr_by_seed = []
+for s in seed_list:  # the first seed's grid is the one above, read back from the cache
+    rows_s = attacks.Attacks.load(attacks.attack_grid(dataset, [1], attack_bits, [0.0], **(cached | {"seed": s}))).rows
+    rows_s = rows_s[(rows_s.noise == 0) & (rows_s.batch_size == 1)]
+    psnr_by_seed.append(rows_s.assign(seed=s, width=rows_s.bits.map(width_label)))
+psnr_by_seed = pd.concat(psnr_by_seed, ignore_index=True)
+defence, defence_lines = {}, []
+if 32 in attack_bits and len(attack_bits) > 1:
+    for w, r in paired_verdicts(psnr_by_seed, reference="FP32", value="psnr", by="width").iterrows():
+        per_seed = ", ".join(f"{r[f'seed {s}']:+.2f}" for s in seed_list if pd.notna(r.get(f"seed {s}")))
+        if r.seeds < 2:
+            defence[w] = None
+            defence_lines.append(f"* **{w}** minus FP32: {r['mean']:+.2f} dB on one seed: no spread between seeds, "
+                                 f"so whether it lowers the leak beyond chance cannot be judged in this run.")
+        else:
+            beyond, material = bool(r["mean"] < -r["std"]), bool(r["mean"] < -same_db)
+            defence[w] = beyond and material
+            defence_lines.append(
+                f"* **{w}** minus FP32: {r['mean']:+.2f} dB, spread {r['std']:.2f} dB over {int(r.seeds)} seeds (per "
+                f"seed {per_seed}); lower by more than the spread: **{'holds' if beyond else 'does not hold'}**; by "
+                f"more than {same_db:g} dB: **{'holds' if material else 'does not hold'}**; a defence against this "
+                f"attack in this run: **{'holds' if defence[w] else 'does not hold'}**.")
+else:
+    defence_lines.append("Only one bit width, or no FP32, was attacked (`attack_bit_widths`): nothing to compare.")
+fp32_b1 = psnr_at.get(32)
+for r in batches[batches.batch_size > 1].itertuples() if fp32_b1 is not None else []:
+    harder = r.psnr < fp32_b1 - same_db
+    defence_lines.append(f"* **B = {r.batch_size}**, FP32: {r.psnr:.1f} dB against {fp32_b1:.1f} dB at B = 1 "
+                         f"({r.psnr - fp32_b1:+.1f} dB); harder for this attack (more than {same_db:g} dB lower): "
+                         f"**{'holds' if harder else 'does not hold'}** in this run.")
+for r in noisy.itertuples() if fp32_b1 is not None else []:
+    helps = r.psnr < fp32_b1 - same_db
+    defence_lines.append(f"* **Client noise std {r.noise:g}**, FP32, B = 1: {r.psnr:.1f} dB against {fp32_b1:.1f} dB "
+                         f"without ({r.psnr - fp32_b1:+.1f} dB); helps against this attack (more than {same_db:g} dB "
+                         f"lower): **{'holds' if helps else 'does not hold'}** in this run.")
+display(Markdown(f"Seeds {', '.join(map(str, seed_list))}, {method}, each attack run to its plateau or cap "
+                 f"{attack_cap:,}:\n\n" + "\n".join(defence_lines)))
+
+# %% [markdown]
 # ## A widget: move the bit width or the noise
 #
 # It redraws one stored reconstruction beside its original (from the attacks above, no new attack
@@ -361,9 +410,10 @@ print(f"{explorer.key()}: {explorer.text.value}")
 #
 # **Why small federations pay a lot.** The noise on each coordinate of the averaged update has std
 # $zS/m$, while the whole clipped mean has norm at most $S$. Over $d$ parameters the noise's norm is
-# about $zS\sqrt{d}/m$: with $d$ in the hundreds of thousands and $m = 10$, even $z = 0.1$ gives a
-# noise vector several times longer than the update. A large federation divides the same $zS$ by a
-# thousand clients, and subsampling ($q \ll 1$) lowers $\varepsilon$ further.
+# about $zS\sqrt{d}/m$. Below, that norm is set against the norm of a real averaged update: the
+# clipped updates of the clients sampled in round 1, each trained once from the initial model (the
+# same uploads section 3 codes and masks). A large federation divides the same $zS$ by its much
+# larger $m$, and subsampling ($q \ll 1$) lowers $\varepsilon$ further.
 
 # %%
 num_params = sum(p.numel() for p in build_model(base.model, ds.num_classes, ds.in_channels, ds.image_size
@@ -371,6 +421,17 @@ num_params = sum(p.numel() for p in build_model(base.model, ds.num_classes, ds.i
 m = base.clients_per_round
 q = base.client_fraction  # Poisson: each client joins with probability q; fixed: exactly m of K
 K = base.num_clients
+fed = Federation(base.replace(seed=seed), data=ds)  # round 1 of the first seed: each sampled client trains once
+sampled = fed.sample_clients(1)
+uploads = []
+for k in sampled:
+    sent, _ = fed.local_update(k, 1)
+    uploads.append({n: v.detach().cpu().float().clone() for n, v in sent.items() if v.is_floating_point()})
+start = {n: v.detach().cpu().float() for n, v in fed.global_state.items() if v.is_floating_point()}
+updates = [{n: u[n] - start[n] for n in start} for u in uploads]
+update_norms = [dp.update_norm(u) for u in updates]
+clipped_mean = {n: sum(dp.clip_update(u, dp_clip)[0][n] for u in updates) / m for n in start}
+mean_norm = dp.update_norm(clipped_mean)  # the averaged clipped update the noise is added to (divided by m)
 
 
 def eps(q_, z_, rounds):
@@ -393,6 +454,7 @@ for z in z_list:
         continue
     budget.append({"z": z, "noise std per coordinate of the mean, zS/m": z * dp_clip / m,
                    "noise norm / S, z sqrt(d) / m": z * math.sqrt(num_params) / m,
+                   "noise norm / round-1 update norm": z * dp_clip * math.sqrt(num_params) / m / mean_norm,
                    f"epsilon after {num_rounds} rounds, Poisson (q = {q:g})": eps(q, z, num_rounds),
                    f"epsilon, fixed m = {m} of {K} (replace-one)": eps_fixed(K, m, z, num_rounds),
                    # the same noise on the mean with 10x the clients per round, a tenth of them sampled per round
@@ -404,6 +466,16 @@ display(Markdown(f"{base.model}: d = {num_params:,} parameters, m = {m} clients 
                  f"bound. The last two columns keep the noise per coordinate of the mean the same (z grows with m) "
                  f"in a federation 100 times larger that samples 10 times more clients per round. '<=' marks a "
                  f"loose bound (Opacus's optimal order at the edge of its range)."))
+noise_lines = [f"* z = {r['z']:g}: noise norm {r['z'] * dp_clip * math.sqrt(num_params) / m:.3g}, "
+               f"{r['noise norm / round-1 update norm']:.3g} times the update's; noise longer than the update: "
+               f"**{'holds' if r['noise norm / round-1 update norm'] > 1 else 'does not hold'}** in this run."
+               for r in budget]
+display(Markdown(
+    f"Round 1 (seed {seed}): the {len(updates)} sampled clients' updates have median norm "
+    f"{np.median(update_norms):.3g} (from {min(update_norms):.3g} to {max(update_norms):.3g}), so S = {dp_clip:g} is "
+    f"{dp_clip / np.median(update_norms):.3g} times the median and clips {sum(n > dp_clip for n in update_norms)} of "
+    f"{len(updates)}. Their clipped mean (sum / m, m = {m}) has norm {mean_norm:.3g}; the noise on it, "
+    f"z S sqrt(d) / m with d = {num_params:,}:\n\n" + ("\n".join(noise_lines) or "* no z > 0 in `noise_levels`.")))
 warnings.filterwarnings("ignore", message="Optimal order is the (smallest|largest) alpha")  # the engine's runs below
 pd.DataFrame(budget).set_index("z") if budget else None
 
@@ -477,16 +549,10 @@ dp_table.round(4)
 # one grid: a shared scale per channel $s_c = B_c / q_{\max}$ from a public bound $B_c$, here
 # `SECAGG_MARGIN` $\times \max_i |w_{t,ci}|$ of the global model every client holds.
 #
-# Below: the real uploads of round 1 (every client trains once from the initial model), coded on the
-# shared grid at `bits`, then masked with `secagg.masked_sum`.
+# Below: the real uploads of round 1 from section 2 (every client sampled in round 1 trains once from
+# the initial model), coded on the shared grid at `bits`, then masked with `secagg.masked_sum`.
 
 # %%
-fed = Federation(base.replace(seed=seed), data=ds)
-sampled = fed.sample_clients(1)
-uploads = []
-for k in sampled:
-    sent, _ = fed.local_update(k, 1)
-    uploads.append({n: v.detach().cpu().float().clone() for n, v in sent.items() if v.is_floating_point()})
 bound = secagg.channel_bound({n: v.cpu() for n, v in fed.global_state.items()}, margin=SECAGG_MARGIN)
 flats = []
 for u in uploads:
@@ -564,9 +630,10 @@ cost.round(4)
 #
 # With DP the clients sum their *clipped updates* $\Delta_k$ ($\|\Delta_k\| \le S$), and the
 # obvious shared grid has step $S / q_{\max}$. Two things then go wrong. A coordinate of a clipped
-# update is about $S/\sqrt d$, a small fraction of a step, so most of them round to 0 and the update
-# vanishes. And rounding moves each coordinate by up to half a step, so a rounded update can be
-# longer than $S$, while the noise was sized for $S$.
+# update is about $S/\sqrt d$, a fraction $q_{\max}/\sqrt d$ of a step, so where $\sqrt d \gg q_{\max}$
+# most of them round to 0 and the update vanishes (printed below with the share of codes 0). And
+# rounding moves each coordinate by up to half a step, so a rounded update can be longer than $S$,
+# while the noise was sized for $S$.
 #
 # The engine follows Kairouz, Liu and Steinke (2021): each client pads $\Delta_k$ to $n = 2^{\lceil
 # \log_2 d\rceil}$ values and rotates it, $y = H D \Delta_k / \gamma$, with $H$ the Walsh-Hadamard
@@ -575,15 +642,14 @@ cost.round(4)
 # span many grid steps but (with probability $1 - 10^{-6}$) stay within $\pm q_{\max}$. The client then
 # rounds stochastically, redrawing until $\|z\| \le B$ (conditional rounding), or to the nearest
 # integer, $\|z\| \le C + \sqrt n / 2$. Every decoded upload then has norm at most
-# $\Delta = \gamma B$, slightly more than $S$, and the server's noise has std $z\Delta$ (`fl_lib/privacy/dp_quant.py`).
+# $\Delta = \gamma B$, more than $S$ by the factor $\Delta / S$ in the table below, and the server's
+# noise has std $z\Delta$ (`fl_lib/privacy/dp_quant.py`).
 #
 # Below, the round-1 updates of the clients above, clipped to $S$ = `dp_clip`, go through the whole
 # path (codes, masks, sum, unmasking) without noise. "old grid" is the plain shared grid (step
 # $S/q_{\max}$, nearest rounding) that the engine used before.
 
 # %%
-start = {n: v.detach().cpu().float() for n, v in fed.global_state.items() if v.is_floating_point()}
-updates = [{n: u[n] - start[n] for n in start} for u in uploads]
 clipped_old = [dp.clip_update(u, dp_clip)[0] for u in updates]
 dpsa = []
 for b in sorted(set(secagg_bits) | {bits}, reverse=True):
@@ -604,7 +670,10 @@ for b in sorted(set(secagg_bits) | {bits}, reverse=True):
     dpsa.append(row)
 dpsa = pd.DataFrame(dpsa).set_index("bits")
 display(Markdown(f"{len(updates)} clients, d = {num_params:,} parameters (n = {dp_quant.padded_size(num_params):,} "
-                 f"after padding), S = {dp_clip:g}. An empty error cell is a width the engine refuses: the "
+                 f"after padding), S = {dp_clip:g}. A coordinate of size S / sqrt(d) is q_max / sqrt(d) of the old "
+                 f"grid's step: " + ", ".join(f"{q_max(b) / math.sqrt(num_params):.3g} at {b} bits (share of codes "
+                                             f"0: {dpsa.loc[b, 'old grid: share of codes 0']:.0%})" for b in dpsa.index)
+                 + f". An empty error cell is a width the engine refuses: the "
                  f"rounding noise would be larger than the update. Delta / S is how much more noise the "
                  f"rounding costs."))
 dpsa.round(4)
@@ -662,7 +731,10 @@ if len(clean) >= 2:
             f"{width_label(r.bits)} {r.psnr:.1f} dB" for r in clean.itertuples())
         + f" against {gray:.1f} dB for a gray guess. Within {same_db:g} dB of FP32 (leaks like it): "
         + (", ".join(map(width_label, like_fp32)) or "none") + f"; more than {same_db:g} dB below it: "
-        + (", ".join(map(width_label, below_fp32)) or "none") + ".")
+        + (", ".join(map(width_label, below_fp32)) or "none") + ". Below FP32 by more than the spread between "
+        + (f"seeds and {same_db:g} dB: not judged, one seed" if len(seed_list) < 2 else
+           f"{len(seed_list)} seeds and {same_db:g} dB: " + (", ".join(w for w, v in defence.items() if v) or "none"))
+        + ".")
 for label_, r in dp_table.iterrows():
     if label_ == "no DP":
         continue

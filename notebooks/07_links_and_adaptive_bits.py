@@ -49,6 +49,7 @@ buffer_weights: str = "uniform"  # FedBuff: uniform (the paper's 1/K mean) or sa
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
@@ -61,6 +62,7 @@ from IPython.display import Markdown, display
 from fl_lib.core import config
 from fl_lib.study import lesson
 from fl_lib.core import links
+from fl_lib.privacy import secagg
 from fl_lib.study import plots
 from fl_lib.core.config import parse_list, parse_seeds
 from fl_lib.core.data import load_dataset
@@ -69,7 +71,7 @@ from fl_lib.study.measures import best_acc_until, time_to_target, time_to_target
 from fl_lib.study.sweep import sweep
 from fl_lib.study.widgets import LinkExplorer, clock_stats, clock_summary, clock_view, width_label
 
-lesson.setup("lee", "mcmahan")
+lesson.setup("lee", "mcmahan", theme=theme)
 data_root = lesson.folder("data_root", data_root)
 results_dir = lesson.folder("results_dir", results_dir)
 figures_dir = lesson.folder("figures_dir", figures_dir)
@@ -147,12 +149,12 @@ clock_summary(clock).round(3)
 #
 # $$T_k = \frac{8 \big(D + (n - 1)(P + 2S)\big)}{\mathrm{down}_k} + \frac{n_k E F}{\mathrm{speed}_k} + \frac{8 M_k}{\mathrm{up}_k} + 4\, \mathrm{latency}_k$$
 #
-# with $n$ the round's clients, $P$ = 32 bytes a public key, $S$ = 71 bytes a share and $M_k$ the masked
-# upload (`secagg.masked_upload_bytes`: vector, key and the $3n - 2$ shares it sends). The protocol's rounds
-# are barriers; charging each client its own four rounds is exact when the small key and share messages take
-# equally long for every client (`links.py` says by how much it can fall short otherwise). Below, the same
-# rounds and links with and without secure aggregation at each quantized width of `bit_widths`; nothing is
-# trained.
+# with $n$ the round's clients, $P$ the bytes of a public key, $S$ those of a share (both printed below) and
+# $M_k$ the masked upload (`secagg.masked_upload_bytes`: vector, key and the $3n - 2$ shares it sends). The
+# protocol's rounds are barriers; charging each client its own four rounds is exact when the small key and
+# share messages take equally long for every client (`links.py` says by how much it can fall short otherwise).
+# Below, the same rounds and links with and without secure aggregation at each quantized width of
+# `bit_widths`; nothing is trained.
 
 # %%
 sa_widths = [b for b in bits_list if b != 32] or [8]  # secure aggregation sums integer codes: 2..16 bits
@@ -172,7 +174,8 @@ for lk in dict.fromkeys([link, what_if_link]):
 sa_clock = pd.DataFrame(sa_rows).set_index(["link", "upload"])
 sa_clock["bytes ratio"] = sa_clock["secure aggregation: bytes per client"] / sa_clock["plain: bytes per client"]
 sa_clock["round ratio"] = sa_clock["secure aggregation: mean round (s)"] / sa_clock["plain: mean round (s)"]
-display(Markdown("On the first seed's links, secure aggregation makes an upload "
+display(Markdown(f"P = {secagg.KEY_BYTES} bytes, S = {secagg.SHARE_BYTES} bytes (`secagg.KEY_BYTES`, "
+                 f"`secagg.SHARE_BYTES`). On the first seed's links, secure aggregation makes an upload "
                  + "; ".join(f"{u} on `{lk}` {r['bytes ratio']:.2f} times larger and a round "
                              f"{r['round ratio']:.2f} times longer ({r['plain: mean round (s)']:.3g} s against "
                              f"{r['secure aggregation: mean round (s)']:.3g} s)" for (lk, u), r in sa_clock.iterrows())
@@ -206,16 +209,25 @@ print("slowest client of a round (client: rounds):", slow_clients.to_dict())
 #
 # $$\text{kept} = \{k : T_k \le d\}, \qquad T_{\text{round}} = d \ \text{if any client is dropped, else} \ \max_k T_k$$
 #
-# With `deadline = 0` the run uses the median client time at FP32 over all rounds, so about half the
-# clients miss it. Both runs below use the first seed and the same links, so they differ only by the
-# deadline. If the same clients miss it every round (a slow device is slow in every round), their data
-# is never learned from.
+# With `deadline = 0` the run uses the median client time at FP32 over all rounds, to two significant
+# digits; the share of client-rounds that miss it is printed below, from the clock and from the run.
+# Both runs below use the first seed and the same links, so they differ only by the deadline. If the
+# same clients miss it every round (a slow device is slow in every round), their data is never learned
+# from: the clients that do are printed too.
 
 # %%
 seed0 = seed_list[0]
 d = deadline if deadline > 0 else float(f"{fp32.total_s.median():.2g}")
 pair = {f"{width_label(ref_bits)}, no deadline": {}, f"{width_label(ref_bits)}, deadline {d:g} s": {"deadline": d}}
 deadline_runs = sweep(base.replace(bits=ref_bits), {"label": pair, "seed": seed0}, root=results_dir, workers=workers)
+late = fp32.assign(late=fp32.total_s > d)  # from the clock alone: who would miss the deadline
+always_late = [int(k) for k, v in late.groupby("client").late.mean().items() if v == 1]
+display(Markdown(
+    f"Deadline {d:g} s ("
+    + ("the parameter" if deadline > 0 else f"the median FP32 client time, {fp32.total_s.median():.3g} s")
+    + f"): on the first seed's clock {int(late.late.sum())} of {len(late)} client-rounds at {width_label(ref_bits)} "
+    f"take longer ({late.late.mean():.0%}). Clients late in every round they were sampled: "
+    f"{', '.join(map(str, always_late)) or 'none'}."))
 total_s = deadline_runs.groupby("label").cum_sim_seconds.max().max()
 unit, per = ("hours", 3600.0) if total_s >= 3600 else ("minutes", 60.0)  # the clock's unit in every figure
 deadline_runs["sim_time"] = deadline_runs.cum_sim_seconds / per
@@ -225,6 +237,7 @@ deadline_table = pd.DataFrame({
     "final test_acc": deadline_runs.groupby("label").test_acc.last(),
     f"simulated {unit}": deadline_runs.groupby("label").sim_time.max(),
     "dropped client-rounds": deadline_runs.groupby("label").dropped_clients.sum(),
+    "share dropped": deadline_runs.groupby("label").dropped_clients.sum() / (num_rounds * base.clients_per_round),
     f"{unit} to {target:g}": time_to_target_by(deadline_runs, "label", target, x="sim_time")})
 deadline_table.round(4)
 
@@ -401,13 +414,14 @@ versus16
 # $$w \leftarrow w + \eta_g \sum_{i=1}^{K} c_i\, s(\tau_i)\, (w_i - w_{\text{base},i}), \qquad s(\tau) = \frac{1}{\sqrt{1 + \tau}}, \qquad c_i = \frac{1}{K}\ \text{(the paper)} \quad\text{or}\quad c_i = \frac{n_i}{\sum_j n_j}\ \text{(a variant)}$$
 #
 # FLSim, the authors' simulator, writes the client's update as before minus after training and steps
-# $w - \eta_g \bar\Delta$: the same step with the opposite sign on $\Delta$.
-# Its regime is many more clients in flight than $K$, so an update waits only for the first $K$ to arrive.
-# Nobody waits for the slowest client, so updates come faster, but fast clients contribute more often and
-# the slow ones' updates arrive stale. Below, at the same width, seed and links as the FedAvg run: FedBuff
-# with this lesson's parameters (labelled "paper" when its weights are the paper's $1/K$), and fl_lib's
-# earlier FedBuff, a variant ($c_i = n_i / \sum_j n_j$, $\eta_g = 1$, $K$ = concurrency = the clients per
-# round). "Round" is then a server update; the comparison is at equal simulated time.
+# $w - \eta_g \bar\Delta$: the same step with the opposite sign on $\Delta$. Its regime is many more clients in
+# flight than $K$, so an update waits only for the first $K$ to arrive. Nobody waits for the slowest client,
+# so a server update can come sooner than a synchronous round; a fast client can then contribute several times
+# while a slow one trains once, and the slow one's update arrives stale. Whether updates came faster in this
+# run is printed under the table. Below, at the same width, seed and links as the FedAvg run: FedBuff with
+# this lesson's parameters (labelled "paper" when its weights are the paper's $1/K$), and fl_lib's earlier
+# FedBuff, a variant ($c_i = n_i / \sum_j n_j$, $\eta_g = 1$, $K$ = concurrency = the clients per round).
+# "Round" is then a server update; the comparison is at equal simulated time.
 
 # %%
 m_round = base.clients_per_round
@@ -448,6 +462,13 @@ async_table = pd.DataFrame({
     by_end: {lab: best_acc_until(async_runs[async_runs.label == lab], "sim_time", common_end) for lab in labels_async},
     "final test_acc": async_runs.dropna(subset=["test_acc"]).groupby("label").test_acc.last(),
     f"{unit} to {target:g}": time_to_target_by(async_runs, "label", target, x="sim_time")}).reindex(labels_async)
+sync_interval = async_table.loc["FedAvg", "mean update interval (s)"]
+display(Markdown("\n".join(
+    f"* **{lab}**: a server update every {r['mean update interval (s)']:.3g} s on average against a FedAvg round "
+    f"every {sync_interval:.3g} s; updates come faster: **"
+    f"{'holds' if r['mean update interval (s)'] < sync_interval else 'does not hold'}** in this run "
+    f"({sync_interval / r['mean update interval (s)']:.2g} times as many per second)."
+    for lab, r in async_table.drop(index="FedAvg").iterrows())))
 async_table.round(4)
 
 # %% [markdown]
@@ -470,7 +491,8 @@ for seed in seed_list:
                                                 - m.sim_seconds.to_numpy()))))
         seconds = np.cumsum(replay_clock(cfg, what_if_link, data_by_seed[seed]))
         frames.append(m.assign(cum_sim_seconds=seconds, link=what_if_link))
-print(f"replay on {link} against the runs' own clocks: largest difference {check:.3g} s")
+print(f"replay on {link} against the runs' own clocks: largest difference {check:.3g} s; the replay reproduces "
+      f"them (within 1e-9 s): {'holds' if check <= 1e-9 else 'does not hold'} in this run")
 what_if = pd.concat(frames, ignore_index=True)
 w_unit, w_per = ("hours", 3600.0) if what_if.cum_sim_seconds.max() >= 3600 else ("minutes", 60.0)
 what_if["sim_time"] = what_if.cum_sim_seconds / w_per
@@ -576,7 +598,7 @@ text.append(verdict)
 text.append(f"**Adaptive against INT16.** {verdict16[0].upper() + verdict16[1:]}.")
 dl = deadline_table
 text.append(f"**Deadline.** At {label[ref_bits]} with seed {seed0}, a {d:g} s deadline dropped "
-            f"{int(dl['dropped client-rounds'].max())} client-rounds; final accuracy "
+            f"{int(dl['dropped client-rounds'].max())} client-rounds ({dl['share dropped'].max():.0%}); final accuracy "
             + " against ".join(f"{dl.loc[i, 'final test_acc']:.4f} ({i})" for i in dl.index)
             + ", in " + " against ".join(f"{dl.loc[i, f'simulated {unit}']:.3g}" for i in dl.index)
             + f" simulated {unit}.")

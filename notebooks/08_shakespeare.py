@@ -44,6 +44,7 @@ data_root: str = ""  # where datasets are downloaded and built; empty: the proje
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 
 # %%
 import pandas as pd
@@ -60,7 +61,7 @@ from fl_lib.study.measures import local_updates, rounds_to_target
 from fl_lib.core.models import build_model, count_parameters
 from fl_lib.study.sweep import sweep
 
-lesson.setup("mcmahan")
+lesson.setup("mcmahan", theme=theme)
 data_root = lesson.folder("data_root", data_root)
 results_dir = lesson.folder("results_dir", results_dir)
 figures_dir = lesson.folder("figures_dir", figures_dir)

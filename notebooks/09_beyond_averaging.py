@@ -70,6 +70,7 @@ seeds: str = "0,1"  # comma-separated seeds; runs repeat for each (the lesson sa
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
+theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
 # %%
@@ -99,7 +100,7 @@ from fl_lib.study.measures import client_updates, drift_stats, paired_verdicts, 
 from fl_lib.study.sweep import sweep
 from fl_lib.study.widgets import CurveExplorer
 
-lesson.setup("mcmahan", "hsu", "fedprox", "reddi", "yin", "scaffold", "huber", "fedadp", "sattler")
+lesson.setup("mcmahan", "hsu", "fedprox", "reddi", "yin", "scaffold", "huber", "fedadp", "sattler", theme=theme)
 data_root = lesson.folder("data_root", data_root)
 results_dir = lesson.folder("results_dir", results_dir)
 figures_dir = lesson.folder("figures_dir", figures_dir)
@@ -203,7 +204,7 @@ for i, (name, s) in enumerate(steps.items()):
     fig.add_trace(go.Scatter(x=[0, float(s[0])], y=[0, float(s[1])], mode="lines+markers", name=name,
                              line=dict(color=plots.COLORS[i], width=3), marker=dict(size=[0, 10])))
 fig.update_layout(title="Ten client updates and each rule's step (marker size: n_k)", xaxis_title="coordinate 1",
-                  yaxis_title="coordinate 2", template="plotly_white", height=440)
+                  yaxis_title="coordinate 2", template=plots.theme.template(), height=440)
 fig.update_yaxes(scaleanchor="x", scaleratio=1)
 fig.show()
 b = int(trim_fraction * len(toy))

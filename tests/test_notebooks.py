@@ -383,7 +383,8 @@ def test_papermill_from_an_unrelated_directory(tiny_params, tmp_path, monkeypatc
                         kernel_name="python3", progress_bar=False, kernel_manager_class=report.kernel_manager_class())
     assert _tree(base / "b") == ["c", "c/out.ipynb"]
     runs = [p for p in (base / "runs").iterdir() if (p / "summary.json").is_file()]
-    assert len(runs) == 4  # 2 alphas x 2 bit widths x 1 seed, each a cached run folder
+    assert len(runs) == 6  # 2 alphas x 2 bit widths x 1 seed, and alpha 0.5's 2 with a second seed for the
+    # spread between seeds, each a cached run folder
     assert sorted(p.name for p in (base / "figs").glob("*.png")) == ["05_accuracy_grid.png", "05_upload_grid.png"]
     out = nbformat.read("out.ipynb", as_version=4)
     assert not out.metadata.papermill.get("exception")

@@ -39,3 +39,15 @@ def test_lines_differ_by_dash_and_marker_as_well_as_colour():
 def test_an_unknown_theme_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"theme='beamer' is not a figure theme: choose screen or projector"):
         theme.use("beamer")
+
+
+def test_every_lesson_takes_the_theme_parameter_and_applies_it():
+    import jupytext
+
+    from fl_lib.study import lesson, report
+
+    for path in report.lesson_paths([]):
+        cells = jupytext.read(str(path)).cells
+        params = next(c for c in cells if "parameters" in c.metadata.get("tags", []))
+        assert lesson.parameter_line("theme") in params.source.splitlines(), path.stem
+        assert sum("theme=theme" in c.source and "lesson.setup(" in c.source for c in cells) == 1, path.stem

@@ -213,3 +213,34 @@ def paired_verdicts(runs, reference: str, value: str, by: str = "label", seed: s
         rows[method] = {**{f"seed {s}": d.get(s, math.nan) for s in table.columns},
                         "mean": mean, "std": std, "seeds": len(d), "verdict": verdict}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by)
+
+
+# -- early convergence (lesson 04) ----------------------------------------------------
+def early_auc(metrics, rounds: float, x: str = "round") -> float:
+    """Mean test accuracy over the first `rounds` rounds: the area under the accuracy curve, divided by its width.
+
+    "Converges faster early on" is a claim about the whole early curve, which the rounds to one
+    target see at a single height only. The area covers the evaluated rows with 1 <= x <= rounds,
+    by trapezoids between consecutive evaluations (rows without one are skipped), divided by
+    the x they span, so it stays an accuracy: two runs evaluated on the same rounds compare
+    directly, and a pair of runs per seed gives a paired difference. One evaluation gives its
+    accuracy; none gives NaN.
+    """
+    if not rounds >= 1:
+        raise ValueError(f"early_auc: rounds={rounds!r} is not allowed: must be >= 1")
+    m = metrics.dropna(subset=["test_acc"])
+    m = m[(m[x] >= 1) & (m[x] <= rounds)].sort_values(x)
+    xs, acc = m[x].astype(float).tolist(), m.test_acc.astype(float).tolist()
+    if len(xs) < 2:
+        return acc[0] if acc else math.nan
+    area = sum((x1 - x0) * (a0 + a1) / 2 for x0, x1, a0, a1 in zip(xs, xs[1:], acc, acc[1:]))
+    return area / (xs[-1] - xs[0])
+
+
+def early_auc_by(frame, by, rounds: float, x: str = "round"):
+    """`early_auc` of every run in `frame`, one per group of `by`, as a float Series (like `time_to_target_by`)."""
+    import pandas as pd
+
+    auc = {key: early_auc(m, rounds, x) for key, m in frame.groupby(by, sort=False)}
+    index = pd.MultiIndex.from_tuples(auc, names=by) if isinstance(by, list) else pd.Index(auc, name=by)
+    return pd.Series(list(auc.values()), index=index, dtype=float)
