@@ -217,7 +217,7 @@ cells = [("original", x[0])] + [(f"{s} steps\n{r.psnr:.1f} dB", r.reconstruction
                                 for s, r in zip(shown_steps, progress)]
 if final is not None:
     cells.append((f"{final_row.steps_run} steps ({final_row.stop})\n{final_row.psnr:.1f} dB", final[0]))
-display(Image(filename=str(plots.image_table([cells], "06_attack_steps", figures_dir, size=1.6))))
+display(Image(filename=str(plots.image_table([cells], "06_attack_steps", figures_dir))))
 curves = [pd.DataFrame({"step": np.arange(1, len(h) + 1), "attack loss": h, "label": width_label(b)})
           for b in attack_bits if (h := attacked.histories.get(f"{attack_model}_B1_bits{b}_noise0"))]
 if curves:
@@ -241,7 +241,7 @@ for b in attack_bits:
     img, r = attacked.stored(1, b)
     if img is not None:
         cells.append((f"{width_label(b)}\n{r.psnr:.1f} dB", img[0]))
-display(Image(filename=str(plots.image_table([cells], "06_leakage_bits", figures_dir, size=1.6))))
+display(Image(filename=str(plots.image_table([cells], "06_leakage_bits", figures_dir))))
 
 # %% [markdown]
 # ### Larger batches

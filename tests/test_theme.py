@@ -51,3 +51,12 @@ def test_every_lesson_takes_the_theme_parameter_and_applies_it():
         params = next(c for c in cells if "parameters" in c.metadata.get("tags", []))
         assert lesson.parameter_line("theme") in params.source.splitlines(), path.stem
         assert sum("theme=theme" in c.source and "lesson.setup(" in c.source for c in cells) == 1, path.stem
+
+
+def test_compared_heatmaps_share_one_colour_scale(tmp_path):
+    import numpy as np
+
+    counts = {"IID": np.full((3, 4), 5), "skewed": np.array([[40, 0, 0, 0], [0, 20, 0, 0], [0, 0, 10, 0]])}
+    fig = plots.label_heatmaps(counts, name="heat", figures_dir=tmp_path)
+    assert [(t.zmin, t.zmax) for t in fig.data] == [(0, 40.0), (0, 40.0)]
+    assert (tmp_path / "heat.png").exists()

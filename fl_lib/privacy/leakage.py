@@ -513,7 +513,7 @@ def save_image_grid(columns, path):
     from matplotlib.figure import Figure  # no pyplot: no backend state touched in a notebook
 
     batch = len(columns[0][1])
-    fig = Figure(figsize=(1.3 * len(columns), 1.3 * batch + 0.5), layout="constrained")
+    fig = Figure(figsize=(1.8 * len(columns), 1.8 * batch + 0.6), layout="constrained")  # titles of 10 pt fit
     axes = fig.subplots(batch, len(columns), squeeze=False)
     for j, (title, imgs) in enumerate(columns):
         for i in range(batch):
@@ -522,7 +522,7 @@ def save_image_grid(columns, path):
             ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
             ax.set_xticks([]), ax.set_yticks([])
             if i == 0:
-                ax.set_title(title, fontsize=7)
+                ax.set_title(title, fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

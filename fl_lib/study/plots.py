@@ -125,10 +125,11 @@ def label_heatmaps(counts_by_name: dict, title="Label counts per client", name=N
     # long names ("Dirichlet per client (alpha=0.5)") break before "(" so neighbouring titles never overlap
     titles = [n.replace(" (", "<br>(") for n in names]
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles, horizontal_spacing=0.05)
-    fig.update_annotations(font_size=13)  # the subplot titles
+    fig.update_annotations(font_size=theme.current().font_size)  # the subplot titles
+    top = max(float(np.asarray(c).max()) for c in counts_by_name.values())  # one colour scale for every panel
     for i, n in enumerate(names, start=1):
         c = np.asarray(counts_by_name[n])
-        fig.add_trace(go.Heatmap(z=c, colorscale="Blues", showscale=i == len(names), coloraxis=None,
+        fig.add_trace(go.Heatmap(z=c, colorscale="Blues", showscale=i == len(names), coloraxis=None, zmin=0, zmax=top,
                                  hovertemplate="client %{y}<br>class %{x}<br>%{z} samples<extra></extra>"), 1, i)
         fig.update_xaxes(title_text="class", row=1, col=i, dtick=1)
         fig.update_yaxes(autorange="reversed", row=1, col=i, title_text="client" if i == 1 else None)
@@ -139,8 +140,9 @@ def label_heatmaps(counts_by_name: dict, title="Label counts per client", name=N
 
         sfig, axes = _static(figsize=(4.2 * len(names), 4.0), ncols=len(names))
         for ax, n in zip(axes, names):
-            sns.heatmap(np.asarray(counts_by_name[n]), cmap="Blues", ax=ax, cbar=False)
+            sns.heatmap(np.asarray(counts_by_name[n]), cmap="Blues", ax=ax, cbar=False, vmin=0, vmax=top)
             ax.set(title=n.replace(" (", "\n("), xlabel="class", ylabel="client")
+        sfig.colorbar(axes[-1].collections[0], ax=list(axes), label="samples")  # one scale, shared by every panel
         sfig.suptitle(title)
         sfig.set_layout_engine("constrained")  # keeps the two-line titles clear of the suptitle
         save_figure(sfig, name, figures_dir)
@@ -243,9 +245,13 @@ def _image(img):
     return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
 
 
-def image_table(rows, name, figures_dir="figures", size=1.3):
-    """Save a PNG of images laid out in rows: `rows` is a list of lists of (title, (C, H, W) image); return its path."""
+def image_table(rows, name, figures_dir="figures", size=None):
+    """Save a PNG of images laid out in rows: `rows` is a list of lists of (title, (C, H, W) image); return its path.
+
+    `size`: inches per image (default: the theme's, larger on a projector so the titles stay readable)."""
     ncols = max(len(r) for r in rows)
+    t = theme.current()
+    size = size or (1.8 if t.name == "screen" else 2.6)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(size * ncols, (size + 0.35) * len(rows)), layout="constrained")
@@ -259,7 +265,7 @@ def image_table(rows, name, figures_dir="figures", size=1.3):
                 continue
             title, img = row[j]
             ax.imshow(_image(img))
-            ax.set_title(title, fontsize=7)
+            ax.set_title(title, fontsize=t.font_size - 3)
     return save_figure(fig, name, figures_dir)
 
 
