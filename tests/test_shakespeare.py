@@ -184,3 +184,15 @@ def test_configs_pair_text_with_the_lstm():
         Config(partition="roles")
     with pytest.raises(ConfigError, match="dataset"):
         Config(dataset="shakespeare:x", model="char_lstm")
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_engine_auto_trains_text_sequentially_on_every_device(device):
+    from types import SimpleNamespace
+
+    from fl_lib.simulator.backends import Sequential, build_backend
+
+    fed = Federation(tiny(engine="auto"), data=Dataset(**sh.from_arrays(excerpt_arrays(times=2))))
+    pretend = SimpleNamespace(cfg=fed.cfg, client_side=fed.client_side, pipeline=fed.pipeline, data=fed.data,
+                              device=torch.device(device), sizes=fed.sizes)  # the backend choice reads only these
+    assert isinstance(build_backend(pretend), Sequential)
