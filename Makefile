@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PARAMS ?= notebooks/params/default.yaml
 NAME ?= study
 
-.PHONY: setup study test report bench
+.PHONY: setup study test report bench app
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,14 @@ PARALLEL_ARGS ?=
 bench: setup
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 	$(PY) benchmarks/parallel.py $(PARALLEL_ARGS)
+
+# The what-if dashboard (app/whatif.py) served by Voila on http://$(APP_IP):$(APP_PORT)/.
+# APP_IP=0.0.0.0 opens it to the network (README: what that exposes). RUNS: the results cache it reads and adds to.
+APP_IP ?= 127.0.0.1
+APP_PORT ?= 8866
+RUNS ?= $(or $(FL_LIB_RUNS),data/runs)
+app/whatif.ipynb: app/whatif.py
+	$(VENV)/bin/jupytext --quiet --to ipynb --output $@ $<
+app: setup app/whatif.ipynb
+	FL_LIB_RUNS=$(abspath $(RUNS)) FL_LIB_DATA_ROOT=$(abspath data) $(VENV)/bin/voila app/whatif.ipynb --no-browser \
+		--port=$(APP_PORT) --Voila.ip=$(APP_IP) '--VoilaConfiguration.extension_denylist=["jupyterlab-jupytext"]'
