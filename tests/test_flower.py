@@ -1,6 +1,5 @@
 """fl_lib on Flower: the Simulation Runtime and a localhost deployment give the in-process engine's run."""
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from fl_lib.runtime import flower  # noqa: E402
 from fl_lib.runtime import results  # noqa: E402
 from fl_lib.core.config import preset  # noqa: E402
 from fl_lib.simulator.federation import Federation  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -95,12 +95,6 @@ def test_a_corrupted_upload_is_refused_and_the_round_goes_on(recwarn, task_ident
 
 
 # -- a real federation on localhost: a SuperLink and 2 SuperNodes -----------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 kill_tree = flower.stop_tree
 
 

@@ -19,6 +19,7 @@ from fl_lib.core.config import PRESETS
 from fl_lib.core.errors import ConfigError
 from fl_lib.runtime import results
 from fl_lib.study import whatif
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -162,12 +163,6 @@ def test_the_button_runs_a_missing_setting_into_the_cache(tmp_path, tiny, monkey
 PAGE_MS = 180_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for_port(port: int, proc, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -193,7 +188,7 @@ def test_the_served_app_redraws_in_a_browser(cache, tmp_path):
 
     notebook = tmp_path / "whatif.ipynb"
     jupytext.write(jupytext.read(ROOT / "app" / "whatif.py"), notebook)
-    port = _free_port()
+    port = free_port()
     root = shutil.copytree(cache[0], tmp_path / "runs")  # a copy: the button below adds a run to it
     env = {**os.environ, "FL_LIB_RUNS": str(root), "OMP_NUM_THREADS": "1"}
     log = open(tmp_path / "voila.log", "w")
