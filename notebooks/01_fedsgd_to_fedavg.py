@@ -12,7 +12,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 01 · From SGD to FedSGD to FedAvg
 #
 # This lesson walks from plain minibatch SGD to the two algorithms of McMahan et al. (2017):
@@ -26,7 +26,7 @@
 # The next cell holds the parameters (set them with papermill, or with
 # `python -m fl_lib report --params FILE.yaml`).
 
-# %% tags=["parameters"]
+# %% tags=["parameters"] slideshow={"slide_type": "skip"}
 dataset: str = "mnist"  # mnist (torchvision downloads it into data_root), synthetic-mnist, or an .npz file
 data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
 num_clients: int = 100  # K, clients holding data (the paper: 100)
@@ -47,7 +47,7 @@ device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 import pandas as pd
 from IPython.display import Markdown, display
 
@@ -71,7 +71,7 @@ n = len(data.y_train)
 print(f"{data.name}: {n} training and {len(data.y_test)} test images; "
       f"K = {num_clients} clients of {n / num_clients:.0f} images on average")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 1. The objective and plain SGD
 #
 # Training minimizes the average loss over the n training examples. When the data are spread over
@@ -85,7 +85,7 @@ print(f"{data.name}: {n} training and {len(data.y_test)} test images; "
 # travels to the server. In round t the server samples a set $S_t$ of $m = \max(\mathrm{round}(CK), 1)$
 # clients and sends them the current model $w_t$.
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. FedSGD: one gradient per client per round
 #
 # Each sampled client computes the gradient of its local objective on *all* its data at $w_t$ and
@@ -110,7 +110,7 @@ fed.round(1)  # the engine's round 1
 gap = max((w_next[name] - fed.global_state[name]).abs().max().item() for name in w_next)
 print(f"S_1 = {S_t} (n_k = {n_k}); largest difference from the engine: {gap:.1e}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 3. FedAvg: local training, then a weighted average of models
 #
 # FedAvg moves computation to the clients. Starting from $w_t$, client k runs E epochs of minibatch
@@ -138,7 +138,7 @@ fed.round(1)
 gap = max((w_next[name] - fed.global_state[name]).abs().max().item() for name in w_next)
 print(f"E = {cfg.local_epochs}, B = {cfg.batch_size}: largest difference from the engine: {gap:.1e}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. How much local work: u
 #
 # McMahan et al. measure the computation per round by the number of local updates each client
@@ -170,7 +170,7 @@ rows["run"] = (rows.model == "2nn") | (rows.key.isin(wanted) & (cnn_rounds > 0))
 rows[["model", "row", "E", "B", "u_ours", "u_paper", "paper_iid", "paper_non_iid", "run"]]
 
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. FedSGD vs FedAvg on MNIST, IID and non-IID
 #
 # Every run goes through `fl_lib.runtime.results.run_many`, which computes independent runs side by side (one
@@ -202,7 +202,7 @@ frames = [result.metrics.assign(model=r.model, row=r.row, partition=partition, s
           for (r, partition, seed), result in zip(grid, runs)]
 metrics = pd.concat(frames, ignore_index=True)
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 for model in ("2nn", "cnn"):
     m = metrics[metrics.model == model]
     if len(m):
@@ -210,7 +210,7 @@ for model in ("2nn", "cnn"):
                                    name=f"01_accuracy_{model}", figures_dir=figures_dir).show()
 
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Rounds to the target accuracy
 #
 # Rounds are counted as in the paper: the accuracy curve is first made monotone (the best accuracy
@@ -263,7 +263,7 @@ display(Markdown(
     + "\n\nIn the paper FedAvg needs far fewer rounds than FedSGD: for the CNN on IID data 20 rounds "
     "(E=5, B=10) against 626, 31 times fewer; on non-IID data 229 against 483."))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 6. Why averaging models works: a shared starting point (the paper's Figure 1)
 #
 # Averaging the weights of two neural networks trained separately usually gives a bad model, since
@@ -278,7 +278,7 @@ display(Markdown(
 # on the whole training set: once from two independent initializations, once from a shared one. The cell
 # prints the values this run used.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 MIX = {"theta_min": -0.2, "theta_max": 1.2, "batch_size": 50, "steps": 240, "lr": 0.1}  # the paper's settings
 mix = mixing_curves(data, num_thetas=mixing_thetas, num_samples=mixing_samples, seed=seed_list[0], **MIX)
 thetas = sorted(mix.theta.unique())
@@ -321,5 +321,5 @@ display(Markdown(
     f"{seed_list[0]}{'' if exact else '; the grid has no theta = 0 or 1, the nearest values stand in for the parents'}):\n\n"
     + "\n".join(lines)))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # FedAvg is the shared-initialization case: every round starts all clients from the same global model $w_t$.

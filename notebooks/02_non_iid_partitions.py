@@ -12,7 +12,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 02 · Non-IID partitions: IID, shards and Dirichlet
 #
 # In federated learning every client holds its own data, and a client's labels rarely follow the
@@ -21,7 +21,7 @@
 # clients of CIFAR-10. This lesson shows the splits side by side, explains what $\alpha$ does, and
 # ends with a slider.
 
-# %% tags=["parameters"]
+# %% tags=["parameters"] slideshow={"slide_type": "skip"}
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
 data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
 num_clients: int = 10  # K, clients holding data
@@ -31,7 +31,7 @@ seed: int = 0  # seed of the random splits
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 import numpy as np
 import pandas as pd
 
@@ -53,7 +53,7 @@ min_size = Config().min_size  # the experiments' minimum client size for Dirichl
 print(f"{data.name}: {len(labels)} training images, {data.num_classes} classes, "
       f"{np.bincount(labels).min()}-{np.bincount(labels).max()} per class")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Four ways to split the training set
 #
 # * **IID**: shuffle and cut into K parts of equal size. Every client sees the global label mix.
@@ -71,7 +71,7 @@ print(f"{data.name}: {len(labels)} training images, {data.num_classes} classes, 
 # The Lee & Lee paper says only "Dirichlet distribution, $\alpha = 0.5$". The experiments in
 # lessons 04 and 05 use the per-class variant, the most common one in federated learning code.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 parts = {
     "IID": make_partition("iid", labels, num_clients, seed),
     f"shards (s={shards_per_client})": make_partition("shards", labels, num_clients, seed,
@@ -85,7 +85,7 @@ counts = {name: label_counts(p, labels, data.num_classes) for name, p in parts.i
 plots.label_heatmaps(counts, title=f"Label counts per client ({data.name}, K = {num_clients})",
                      name="02_partitions", figures_dir=figures_dir).show()
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## How far is each client from the global mix?
 #
 # Two numbers per client: how many classes it holds, and the total-variation distance of its label
@@ -101,7 +101,7 @@ summary = pd.DataFrame({name: summarize_stats(partition_stats(p, labels, data.nu
                         for name, p in parts.items()}).T
 summary.round(3)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## What alpha does
 #
 # $\alpha$ is the concentration of the Dirichlet distribution. Large $\alpha$ puts the draws near the
@@ -111,7 +111,7 @@ summary.round(3)
 # shows the mean TV distance and the mean number of classes per client holding at least 5% of that
 # client's data.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 sweep = []
 for a in np.logspace(-2, 2, 17):
     for kind, label in (("dirichlet", "per class"), ("dirichlet_per_client", "per client (Hsu et al.)")):
@@ -127,7 +127,7 @@ plots.lines(sweep, "alpha", "mean TV distance", "variant", title="Label skew aga
 plots.lines(sweep, "alpha", "classes with >= 5% of a client", "variant", title="Classes per client against alpha",
             log_x=True, name="02_alpha_classes", figures_dir=figures_dir).show()
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Try it
 #
 # The slider redraws the per-class Dirichlet split (the one the experiments use) for any $\alpha$
@@ -137,7 +137,7 @@ plots.lines(sweep, "alpha", "classes with >= 5% of a client", "variant", title="
 # %%
 print(describe_stats(partition_stats(parts[f"Dirichlet per class (alpha={alpha:g})"], labels, data.num_classes)))
 
-# %% tags=["widget"]
+# %% tags=["widget"] slideshow={"slide_type": "subslide"}
 explorer = PartitionExplorer(labels, data.num_classes, alpha=alpha, num_clients=num_clients, seed=seed,
                              min_size=min_size)
 explorer

@@ -12,7 +12,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 03 · Channel-wise symmetric quantization
 #
 # Lee & Lee shrink each client's upload by sending every weight as a b-bit integer with one
@@ -20,7 +20,7 @@
 # quantizer's three equations on a real SqueezeNet 1.0 layer, compares per-channel with per-tensor
 # scales across bit widths, and rebuilds the paper's Table 1 (bytes uploaded per round).
 
-# %% tags=["parameters"]
+# %% tags=["parameters"] slideshow={"slide_type": "skip"}
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
 data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
 model: str = "squeezenet1_0"  # network whose weights are quantized
@@ -34,7 +34,7 @@ figures_dir: str = ""  # where static PNGs are written; empty: the project's fig
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
@@ -66,7 +66,7 @@ update = {k: trained[k] - init[k] for k in init if init[k].is_floating_point()}
 print(f"{model}: {sum(v.numel() for v in init.values()):,} values in {len(init)} tensors; "
       f"client 0 trained {local_epochs} epoch(s) on {fed.sizes[0]} images")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## The quantizer, equation by equation
 #
 # A *channel* c is one slice of a weight tensor along its first dimension (one output channel of a
@@ -84,7 +84,7 @@ s = w.abs().amax(dim=1) / q_max  # (1)
 print(f"{layer}: shape {tuple(W.shape)}, {w.shape[0]} channels of {w.shape[1]} weights; {bits} bits: "
       f"q_max = {q_max}; s_c from {s.min():.3g} to {s.max():.3g}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Equation (2) maps each weight to the nearest grid point and clips to the grid (with the scale of
 # (1) nothing is actually clipped: the largest weight lands on $q_{\max}$):
 #
@@ -94,7 +94,7 @@ print(f"{layer}: shape {tuple(W.shape)}, {w.shape[0]} channels of {w.shape[1]} w
 q = torch.clamp(torch.round(w / s[:, None]), q_min, q_max)  # (2)
 print(f"codes from {int(q.min())} to {int(q.max())}; channel {channel}: {q[channel, :8].int().tolist()} ...")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Equation (3) restores real weights on the receiving side, and the error of each weight is at most
 # half a grid step, $|w_{c,i} - \hat{w}_{c,i}| \le s_c / 2$:
 #
@@ -109,7 +109,7 @@ print(f"max |w - w_hat| / (s_c / 2) over all channels: {((w - w_hat).abs().amax(
 pd.DataFrame({"w_ci": w[channel, :8], "w_ci / s_c": w[channel, :8] / s[channel], "q_ci": q[channel, :8],
               "w_hat_ci": w_hat[channel, :8]}).round(5)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Per channel or per tensor?
 #
 # A per-tensor quantizer uses one scale for the whole tensor, $s = \max_{c,i} |w_{c,i}| / q_{\max}$.
@@ -118,7 +118,7 @@ pd.DataFrame({"w_ci": w[channel, :8], "w_ci / s_c": w[channel, :8] / s[channel],
 # initialization, the weights after local training, and the update (trained minus initial weights,
 # what `upload="delta"` sends):
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 bit_range = list(range(2, 17))
 curves = []
 for what, state in (("initial weights", init), ("trained weights", trained), ("update", update)):
@@ -132,7 +132,7 @@ plots.lines(curves, "bits", "relative error", "quantizer", title=f"{model}: quan
 table = curves.pivot(index="bits", columns="quantizer", values="relative error")
 table.loc[[b for b in (2, 4, 8, 16) if b in table.index]]
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Why would the two quantizers differ more on one of the three? A layer's initialization draws every
 # channel from the same distribution, so its channels' largest weights should be alike, and one scale
 # for all of them gives up little. Training moves the channels by different amounts, so the update's
@@ -164,7 +164,7 @@ if local_epochs > 0:
 else:
     print("local_epochs = 0: the update is zero, so there is nothing to compare it with")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Layer by layer at the worked example's bit width: does the spread of the channel scales
 # (largest / smallest $s_c$, the spread above) say how much a single scale gives up? The rank
 # correlation printed under the table answers it for this model.
@@ -179,7 +179,7 @@ print(f"Spearman rank correlation over the {len(layers)} weight tensors between 
       f"{'holds' if rho > 0 else 'does not hold'} in this run")
 layers.sort_values("per tensor / per channel", ascending=False).round(4).head(10)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Try it: one channel at any bit width
 #
 # The slider redraws channel `channel` of `layer`: its weights, their reconstructions $\hat{w}$ and
@@ -189,10 +189,10 @@ layers.sort_values("per tensor / per channel", ascending=False).round(4).head(10
 # %%
 print(describe_quant(channel_quant_stats(W[channel], bits)))
 
-# %% tags=["widget"]
+# %% tags=["widget"] slideshow={"slide_type": "subslide"}
 QuantExplorer(W[channel], bits, title=f"{layer}[{channel}]")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Bytes per round: the paper's Table 1
 #
 # Each of the K clients uploads its whole model every round. At b bits a tensor with N values in C

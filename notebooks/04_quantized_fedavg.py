@@ -12,7 +12,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 04 · FedAvg with quantized uploads: the paper's experiment
 #
 # Lee & Lee train SqueezeNet 1.0 on CIFAR-10 with FedAvg (McMahan et al. 2017): 10 clients with a
@@ -27,7 +27,7 @@
 # difference between bit widths can be set against the spread between seeds. The default `preset`
 # is `quick` (a small CNN, 1 local epoch), sized for a CPU; `paper` is the full setup.
 
-# %% tags=["parameters"]
+# %% tags=["parameters"] slideshow={"slide_type": "skip"}
 preset: str = "quick"  # starting config: quick (small CNN, 1 local epoch) or paper (SqueezeNet 1.0, 5 epochs)
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
 data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
@@ -44,7 +44,7 @@ device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 from pathlib import Path
 
 import pandas as pd
@@ -75,7 +75,7 @@ shown = ["model", "dataset", "num_clients", "partition", "alpha", "client_fracti
          "lr", "momentum", "weight_decay", "augment", "num_rounds"]
 pd.DataFrame([{k: getattr(base, k) for k in shown}], index=["base config"])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Every run of this lesson goes through `sweep`: it makes each combination of the values it is given
 # (here every bit width with every seed), runs them side by side on the machine's cores and caches each
 # one, and returns one table of every run's metrics, with a column per setting. A stored run is not
@@ -85,22 +85,22 @@ pd.DataFrame([{k: getattr(base, k) for k in shown}], index=["base config"])
 metrics = sweep(base, {"seed": seed_list, "bits": bits_list}, label=lambda c: label[c["bits"]], root=results_dir,
                 workers=workers)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Accuracy over rounds (the paper's Figure 1)
 #
 # Mean over the seeds, with a band of one standard deviation.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 plots.accuracy_over_rounds(metrics, title=f"{base.model}, {Path(dataset).stem}, Dirichlet alpha={alpha:g}",
                            name="04_accuracy", figures_dir=figures_dir).show()
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Accuracy per uploaded megabyte
 #
 # The same curves against the data all clients uploaded so far (MB = $10^6$ bytes, as fl_lib's
 # codec counts them: bit-packed codes plus one float32 scale per channel).
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 plots.accuracy_vs_upload(metrics, title="Test accuracy against cumulative upload",
                          name="04_accuracy_vs_mb", figures_dir=figures_dir).show()
 last = metrics[metrics["round"] == num_rounds]
@@ -110,7 +110,7 @@ per_bits = last.groupby("bits").agg(final_test_acc=("test_acc", "mean"), final_t
 per_bits["upload vs FP32 (%)"] = 100 * (per_bits.total_upload_mb / per_bits.total_upload_mb.get(32, float("nan")) - 1)
 per_bits.sort_index(ascending=False).round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Quantized minus FP32, paired by seed
 #
 # For each seed and round, the difference in test accuracy between the b-bit run and the FP32 run
@@ -123,7 +123,7 @@ per_bits.sort_index(ascending=False).round(4)
 # table checks it: for each round, the standard deviation over the seeds of $\Delta_t$, of the b-bit
 # accuracy and of the FP32 accuracy, each averaged over the rounds.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 acc = metrics.dropna(subset=["test_acc"]).pivot_table(index=["seed", "round"], columns="bits", values="test_acc")
 diffs = []
 if 32 in acc:
@@ -163,7 +163,7 @@ if len(diffs) and len(seed_list) > 1:
 elif len(diffs):
     print(f"{len(seed_list)} seed: no spread over seeds, so the paired spread cannot be compared; run with two or more seeds")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Does INT16 rise faster in the early rounds? (the paper's second claim)
 #
 # Lee & Lee report that INT16's accuracy rises faster than FP32's early on (their Figure 1). Two measures,
@@ -219,7 +219,7 @@ if early_table is not None and 16 in bits_list:
 elif early_table is not None:
     print("the paper's claim is about INT16: add 16 to bit_widths to check it")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Quantized weights or quantized updates?
 #
 # With `upload="weights"` a client sends its quantized model $\hat{w}^k$. With `upload="delta"` it
@@ -229,7 +229,7 @@ elif early_table is not None:
 # is the relative error $\|\hat{w} - w\| / \|w\|$ of what the server reconstructs, averaged over the
 # clients of a round.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 compared = {f"{label[b]}, {u}": {"bits": b, "upload": u} for b in delta_list for u in ("weights", "delta")}
 uploads = sweep(base, [{"seed": seed_list, "label": compared}, {"seed": seed_list, "label": {"FP32": {"bits": 32}}}],
                 root=results_dir, workers=workers)

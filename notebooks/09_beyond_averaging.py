@@ -12,7 +12,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # # 09 · Beyond plain averaging: FedProx, server optimizers and robust aggregation
 #
 # The presentation of McMahan et al. (2017) that this project follows ends with a table of FedAvg's limits.
@@ -38,7 +38,7 @@
 # and FedAvg on the same seed is the method's doing. Then it runs FedAvg at growing $E$ and measures the
 # client drift directly, and schedules $E$ over the rounds against a fixed $E$ at equal client compute.
 
-# %% tags=["parameters"]
+# %% tags=["parameters"] slideshow={"slide_type": "skip"}
 preset: str = "quick"  # starting config: quick (small CNN, 1 local epoch) or paper (SqueezeNet 1.0, 5 epochs)
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
 data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
@@ -73,7 +73,7 @@ device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
 theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
 workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +134,7 @@ pd.DataFrame([{"method": m, "changes to FedAvg's config": ", ".join(f"{k}={v}" f
                "stages of its pipeline": " > ".join(c.name for c in stage_classes(base.replace(**METHODS[m])))}
               for m in chosen]).set_index("method")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## What FedAvg computes, and what it ignores
 #
 # In round $t$ client $k$ trains from the global model $w_t$ for $E$ epochs on its $n_k$ samples and sends
@@ -144,7 +144,8 @@ pd.DataFrame([{"method": m, "changes to FedAvg's config": ", ".join(f"{k}={v}" f
 #
 # A client's weight depends on its data size only. One client with many samples and an update that points
 # the other way moves every coordinate in proportion to its share.
-#
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Robust and direction-aware averaging
 #
 # **Coordinate-wise median and trimmed mean** (Yin et al. 2018): each coordinate $i$ of the next model is
@@ -179,7 +180,7 @@ pd.DataFrame([{"method": m, "changes to FedAvg's config": ", ".join(f"{k}={v}" f
 # (`aggregator_class(name).from_config(cfg)`, with this lesson's settings); the global model is at the
 # origin, so each result is the step $w_{t+1} - w_t$.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 rng = np.random.default_rng(0)
 toy = np.r_[rng.normal([1.0, 0.5], 0.25, size=(7, 2)), rng.normal([-1.2, 0.9], 0.25, size=(3, 2))]
 toy_n = [40, 60, 30, 50, 70, 45, 55, 150, 120, 130]  # n_k: the three dissenting clients hold more data
@@ -224,7 +225,7 @@ display(Markdown(
        "moves towards the majority here.")))
 weights.round(3).T
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Held near the global model, and a server with a memory
 #
 # **FedProx** (Li et al. 2020) changes what a client minimizes: its loss $F_k$ plus a proximal term that
@@ -291,21 +292,21 @@ print(f"{metrics.groupby(['method', 'seed']).ngroups} runs of {num_rounds} round
       f"beta_2 = {base.server_beta2:g}, tau = {base.server_tau:g}; FedAvgM's long-run step: eta / (1 - beta_1) = "
       f"{effective:g} times FedAvg's")
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Accuracy against rounds and megabytes
 #
 # Mean over the seeds, with a band of one standard deviation. Every method here uploads the same float32
 # model, so a megabyte costs the same in each and the second figure differs from the first only in its
 # axis; it is there for the rounds-to-target table below.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 plots.lines(metrics, "round", "test_acc", "method", title=f"Test accuracy, Dirichlet alpha = {alpha:g}",
             ylabel="test accuracy", name="09_accuracy", figures_dir=figures_dir).show()
 plots.lines(metrics, "cum_upload_mb", "test_acc", "method", title="Test accuracy against cumulative upload",
             xlabel="cumulative upload (MB)", ylabel="test accuracy", name="09_accuracy_vs_mb",
             figures_dir=figures_dir).show()
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Final accuracy, rounds and megabytes to the target
 #
 # A run's *final accuracy* is its mean test accuracy over its last `final_rounds` evaluated rounds: on a
@@ -330,7 +331,7 @@ display(Markdown(f"**Final accuracy** (last {final_rounds} round(s)) **and the w
                  f"{len(seed_list)} seed(s):"))
 summary.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # ### The verdict, paired by seed
 #
 # For method $m$ and seed $s$, the paired difference to FedAvg is
@@ -348,7 +349,7 @@ summary.round(4)
 verdicts = paired_verdicts(per_run, "FedAvg", "final_acc", by="method")
 verdicts.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## The large-$E$ limit: client drift
 #
 # McMahan et al. raise $E$ to cut communication: more local work per round, fewer rounds. The presentation
@@ -373,7 +374,7 @@ verdicts.round(4)
 # optimum, the drift, lowers it. Which one wins at these $E$ is measured, not assumed. The spread grows with
 # $E$ in either case; what drift adds is spread that FedAvg's step does not gain.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 by_epochs = everything[(everything.seed == seed0) & everything.method.isin(e_name.values())].copy()
 by_epochs["local_epochs"] = by_epochs.method.map({name: e for e, name in e_name.items()})
 by_epochs["label"] = [f"E = {e}" for e in by_epochs.local_epochs]
@@ -405,7 +406,7 @@ display(Markdown(f"Client drift from the FedAvg model of round {start_round} (E 
                  f"{seed0}), every client training as in round {start_round + 1}:"))
 drift.round(5)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "subslide"}
 # The same updates show what the two rules of the presentation do on real clients rather than toy ones. At
 # the base $E$, below: each client's share $n_k / n$, its cosine weight $a_k$ and soft-clipping weight
 # $a_k$ (computed by `cosine_weights` and `soft_clip_weights`, the functions the aggregators call), and its
@@ -429,7 +430,7 @@ display(Markdown(f"At E = {e_rule}, soft clipping (c = {soft_clip:g}) down-weigh
                  f"n_k / n."))
 real_weights.round(3).T
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Adaptive local computation
 #
 # The presentation proposes to schedule the local work instead of fixing it: many local epochs early, while
@@ -458,7 +459,7 @@ real_weights.round(3).T
 # trains above $E$ needs fewer rounds. The verdict is the paired rule above, on the final accuracy (mean over
 # the last `final_rounds` rounds) of two runs that end at equal compute. The schedules run on every seed.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 SCHEDULES = {"decay": {"epoch_halving": epoch_halving}, "loss": {"epoch_min_drop": epoch_min_drop}}
 asked_schedules = parse_list(schedules, str)
 unknown = [s for s in asked_schedules if s not in SCHEDULES]
@@ -525,7 +526,7 @@ schedule_text = (f"**Adaptive local computation** against FedAvg at {fixed_label
 display(Markdown(schedule_text))
 schedule_verdicts.round(4)
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## Clustered FL: when one model cannot fit everyone
 #
 # Every remedy above still looks for one global model. Sattler, Müller and Samek (2020) ask first whether one
@@ -558,7 +559,7 @@ schedule_verdicts.round(4)
 # population, identical to the clustered run up to its first split. A client's accuracy is that of its
 # cluster's model on the test images as the client's group labels them; the runs report the mean over clients.
 
-# %%
+# %% slideshow={"slide_type": "subslide"}
 cfl_data = head(data0, cfl_images, cfl_images // 5)
 cfl_cfg = base.replace(seed=seed0, model=cfl_model, partition="iid", num_rounds=cfl_rounds, cfl_eps1=cfl_eps1,
                        cfl_eps2=cfl_eps2, cfl_min_rounds=cfl_min_rounds)
@@ -583,17 +584,17 @@ cfl_text = (f"**Clustered FL {'recovered' if recovered else 'did not recover'} t
             f"{acc_one:.4f} with one global model (a difference of {acc_clusters - acc_one:+.4f}).")
 display(Markdown(cfl_text))
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## A widget: overlay the methods you choose
 #
 # Tick the methods to compare and pick the metric; the curves are the runs above, mean over the seeds with
 # a band of one standard deviation. It only redraws what is cached: nothing is trained.
 
-# %% tags=["widget"]
+# %% tags=["widget"] slideshow={"slide_type": "subslide"}
 explorer = CurveExplorer(metrics, hue="method", chosen=chosen[:3])
 explorer
 
-# %% [markdown]
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## In short
 #
 # Every sentence below is written from the runs above.

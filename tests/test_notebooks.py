@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from fl_lib.study import lesson
+from fl_lib.study import prose
 from fl_lib.study import report
 from fl_lib.study.analysis import channel_quant_stats
 from fl_lib.core.config import parse_list, parse_seeds
@@ -212,6 +213,39 @@ def test_notebook_runs_under_papermill(smoke_report, stem):
     plotly_outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
                       if "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert len(plotly_outputs) >= 1
+
+
+@pytest.mark.slow
+def test_executed_lessons_type_no_number_into_prose(smoke_report):
+    """The report's markdown, as a reader sees it, passes the same check as the sources (test_prose_numbers.py)."""
+    quoted = prose.source_phrases(report.NOTEBOOKS_DIR / "prose_numbers.yaml")
+    for stem in STEMS:
+        nb = nbformat.read(str(smoke_report / f"{stem}.ipynb"), as_version=4)
+        assert prose.lesson_typed_numbers(nb.cells, quoted.get(stem, [])) == [], stem
+
+
+def _printed(nb) -> str:
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+@pytest.mark.slow
+def test_lesson_01_prints_its_counts_from_a_second_parameter_set(tiny_params, smoke_report, tmp_path):
+    """Shards and theta values follow the parameters: the smoke run and a run with other counts print their own."""
+    _, path, _ = tiny_params
+    smoke = yaml.safe_load(path.read_text())
+    values = smoke["01_fedsgd_to_fedavg"] | {"device": "cpu", "seeds": "0", "results_dir": smoke["results_dir"],
+                                              "num_clients": 10, "mixing_thetas": 7, "cnn_rows": "fedsgd",
+                                              "figures_dir": str(tmp_path / "figs")}
+    nb = jupytext.read(str(report.NOTEBOOKS_DIR / "01_fedsgd_to_fedavg.py"))
+    out = pm.execute_notebook(nb, str(tmp_path / "01.ipynb"), parameters=values, kernel_name="python3",
+                              progress_bar=False, kernel_manager_class=report.kernel_manager_class())
+    first = _printed(nbformat.read(str(smoke_report / "01_fedsgd_to_fedavg.ipynb"), as_version=4))
+    second = _printed(out)
+    for text, (clients, thetas) in ((first, (20, 5)), (second, (10, 7))):
+        assert re.search(rf"non-IID split: {clients} clients x 2 shards = {2 * clients} shards", text), text
+        assert f"{thetas} values of theta" in text
+    quoted = prose.source_phrases(report.NOTEBOOKS_DIR / "prose_numbers.yaml")["01_fedsgd_to_fedavg"]
+    assert prose.lesson_typed_numbers(out.cells, quoted) == []
 
 
 @pytest.mark.slow
