@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PARAMS ?= notebooks/params/default.yaml
 NAME ?= study
 
-.PHONY: setup study test report bench app
+.PHONY: setup study test report bench app reference slides
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ study: setup
 
 report: study
 
+# Every lesson as reveal.js slides that open with no network, in figures/slides/$(NAME)/ (index.html lists them);
+# reuses the executed lessons of `make study` with the same PARAMS and NAME, and runs any that are missing.
+slides: setup
+	$(PY) -m fl_lib slides --params $(PARAMS) --name $(NAME)
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -36,6 +41,12 @@ PARALLEL_ARGS ?=
 bench: setup
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 	$(PY) benchmarks/parallel.py $(PARALLEL_ARGS)
+
+# Regenerate (or, with REF_ARGS="--rounds N", extend) every published reference run from its own config.json,
+# through the run folders in data/reference-runs (checkpoints); hours for the full-scale Shakespeare runs.
+REF_ARGS ?=
+reference: setup
+	$(PY) -m fl_lib reference --all $(REF_ARGS)
 
 # The what-if dashboard (app/whatif.py) served by Voila on http://$(APP_IP):$(APP_PORT)/.
 # APP_IP=0.0.0.0 opens it to the network (README: what that exposes). RUNS: the results cache it reads and adds to.

@@ -1,4 +1,4 @@
-"""`python -m fl_lib {run,traffic,leakage,flower,report}`: flags made from `Config`'s fields."""
+"""`python -m fl_lib {run,traffic,leakage,flower,report,slides}`: flags made from `Config`'s fields."""
 from __future__ import annotations
 
 import argparse
@@ -79,8 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reference", help="the published reference runs (reference/): checksums verified, "
                                          "rounds, best accuracy, wall time, and the command that extends each")
     p.add_argument("--prefix", default="", help="only runs whose name starts with this (e.g. shakespeare/)")
+    p.add_argument("--extend", metavar="NAME", action="append", default=[],
+                   help="replay reference NAME's own config to --rounds rounds (from its checkpoints in --runs "
+                        "where kept, else from round 1) and publish it again; repeatable")
+    p.add_argument("--all", action="store_true", help="--extend every published run (the one --prefix selects)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds to extend to (default: each run's published rounds, i.e. regenerate it)")
+    p.add_argument("--runs", default=None, help="folder of the reference run folders (default data/reference-runs)")
     p = sub.add_parser("report", help="run the notebooks with papermill into an HTML report")
     report.add_arguments(p)
+    from .study import slides
+    p = sub.add_parser("slides", help="the executed lessons as reveal.js slides that open offline",
+                       description="Each lesson as NN_name.slides.html, reusing the report's executed lessons "
+                                   "(figures/reports/NAME/) and running those missing or out of date.")
+    slides.add_arguments(p)
     return parser
 
 
@@ -97,12 +109,13 @@ def main(argv=None) -> int:
         if args.command == "flower":
             return _flower(args)
         if args.command == "reference":
-            from .study import reference
-            print(reference.format_table(args.prefix))
-            return 0
+            return _reference(args)
         if args.command == "leakage":
             from .privacy import leakage
             return leakage.main(args)
+        if args.command == "slides":
+            from .study import slides
+            return slides.main(args)
         from .study import report
         return report.main(args)
     except (ConfigError, DataError) as e:
@@ -114,6 +127,20 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def _reference(args) -> int:
+    from .study import reference
+
+    if args.rounds is not None and args.rounds < 1:
+        raise ConfigError(f"--rounds={args.rounds}: must be at least 1")
+    chosen = reference.names(prefix=args.prefix) if args.all else args.extend
+    for name in chosen:
+        record = reference.extend(name, args.rounds, runs=args.runs,
+                                  log=lambda msg: print(msg, file=sys.stderr))
+        print(f"published reference/{name}: {record['rounds']} rounds, {record['wall_seconds'] / 3600:.2f} h in all")
+    print(reference.format_table(args.prefix))
+    return 0
 
 
 def _run(args) -> int:

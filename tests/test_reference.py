@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from fl_lib.core.config import Config
-from fl_lib.core.errors import FLError
+from fl_lib.core.errors import ConfigError, FLError
 from fl_lib.runtime import results
 from fl_lib.study import reference
 
@@ -65,3 +65,34 @@ def test_the_cli_lists_every_published_run(capsys):
     out = capsys.readouterr().out
     for name in PUBLISHED:
         assert f"{name}: " in out and "extend: " in out
+
+
+def test_extend_replays_the_published_config_through_its_checkpoints(tiny, tmp_path):
+    """Two more rounds: the first two are the stored ones (not recomputed), the result is republished and verified."""
+    root = _published_copy(tiny, tmp_path)
+    runs = tmp_path / "runs"
+    record = reference.extend("demo/tiny", None, runs=runs, root=root, progress=False, log=lambda m: None)
+    assert record["rounds"] == 2 and record["command"] == reference.extend_command("demo/tiny")
+    first = results.load_run(runs / "demo" / "tiny")
+    record = reference.extend("demo/tiny", 4, runs=runs, root=root, progress=False, log=lambda m: None)
+    assert record["rounds"] == 4
+    longer = reference.load("demo/tiny", root=root)
+    assert len(longer.metrics) == 4
+    assert longer.metrics.head(2).equals(first.metrics)  # the stored rounds, extended rather than rerun
+    once = results.run(tiny(num_rounds=4), out=tmp_path / "once", progress=False).metrics
+    assert longer.metrics.drop(columns="seconds").equals(once.drop(columns="seconds"))  # as 4 rounds in one go
+
+
+def test_extend_refuses_to_shorten_or_an_unknown_name(tiny, tmp_path):
+    root = _published_copy(tiny, tmp_path)
+    with pytest.raises(ConfigError, match="rounds=1 would shorten reference demo/tiny: it has 2"):
+        reference.extend("demo/tiny", 1, runs=tmp_path / "runs", root=root, progress=False)
+    with pytest.raises(FLError, match="published: demo/tiny"):
+        reference.extend("nope", 3, runs=tmp_path / "runs", root=root, progress=False)
+
+
+def test_reference_cli_refuses_bad_rounds_in_one_line(capsys):
+    from fl_lib.cli import main
+    assert main(["reference", "--extend", "x", "--rounds", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --rounds=0: must be at least 1"

@@ -12,6 +12,11 @@ summary.json; no checkpoints), and `reference/index.json`, which records for eac
 
 `reference/README.md` is written from the index. A run that is still being extended
 is published at the rounds it has finished; its summary says how many.
+
+`extend(name, rounds)` (`python -m fl_lib reference --extend NAME --rounds N`) replays a
+published run's own config.json to more rounds through the results cache: where its run
+folder (with checkpoints) is kept, it continues from the last stored round; on a fresh
+clone it recomputes from round 1. Then it publishes again.
 """
 from __future__ import annotations
 
@@ -25,7 +30,11 @@ from pathlib import Path
 from .. import __version__
 from ..core.errors import FLError
 from ..runtime import checkpoint
+from ..core.config import Config
+from ..core.errors import ConfigError
 from ..runtime.results import Run, load_run
+
+RUNS = Path(os.environ.get("FL_REFERENCE_RUNS", Path(__file__).resolve().parents[2] / "data" / "reference-runs"))
 
 ROOT = Path(__file__).resolve().parents[2] / "reference"  # the repository's reference/ tree
 FILES = ("config.json", "metrics.csv", "timings.csv", "summary.json")
@@ -87,6 +96,37 @@ def publish(run_folder, name: str, *, command: str, data: str, root: Path = ROOT
     checkpoint.atomic_write(Path(root) / "index.json", json.dumps(index, indent=1, sort_keys=True) + "\n")
     checkpoint.atomic_write(Path(root) / "README.md", readme(index))
     return index[name]
+
+
+def extend_command(name: str) -> str:
+    """The command recorded for every reference run: it replays the run's own config to ROUNDS rounds."""
+    return f"python -m fl_lib reference --extend {name} --rounds ROUNDS"
+
+
+def extend(name: str, rounds: int | None = None, *, runs=None, root: Path = ROOT, progress: bool = True,
+           log=print) -> dict:
+    """Run reference `name` to `rounds` rounds (default: its published rounds) and publish it again.
+
+    The config is the published config.json with only `num_rounds` changed, so the
+    extension is the same experiment; its run folder is `runs`/`name` (default
+    data/reference-runs, outside git), where checkpoints make the next extension cheap.
+    """
+    from ..runtime import results
+
+    record = read_index(root).get(name)
+    if record is None:
+        verify(name, root)  # raises, listing the published names
+    rounds = record["rounds"] if rounds is None else rounds
+    if rounds < record["rounds"]:
+        raise ConfigError(f"rounds={rounds} would shorten reference {name}: it has {record['rounds']}; "
+                          f"allowed: {record['rounds']} or more")
+    raw = json.loads((verify(name, root) / "config.json").read_text())
+    raw.pop("key", None)
+    data_root = str(Path(__file__).resolve().parents[2] / "data")  # this project's, not the publisher's (keyless)
+    cfg = Config.from_dict(raw).replace(num_rounds=rounds, data_root=data_root)
+    folder = Path(runs if runs is not None else RUNS) / name
+    run = results.run(cfg, out=folder, progress=progress, log=log)
+    return publish(run.dir, name, command=extend_command(name), data=record["data"], root=root)
 
 
 def readme(index: dict) -> str:

