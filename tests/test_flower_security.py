@@ -1,0 +1,265 @@
+"""A Flower federation with TLS and SuperNode authentication on localhost, and what it refuses.
+
+The credentials come from fl_lib.runtime.certs (a throw-away CA, the SuperLink's
+certificate for 127.0.0.1 and localhost, one P-384 key pair per SuperNode). The
+SuperLink runs with `--ssl-*` and `--enable-supernode-auth`; the SuperNodes' public
+keys are registered with `flwr supernode register` (Flower 1.42's Control API; the
+CSV of keys of older versions is gone). One round through it equals the in-process
+engine; then a SuperNode with an unregistered key, a SuperNode that trusts another
+CA and a `flwr` CLI that trusts only the system's CAs are each refused, and each
+test pins the line the user reads.
+"""
+import contextlib
+import os
+import re
+import signal
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.41')")
+pytest.importorskip("cryptography", reason="the credentials are made with cryptography (pip install cryptography)")
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key  # noqa: E402
+
+from fl_lib.core.errors import ConfigError  # noqa: E402
+from fl_lib.runtime import certs, flower  # noqa: E402
+from tests.servers import free_port  # noqa: E402
+from tests.test_flower import BIN, ROOT, deploy_cmd, one_thread, same_run, tiny  # noqa: E402,F401
+
+TOOLS = ("flower-superlink", "flower-supernode", "flwr")
+
+
+def plain(text: str) -> str:
+    """Flower's CLI draws errors in a box and wraps them: the words alone, one space apart."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+# -- the credentials, checked by OpenSSL and by Flower's own key loaders (no servers) ----------
+def handshake(cafile: Path, paths: dict, server_name: str) -> None:
+    """A TLS handshake in memory between a server holding server.pem and a client trusting `cafile`."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(paths["server.pem"], paths["server.key"])
+    client_ctx = ssl.create_default_context(cafile=str(cafile))  # verifies the chain and the host name
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_ctx.wrap_bio(to_server, to_client, server_side=True)
+    client = client_ctx.wrap_bio(to_client, to_server, server_hostname=server_name)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for name, end in (("client", client), ("server", server)):
+            if not done[name]:
+                try:
+                    end.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+        if all(done.values()):
+            return
+    raise AssertionError("the in-memory handshake did not finish")
+
+
+def test_the_server_certificate_is_trusted_through_the_ca_only(tmp_path):
+    paths = certs.write_credentials(tmp_path / "a", hosts=("127.0.0.1", "localhost"), nodes=2)
+    other = certs.write_credentials(tmp_path / "b")
+    for name in ("127.0.0.1", "localhost"):
+        handshake(paths["ca.crt"], paths, name)
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer certificate"):
+        handshake(other["ca.crt"], paths, "127.0.0.1")
+    with pytest.raises(ssl.SSLCertVerificationError, match="IP address mismatch"):
+        handshake(paths["ca.crt"], paths, "127.0.0.2")
+    server = x509.load_pem_x509_certificate(paths["server.pem"].read_bytes())
+    server.verify_directly_issued_by(x509.load_pem_x509_certificate(paths["ca.crt"].read_bytes()))
+    for private in ("server.key", "node-0", "node-1"):
+        assert paths[private].stat().st_mode & 0o077 == 0  # readable by its owner only
+
+
+def test_node_keys_are_what_flower_loads(tmp_path):
+    from flwr.cli.supernode.register import try_load_public_key
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+    paths = certs.write_credentials(tmp_path, nodes=2)
+    keys = [load_ssh_private_key(paths[f"node-{k}"].read_bytes(), None) for k in range(2)]  # as flower-supernode
+    registered = [try_load_public_key(paths[f"node-{k}.pub"]) for k in range(2)]  # as flwr supernode register
+    assert [public_key_to_bytes(key.public_key()) for key in keys] == registered
+    assert registered[0] != registered[1] and keys[0].curve.name == "secp384r1"
+
+
+def test_bad_requests_are_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"nodes=-1 is not allowed: must be an int >= 0"):
+        certs.write_credentials(tmp_path / "x", nodes=-1)
+    assert certs.main([str(tmp_path / "c"), "--host", "127.0.0.1", "--nodes", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ca.crt", "node-0", "node-0.pub", "server.key",
+                                                                 "server.pem"]
+    before = (tmp_path / "c" / "ca.crt").read_bytes()
+    assert certs.main([str(tmp_path / "c")]) == 2  # a second CA over the first would lock the nodes out
+    assert "ca.crt exists already" in capsys.readouterr().err
+    assert (tmp_path / "c" / "ca.crt").read_bytes() == before
+
+
+# -- a TLS federation with SuperNode authentication on localhost --------------------------
+def supernode_cmd(port: int, key: Path, k: int, *tls: str) -> list:
+    """A SuperNode holding fl_lib client k; `tls` names the CA it trusts (nothing: the system's)."""
+    return [BIN / "flower-supernode", *tls, "--superlink", f"127.0.0.1:{port}",
+            "--auth-supernode-private-key", str(key), "--host", "127.0.0.1", "--port", str(free_port()),
+            "--node-config", f"partition-id={k} num-partitions=2"]
+
+
+def ended(cmd, env, log: Path, timeout: float = 90.0) -> tuple[int, str]:
+    """Run a command expected to end by itself; (exit status, its output), stopped by PID however it ends.
+
+    The output goes to a file, not a pipe: a SuperNode's SuperExec (detached, watching
+    its parent's PID) would hold a pipe open, and the SuperNode, never reaped while we
+    wait for the pipe's end, would stay a zombie that the SuperExec takes for alive.
+    """
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            flower.stop_tree(proc)
+        stop_orphans(proc.pid)
+    return proc.returncode, log.read_text()
+
+
+def _running_with(entry: Path, needle: bytes) -> bool:
+    """Whether /proc/PID `entry` is a live process (not a zombie) whose command line holds `needle`."""
+    try:
+        state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z" and needle in (entry / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+
+
+def stop_orphans(parent: int, grace: float = 10.0) -> None:
+    """SIGKILL what `parent` started detached with `--parent-pid parent` (a SuperExec) if it outlives `grace` s."""
+    needle = f"--parent-pid\0{parent}\0".encode()
+    deadline = time.time() + grace
+    while True:
+        left = [int(entry.name) for entry in Path("/proc").glob("[0-9]*") if _running_with(entry, needle)]
+        if not left:
+            return
+        if time.time() > deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.2)
+
+
+def node_states(env, log: Path) -> list[str]:
+    """The status of every SuperNode the SuperLink knows (`flwr supernode ls` through the trusted connection)."""
+    status, out = ended([BIN / "flwr", "supernode", "ls", "secure"], env, log)
+    assert status == 0, out
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines() if "│" in line]
+    return [row[2] for row in rows if row and row[0].isdigit()]  # a row per node: id, owner, status, ...
+
+
+def wait_online(env, log: Path, count: int, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while node_states(env, log).count("online") < count:
+        if time.time() > deadline:
+            raise AssertionError(f"fewer than {count} SuperNodes online after {timeout:.0f} s: {log.read_text()}")
+        time.sleep(1.0)
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory):
+    """A SuperLink with TLS and --enable-supernode-auth on 127.0.0.1, and 2 registered SuperNodes."""
+    if not Path("/proc").is_dir():
+        pytest.skip("stopping Flower's child processes needs /proc (flower.stop_tree)")
+    missing = [tool for tool in TOOLS if not (BIN / tool).exists()]
+    if missing:
+        pytest.skip(f"Flower's commands {missing} are not in {BIN}")
+    home = tmp_path_factory.mktemp("flwr_secure")
+    # node-2's key is made but never registered
+    paths = certs.write_credentials(home / "certs", hosts=("127.0.0.1", "localhost"), nodes=3)
+    other = certs.write_credentials(home / "other-ca")  # a CA that signed nothing this SuperLink shows
+    port = free_port()
+    # `secure` trusts the CA; `untrusted` names no root-certificates, so only the system's CAs
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "secure"\n\n[superlink.secure]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{paths["ca.crt"]}"\n\n[superlink.untrusted]\naddress = "127.0.0.1:{port}"\n')
+    env = {**os.environ, "FLWR_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "COLUMNS": "200", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    logs = home / "logs"
+    logs.mkdir()
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [BIN / "flower-superlink", "--ssl-ca-certfile", paths["ca.crt"], "--ssl-certfile", paths["server.pem"],
+             "--ssl-keyfile", paths["server.key"], "--enable-supernode-auth", "--host", "127.0.0.1",
+             "--port", str(port), "--disable-runtime-dependency-installation"],
+            env=env, stdout=open(logs / "superlink.log", "w"), stderr=subprocess.STDOUT))
+        flower.wait_for_port(port)
+        for k in range(2):
+            status, out = ended([BIN / "flwr", "supernode", "register", paths[f"node-{k}.pub"], "secure"], env,
+                                logs / f"register{k}.log")
+            assert status == 0 and "registered successfully" in out, out
+        for k in range(2):
+            procs.append(subprocess.Popen(supernode_cmd(port, paths[f"node-{k}"], k, "--root-certificates",
+                                                        str(paths["ca.crt"])),
+                                          env=env, stdout=open(logs / f"supernode{k}.log", "w"),
+                                          stderr=subprocess.STDOUT))
+        wait_online(env, logs / "ls.log", 2)
+        yield {"env": env, "port": port, "paths": paths, "other": other, "logs": logs}
+    finally:
+        for p in procs:
+            flower.stop_tree(p)
+
+
+@pytest.mark.slow
+def test_a_round_over_tls_between_registered_supernodes_equals_in_process(secure, tmp_path, one_thread):
+    cfg = tiny(num_clients=2, num_rounds=1)
+    out = tmp_path / "deployed"
+    done = subprocess.run(deploy_cmd(cfg, out, "--round-timeout", "60", "--superlink", "secure"), cwd=ROOT,
+                          env=secure["env"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and (out / "summary.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    got = same_run(out, cfg, tmp_path)
+    assert got.summary["runtime"] == "flower-deployment" and got.summary["flower_nodes"] == 2
+    assert got.metrics["dropped_clients"].tolist() == [0]
+    assert "https://127.0.0.1" in (secure["logs"] / "superlink.log").read_text()  # the SuperLink served TLS
+
+
+@pytest.mark.slow
+def test_a_supernode_with_an_unregistered_key_is_refused(secure, tmp_path):
+    status, out = ended(supernode_cmd(secure["port"], secure["paths"]["node-2"], 0, "--root-certificates",
+                                      str(secure["paths"]["ca.crt"])), secure["env"], tmp_path / "node.log")
+    assert status != 0 and "Exit Code: 305" in out
+    assert "Failed to initialize the connection to the SuperLink.\n[code: 2004] Failed to activate SuperNode." in out
+
+
+@pytest.mark.slow
+def test_a_supernode_that_trusts_another_ca_is_refused(secure, tmp_path):
+    status, out = ended(supernode_cmd(secure["port"], secure["paths"]["node-0"], 0, "--root-certificates",
+                                      str(secure["other"]["ca.crt"])), secure["env"], tmp_path / "node.log")
+    assert status != 0 and "Exit Code: 305" in out
+    assert "SSL/TLS handshake error detected." in out
+    assert ("Failed to initialize the connection to the SuperLink.\n[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+            "verify failed: unable to get local issuer certificate") in out
+
+
+@pytest.mark.slow
+def test_a_flwr_cli_that_does_not_trust_the_ca_is_refused(secure, tmp_path):
+    """Without `root-certificates`, `flwr` trusts only the system's CAs: it cannot register a node (or run)."""
+    status, out = ended([BIN / "flwr", "supernode", "register", secure["paths"]["node-2.pub"], "untrusted"],
+                        secure["env"], tmp_path / "register.log")
+    assert status != 0
+    assert ("Connection to the SuperLink is unavailable. Please check your network connection and 'address' in "
+            "the SuperLink connection configuration.") in plain(out)
+    assert node_states(secure["env"], tmp_path / "ls.log") == ["online", "online"]  # node-2 was not registered
+
+
+@pytest.mark.slow
+def test_supernode_auth_without_tls_is_refused_at_start(tmp_path):
+    if not (BIN / "flower-superlink").exists():
+        pytest.skip(f"flower-superlink is not in {BIN}")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    status, out = ended([BIN / "flower-superlink", "--insecure", "--enable-supernode-auth", "--host", "127.0.0.1",
+                         "--port", str(free_port())], env, tmp_path / "superlink.log", timeout=60)
+    assert status != 0
+    assert "The `--enable-supernode-auth` flag requires encrypted TLS communications." in out
