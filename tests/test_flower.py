@@ -48,9 +48,16 @@ def same_run(flower_dir, cfg, tmp_path):
 # -- the Simulation Runtime ---------------------------------------------------------
 @pytest.mark.slow
 def test_simulation_equals_the_in_process_engine(tmp_path, one_thread):
-    cfg = tiny(client_fraction=0.5)  # 2 of 4 clients per round: the sampling must agree too
+    """With DP-FedAvg: the ClientApp clips (fl_lib's client stages), the strategy adds the seeded noise over the
+    fixed denominator and keeps the accountant; epsilon and every metric equal the in-process run's.
+    (The localhost deployment below covers plain FedAvg.)"""
+    cfg = tiny(num_rounds=3, client_fraction=0.5, upload="delta", dp_clip=1.0, dp_noise=0.5)  # Poisson sampling
     flower.run_simulation(cfg, tmp_path / "sim", progress=False)
     got = same_run(tmp_path / "sim", cfg, tmp_path)
+    ref = results.load_run(tmp_path / "in-process")
+    columns = ["test_acc", "test_loss", "epsilon", "upload_bytes", "sampled_clients", "dropped_clients"]
+    assert got.metrics[columns].equals(ref.metrics[columns])
+    assert got.summary["epsilon"] == ref.summary["epsilon"] > 0 and got.metrics.sampled_clients.sum() > 0
     assert got.summary["runtime"] == "flower-simulation" and got.summary["flower_nodes"] == cfg.num_clients
     # Flower's messages carry the codec's bytes plus their own framing: a little more, never less
     assert got.summary["total_upload_bytes"] <= got.summary["flower_bytes_up"] <= 1.05 * got.summary[
