@@ -323,3 +323,79 @@ display(Markdown(
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # FedAvg is the shared-initialization case: every round starts all clients from the same global model $w_t$.
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Each exercise asks for a prediction first. Write it down, change the variable at the top of the code cell,
+# run the cell, and only then open the answer: the cell computes it from the run, nothing in it is written in
+# advance. Runs go through the same results cache as the lesson, so a setting already run is read back.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1: many local epochs, few rounds
+#
+# Table 2 ends with a row of many more local epochs per round. More local work per round should cut the rounds
+# needed, but a client that trains long on its own label shards may over-fit them. **Predict:** on the non-IID
+# split, does the 2NN with `epochs_try` local epochs (B as in the lesson's FedAvg 2NN row) reach a higher best
+# accuracy than the lesson's E = 1 row within the same `rounds_try` rounds? And does the gap between the test
+# loss and the clients' own training loss grow with E? Change `epochs_try` (and `rounds_try`) and run.
+
+# %%
+from fl_lib.study.exercises import answer, holds
+
+epochs_try = 20  # change me: local epochs E of a FedAvg 2NN run on the non-IID split
+rounds_try = min(num_rounds, 10)  # change me: rounds of both runs (the E = 1 run is read back from the cache)
+row_e1 = rows[(rows.model == "2nn") & (rows.algorithm == "fedavg")].iloc[0]
+cfg_e1 = config_for(row_e1, "shards", seed_list[0]).replace(num_rounds=rounds_try)
+cfg_try = cfg_e1.replace(local_epochs=epochs_try)
+by_e = {}
+for cfg_x in (cfg_e1, cfg_try):
+    m = run_many([cfg_x], root=results_dir, workers=workers)[0].metrics
+    last = m.dropna(subset=["test_acc"]).iloc[-1]
+    by_e[cfg_x.local_epochs] = {"u (ours)": local_updates(cfg_x.local_epochs, cfg_x.batch_size, n, num_clients),
+                                "best test_acc": m.test_acc.max(), "last test_loss": last.test_loss,
+                                "last train_loss": last.train_loss, "gap": last.test_loss - last.train_loss}
+by_e = pd.DataFrame(by_e).T.rename_axis("E")
+display(by_e.round(4))
+e1, et = by_e.loc[cfg_e1.local_epochs], by_e.loc[epochs_try]
+display(answer(
+    f"Non-IID split, {rounds_try} rounds, seed {seed_list[0]}: E = {epochs_try} makes u = {et['u (ours)']:.0f} local "
+    f"updates per round against {e1['u (ours)']:.0f} at E = {cfg_e1.local_epochs}.\n\n"
+    f"* Best test accuracy {et['best test_acc']:.4f} against {e1['best test_acc']:.4f}: more local epochs reach a "
+    f"higher accuracy in the same rounds {holds(et['best test_acc'] > e1['best test_acc'])} in this run.\n"
+    f"* Test loss minus the clients' training loss in the last round: {et['gap']:.4f} against {e1['gap']:.4f}: the gap "
+    f"grows with E (the clients fit their own shards better than the global model fits the test set) "
+    f"{holds(et['gap'] > e1['gap'])} in this run."))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2: does weighting by $n_k / n$ matter?
+#
+# Section 3 weights each client's model by $n_k / n$ rather than taking the plain mean. **Predict:** for the
+# clients sampled in round 1, how far is the plain mean of their trained models from the weighted average, on
+# the IID split, on the shards split and on a Dirichlet split? When are the two exactly equal? Change
+# `partition_try` and run.
+
+# %%
+partition_try = "dirichlet"  # change me: iid, shards or dirichlet
+cfg_w = preset("fedavg-mnist-2nn", dataset=dataset, data_root=data_root, num_clients=num_clients,
+               client_fraction=client_fraction, partition=partition_try, lr=lr, device=device, seed=seed_list[0])
+fed_w = Federation(cfg_w, data=data)
+chosen = fed_w.sample_clients(1)
+trained_models = []
+for k in chosen:
+    fed_w.train_client(k, 1)
+    trained_models.append({name: v.detach().clone() for name, v in fed_w.model.state_dict().items()})
+n_chosen = [fed_w.sizes[k] for k in chosen]
+weighted = aggregate(trained_models, n_chosen)  # sum_k n_k / n w^k
+plain = aggregate(trained_models, [1] * len(chosen))  # 1/m sum_k w^k
+apart = max((weighted[name].float() - plain[name].float()).abs().max().item() for name in weighted)
+size = max(weighted[name].float().abs().max().item() for name in weighted)
+equal_sizes = len(set(n_chosen)) == 1
+display(answer(
+    f"On the `{partition_try}` split the {len(chosen)} clients of round 1 hold from {min(n_chosen)} to "
+    f"{max(n_chosen)} examples. The plain mean differs from the weighted average by up to {apart:.3g} "
+    f"(the largest weight is {size:.3g}).\n\n"
+    f"* The sampled clients hold equal amounts of data: {holds(equal_sizes)}.\n"
+    f"* The two averages agree (to float rounding, 1e-6 of the largest weight): {holds(apart <= 1e-6 * size)}.\n\n"
+    f"The prediction \"they agree exactly when the sizes are equal\" "
+    f"{holds(equal_sizes == (apart <= 1e-6 * size))} in this run."))

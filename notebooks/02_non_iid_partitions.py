@@ -141,3 +141,75 @@ print(describe_stats(partition_stats(parts[f"Dirichlet per class (alpha={alpha:g
 explorer = PartitionExplorer(labels, data.num_classes, alpha=alpha, num_clients=num_clients, seed=seed,
                              min_size=min_size)
 explorer
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Each exercise asks for a prediction first. Write it down, change the variable at the top of the code cell,
+# run the cell, and only then open the answer: the cell computes it from the partitions, nothing in it is written
+# in advance. Every split here takes a moment: nothing is trained.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1: which alpha is as skewed as the shards?
+#
+# McMahan et al.'s shards and the Dirichlet split are two ways to make non-IID data. The summary table gives the
+# shards split's mean TV distance. **Predict:** the per-class Dirichlet split with the same mean TV distance, is
+# its $\alpha$ below or above `alpha`? Set `alpha_try` to your guess of the matching value and run: the cell
+# measures your guess, then searches a fine grid of $\alpha$ for the match.
+
+# %%
+from IPython.display import display
+
+from fl_lib.study.exercises import answer, holds
+
+alpha_try = 0.1  # change me: your guess of the alpha whose mean TV distance matches the shards split
+
+
+def mean_tv(a, k=num_clients):
+    """Mean TV distance of the per-class Dirichlet split at alpha a over k clients."""
+    p = make_partition("dirichlet", labels, k, seed, alpha=float(a), min_size=min_size)
+    return float(partition_stats(p, labels, data.num_classes).tv_distance.mean())
+
+
+shards_tv = summary.loc[f"shards (s={shards_per_client})", "tv_mean"]
+guess_tv = mean_tv(alpha_try)
+search = pd.DataFrame({"alpha": np.logspace(-3, 3, 61)})
+search["mean TV distance"] = [mean_tv(a) for a in search.alpha]
+match = search.iloc[(search["mean TV distance"] - shards_tv).abs().argmin()]
+inside = search["mean TV distance"].min() <= shards_tv <= search["mean TV distance"].max()
+display(answer(
+    f"Shards (s = {shards_per_client}): mean TV distance {shards_tv:.3f}. Your alpha_try = {alpha_try:g} gives "
+    f"{guess_tv:.3f}: {'more' if guess_tv > shards_tv else 'less'} skewed than the shards.\n\n"
+    f"Over {len(search)} values of alpha from {search.alpha.min():g} to {search.alpha.max():g}, the closest match is "
+    f"alpha = {match.alpha:.3g} (mean TV distance {match['mean TV distance']:.3f})"
+    + ("" if inside else "; the shards' value lies outside the range the grid reaches, so this is only the nearest end")
+    + f". The matching alpha lies below `alpha` = {alpha:g}: {holds(match.alpha < alpha)} in this run."))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2: more clients, same alpha
+#
+# **Predict:** split the same training set over more clients, keeping `alpha` and `shards_per_client`. Does the
+# mean TV distance of the per-class Dirichlet split go up or down? And the shards split's? Change
+# `num_clients_try` and run (each client still needs `min_size` examples).
+
+# %%
+num_clients_try = 3 * num_clients  # change me: K of the second pair of splits
+
+
+def shards_tv_at(k):
+    """Mean TV distance of the shards split over k clients."""
+    p = make_partition("shards", labels, k, seed, shards_per_client=shards_per_client)
+    return float(partition_stats(p, labels, data.num_classes).tv_distance.mean())
+
+
+more = pd.DataFrame({"Dirichlet per class": [mean_tv(alpha, k) for k in (num_clients, num_clients_try)],
+                     "shards": [shards_tv_at(k) for k in (num_clients, num_clients_try)]},
+                    index=pd.Index([num_clients, num_clients_try], name="K"))
+display(more.round(3))
+grows = more.iloc[1] > more.iloc[0]
+display(answer(
+    f"Mean TV distance at K = {num_clients} and at K = {num_clients_try} clients:\n\n"
+    + "\n".join(f"* {split}: {more[split].iloc[0]:.3f} against {more[split].iloc[1]:.3f}; it grows with K "
+                f"{holds(grows[split])} in this run." for split in more.columns)
+    + f"\n\nWith more clients each client holds fewer examples, and the Dirichlet draw for each class is spread "
+      f"over more clients; the shards split gives every client {shards_per_client} shards whatever K is."))

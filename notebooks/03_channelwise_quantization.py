@@ -226,3 +226,69 @@ if PAPER_MIB and model == "squeezenet1_0" and num_clients == 10 and data.num_cla
         f"reading of the paper's unit that fits these sizes, not one the paper states. Bit-packed as fl_lib sends "
         f"them, INT16 saves {int16.encoded_reduction_pct:.1f}%, INT8 {by_bits.loc[8].encoded_reduction_pct:.1f}% and "
         f"INT4 {by_bits.loc[4].encoded_reduction_pct:.1f}%."))
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Each exercise asks for a prediction first. Write it down, change the variable at the top of the code cell,
+# run the cell, and only then open the answer: the cell computes it from the model above, nothing in it is
+# written in advance. Nothing is trained: each cell quantizes or counts in a few seconds.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1: quantized weights or a quantized update?
+#
+# A client can send its trained weights $w$ quantized, or its update $\Delta = w - w_t$ quantized (lesson 04's
+# `upload="delta"`; the server adds it to $w_t$, which it holds). Either way the model the server rebuilds is off
+# by the quantization error of what was sent, $\|\hat{w} - w\|$ or $\|\hat{\Delta} - \Delta\|$, in the same units.
+# **Predict:** at `bits_try` bits, which of the two errors is smaller, and by roughly what factor? Change
+# `bits_try` and run; the narrowest widths are the interesting ones.
+
+# %%
+from fl_lib.core.quant import fake_quantize
+from fl_lib.study.exercises import answer, holds
+
+bits_try = 2  # change me: bit width of both uploads, 2..16
+
+
+def error_norm(state, b):
+    """||Q(x) - x|| over every float tensor of `state`: the error the server's rebuilt model carries."""
+    return float(sum(((fake_quantize(v.float(), b) - v.float()) ** 2).sum() for v in state.values()) ** 0.5)
+
+
+def norm(state):
+    return float(sum((v.float() ** 2).sum() for v in state.values()) ** 0.5)
+
+
+sent_weights = {k: trained[k] for k in update}  # the same float tensors as the update
+if local_epochs > 0:
+    err_w, err_d = error_norm(sent_weights, bits_try), error_norm(update, bits_try)
+    display(answer(
+        f"At {bits_try} bits, per channel: quantizing the trained weights leaves an error of norm {err_w:.3g} in "
+        f"the model the server rebuilds, quantizing the update leaves {err_d:.3g}, "
+        f"{err_w / err_d:.3g} times less. The update loses less: {holds(err_d < err_w)} in this run.\n\n"
+        f"Why: the error of a channel is at most half its grid step, which is proportional to the channel's "
+        f"largest value. The update's norm is {norm(update):.3g} against the weights' {norm(sent_weights):.3g}, "
+        f"{norm(sent_weights) / norm(update):.3g} times smaller; its error is "
+        f"{err_w / err_d:.3g} times smaller."))
+else:
+    display(answer("local_epochs = 0: the update is zero, so there is nothing to quantize; set local_epochs above 0."))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2: half the bits, half the bytes?
+#
+# **Predict:** at `bits_try` bits, is the encoded upload of one round exactly in proportion to the bit width, as a
+# fraction of FP32's upload, or a little more, or a little less? Change `bits_try` and run.
+
+# %%
+bits_try = 2  # change me: bit width of the upload, 2..16
+sized = pd.DataFrame(traffic_table(model, num_clients, bits=(32, bits_try), num_classes=data.num_classes)).set_index("bits")
+ratio = sized.loc[bits_try, "encoded_mb"] / sized.loc[32, "encoded_mb"]
+num_values = sum(v.numel() for v in init.values() if v.is_floating_point())
+codes_mb = num_clients * num_values * bits_try / 8 / 1e6  # the codes alone, N b bits per client
+display(answer(
+    f"{model}, {num_clients} clients: {sized.loc[bits_try, 'encoded_mb']:.3f} MB per round at {bits_try} bits against "
+    f"{sized.loc[32, 'encoded_mb']:.3f} MB at FP32, a ratio of {ratio:.4f}; in proportion to the bit width it would be "
+    f"{bits_try / 32:.4f}. Exactly proportional: {holds(abs(ratio - bits_try / 32) < 1e-9)}; a little more: "
+    f"{holds(ratio > bits_try / 32)} in this run.\n\n"
+    f"The codes alone are {codes_mb:.3f} MB; the other {sized.loc[bits_try, 'encoded_mb'] - codes_mb:.3f} MB are what "
+    f"every width sends besides the codes (one float32 scale per channel, integer buffers, the codec's framing)."))

@@ -270,3 +270,89 @@ for b in bits_list:
         f"{d['rounds below FP32 (%)']:.0f}%.")
 display(Markdown(f"### In short ({base.model}, {Path(dataset).stem}, {num_rounds} rounds, {len(seed_list)} seed(s))\n\n"
                  + "\n".join(lines_out)))
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Each exercise asks for a prediction first. Write it down, change the variable at the top of the code cell,
+# run the cell, and only then open the answer: the cell computes it from the runs, nothing in it is written in
+# advance. A bit width among `bit_widths` is read back from the results cache; another one trains its runs first.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1: does quantization regularize?
+#
+# The quantization paper explains the quantized model's accuracy, equal to or above FP32's, by the rounding noise
+# acting as a regularizer. A regularizer narrows the gap between the accuracy on the training data and on the
+# test data. **Predict:** is the final global model's gap (training accuracy minus test accuracy) smaller at
+# `bits_try` bits than at FP32, paired by seed? Set `bits_try` and run; `train_images` caps the training images
+# scored.
+
+# %%
+from fl_lib.core.data import load_dataset
+from fl_lib.study.exercises import answer, holds, train_test_accuracy
+from fl_lib.study.measures import stored_model
+
+bits_try = 4  # change me: the quantized bit width set against FP32 (one of bit_widths is read back from the cache)
+train_images = 5000  # change me: training images scored per model (0: all, slower)
+if not 2 <= bits_try <= 16:
+    raise ConfigError(f"bits_try={bits_try} is not allowed: choose a quantized width, 2..16, to set against FP32")
+sweep(base, {"seed": seed_list, "bits": [32, bits_try]}, root=results_dir, workers=workers)  # cached: reads back
+gaps = []
+for s in seed_list:
+    data_s = load_dataset(dataset, data_root, seed=s)
+    for b in (32, bits_try):
+        cfg_s = base.replace(seed=s, bits=b)
+        at_round, state = stored_model(cfg_s, results_dir)
+        train_acc, test_acc = train_test_accuracy(cfg_s, state, data_s, train_images)
+        gaps.append({"seed": s, "bits": b, "round": at_round, "train_acc": train_acc, "test_acc": test_acc,
+                     "gap": train_acc - test_acc})
+gaps = pd.DataFrame(gaps)
+display(gaps.round(4))
+gap_by = gaps.pivot(index="seed", columns="bits", values="gap")
+d_gap = gap_by[bits_try] - gap_by[32]
+display(answer(
+    f"Final global models (round {gaps['round'].max()}), training accuracy on "
+    f"{'all' if train_images <= 0 else f'the first {train_images}'} training images minus test accuracy: "
+    + "; ".join(f"seed {s}: {gap_by.loc[s, bits_try]:+.4f} at {bits_try} bits against {gap_by.loc[s, 32]:+.4f} at FP32"
+                for s in gap_by.index)
+    + f".\n\nThe gap at {bits_try} bits minus FP32's, mean over {len(d_gap)} seed(s): {d_gap.mean():+.4f}"
+    + (f" (std {d_gap.std():.4f})" if len(d_gap) > 1 else "")
+    + f"; smaller in {int((d_gap < 0).sum())} of {len(d_gap)} seed(s). Quantization narrows the train/test gap, "
+      f"as a regularizer would: {holds((d_gap < 0).all())} in this run"
+    + (" (a mean difference within one standard deviation of zero is not a clear effect)."
+       if len(d_gap) > 1 and abs(d_gap.mean()) <= d_gap.std() else ".")))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2: how early is "early"?
+#
+# The early-convergence check above averages the accuracy over the first R rounds. **Predict:** if the run at
+# `early_bits_try` bits leads FP32 early on, does its lead grow or shrink as the window R widens towards
+# `num_rounds`? Set `early_bits_try` and `R_try` and run: the cell computes the paired lead for every R.
+
+# %%
+early_bits_try = 16  # change me: the quantized bit width set against FP32
+R_try = 2  # change me: the early window, 1..num_rounds
+if not 2 <= early_bits_try <= 16:
+    raise ConfigError(f"early_bits_try={early_bits_try} is not allowed: choose a quantized width, 2..16")
+early_runs = sweep(base, {"seed": seed_list, "bits": [32, early_bits_try]}, root=results_dir, workers=workers)
+
+
+def early_lead(r):
+    """Mean over the seeds of the early area over the first r rounds, quantized minus FP32 of the same seed."""
+    area = early_auc_by(early_runs, ["bits", "seed"], r)
+    return (area.xs(early_bits_try, level="bits") - area.xs(32, level="bits")).mean()
+
+
+lead = pd.DataFrame({"R": range(1, num_rounds + 1)})
+lead["lead"] = [early_lead(r) for r in lead.R]
+lead["label"] = f"INT{early_bits_try} - FP32"
+plots.lines(lead, "R", "lead", "label", title="Early area: quantized minus FP32, paired by seed, mean over seeds",
+            xlabel="early window R (rounds)", ylabel="mean accuracy difference").show()
+R_try = min(max(R_try, 1), num_rounds)
+at_r, at_end = lead.set_index("R").lead[R_try], lead.lead.iloc[-1]
+display(answer(
+    f"Mean accuracy over the first R rounds, INT{early_bits_try} minus FP32, paired over {len(seed_list)} seed(s): "
+    f"{at_r:+.4f} at R = {R_try}, {at_end:+.4f} over all {num_rounds} rounds.\n\n"
+    f"* INT{early_bits_try} leads at R = {R_try}: {holds(at_r > 0)} in this run.\n"
+    f"* The lead shrinks as the window widens (smaller over all rounds than at R = {R_try}): "
+    f"{holds(at_end < at_r)} in this run."))

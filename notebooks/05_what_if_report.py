@@ -146,3 +146,54 @@ if 32 in acc_table:
                     f"{d.max():+.4f} across alphas; within a point of FP32 at alpha = {', '.join(ok) or 'none'}.")
     text += spread_lines()
 display(Markdown("\n\n".join(text)))
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Each exercise asks for a prediction first. Write it down, change the variable at the top of the code cell,
+# run the cell, and only then open the answer: the cell computes it from the grid above, nothing in it is
+# written in advance. Both read the grid's runs, so they take a moment.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1: where does quantization hurt most?
+#
+# **Predict:** at `bits_try` bits, at which $\alpha$ of the grid is the accuracy lost against FP32 largest: at the
+# most skewed split (the smallest $\alpha$), or elsewhere? Set `bits_try` to one of `bit_widths` and run.
+
+# %%
+from fl_lib.core.errors import ConfigError
+from fl_lib.study.exercises import answer, holds
+
+bits_try = 8  # change me: one of bit_widths other than 32
+if bits_try not in acc_table or 32 not in acc_table or bits_try == 32:
+    raise ConfigError(f"bits_try={bits_try} is not allowed: choose one of bit_widths = {bit_widths} other than 32 "
+                      f"(and keep 32 in bit_widths)")
+cost = acc_table[bits_try] - acc_table[32]  # per alpha, mean over the seeds
+worst_alpha = cost.idxmin()
+display(answer(
+    f"Final accuracy at {bits_try} bits minus FP32, mean over {len(seed_list)} seed(s): "
+    + ", ".join(f"{d:+.4f} at alpha = {a:g}" for a, d in cost.items())
+    + (f".\n\nThe largest loss is at alpha = {worst_alpha:g} ({cost.min():+.4f})." if cost.min() < 0 else
+       f".\n\nNo alpha lost accuracy at {bits_try} bits in this run.")
+    + f" The largest loss is at the most skewed split, alpha = {cost.index.min():g}: "
+      f"{holds(cost.min() < 0 and worst_alpha == cost.index.min())} in this run. Set these differences against the "
+      f"spread between seeds printed above before reading much into them."))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2: fewer bits, lower accuracy?
+#
+# **Predict:** at one $\alpha$ of the grid, does the final accuracy fall step by step as the bit width narrows, or
+# does some narrower width do as well as or better than a wider one? Set `alpha_try` to one of `alphas` and run.
+
+# %%
+alpha_try = 0.5  # change me: one of alphas
+if alpha_try not in acc_table.index:
+    raise ConfigError(f"alpha_try={alpha_try:g} is not allowed: choose one of alphas = {alphas}")
+row = acc_table.loc[alpha_try].sort_index(ascending=False)  # widest first
+steps = row.diff().dropna()  # narrower minus the next wider width
+display(answer(
+    f"At alpha = {alpha_try:g}, final accuracy from the widest to the narrowest width: "
+    + ", ".join(f"{acc:.4f} at {b} bits" for b, acc in row.items())
+    + f".\n\nEvery narrower width lost accuracy against the next wider one: {holds((steps < 0).all())} in this run"
+    + ("." if (steps < 0).all() else
+       f" (as good or better: {', '.join(f'{b} bits' for b in steps.index[steps >= 0])}).")))

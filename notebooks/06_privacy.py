@@ -771,3 +771,61 @@ if bits in dpsa.index:
     answers.append(text)
 display(Markdown(f"### In short ({Path(dataset).stem}, {base.model}, {num_rounds} rounds, {len(seed_list)} seed(s))"
                  "\n\n" + "\n".join(answers)))
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Each exercise asks for a prediction first. Write it down, change the variable at the top of the code cell,
+# run the cell, and only then open the answer: the cell computes it, nothing in it is written in advance. Both
+# only count (the accountant, the masking modulus): nothing is trained.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1: epsilon against clients per round
+#
+# Section 2 says small federations pay a lot. Keep the noise on the averaged update fixed (the std $zS/m$ of
+# this lesson's runs at noise multiplier `z_try`, so $z$ grows with $m$) and sample more clients per round from a
+# federation of `federation_try` clients (Poisson, $q = m / K$), for `num_rounds` rounds. **Predict:** does
+# $\varepsilon$ fall steadily as $m$ grows, and by how much between the smallest and the largest $m$? Change
+# `federation_try` or `z_try` and run.
+
+# %%
+from fl_lib.study.exercises import answer, holds
+
+federation_try = 1000  # change me: K, clients in the federation
+z_try = 1.0  # change me: noise multiplier z at this lesson's m clients per round
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # Opacus's note on the edge of its orders: a looser bound, still a bound
+    sweep_m = pd.DataFrame({"clients per round m": sorted({max(1, round(v)) for v in
+                                                          np.geomspace(1, federation_try, 12)})})
+    sweep_m["epsilon"] = [dp.epsilon(mm / federation_try, z_try * mm / m, num_rounds, dp_delta)
+                          for mm in sweep_m["clients per round m"]]
+sweep_m["label"] = f"noise std on the mean {z_try * dp_clip / m:.3g}, K = {federation_try}"
+plots.lines(sweep_m, "clients per round m", "epsilon", "label", title="epsilon against clients per round",
+            xlabel="clients per round m", ylabel=f"epsilon at delta = {dp_delta:g}", log_x=True, log_y=True).show()
+eps_m = sweep_m.set_index("clients per round m").epsilon
+display(answer(
+    f"Noise std on each coordinate of the mean held at zS/m = {z_try * dp_clip / m:.3g} (z = {z_try:g} at m = {m}), "
+    f"K = {federation_try}, {num_rounds} rounds, delta = {dp_delta:g}: epsilon is {eps_m.iloc[0]:.3g} at m = "
+    f"{eps_m.index[0]} and {eps_m.iloc[-1]:.3g} at m = {eps_m.index[-1]}, {eps_m.iloc[0] / eps_m.iloc[-1]:.3g} times "
+    f"less.\n\nepsilon falls at every step as m grows: {holds((eps_m.diff().dropna() < 0).all())} in this run."))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2: what masking costs in a larger federation
+#
+# Under secure aggregation every masked value is a residue modulo a power of two wide enough that the sum of all
+# clients' codes cannot wrap. **Predict:** with `clients_try` clients instead of `num_clients`, how many extra bits
+# per parameter does masking cost at `bits` bits? Does the overhead grow in proportion to the number of clients?
+# Change `clients_try` and run.
+
+# %%
+clients_try = 1000  # change me: clients whose masked uploads are summed
+extra = {k: secagg.masking_overhead_bits(bits, k) for k in (num_clients, clients_try)}
+log_ratio = math.log2(clients_try / num_clients)
+display(answer(
+    f"At {bits} bits, masking costs {extra[num_clients]} extra bit(s) per parameter with {num_clients} clients and "
+    f"{extra[clients_try]} with {clients_try}: {extra[clients_try] - extra[num_clients]:+d} bit(s) for "
+    f"{clients_try / num_clients:.3g} times the clients.\n\n"
+    f"* The overhead grows in proportion to the clients: "
+    f"{holds(extra[num_clients] > 0 and extra[clients_try] / extra[num_clients] >= clients_try / num_clients)} in this run.\n"
+    f"* It grows by about log2 of the ratio of clients ({log_ratio:.2f} bits), to within one bit: "
+    f"{holds(abs(extra[clients_try] - extra[num_clients] - log_ratio) <= 1)} in this run."))

@@ -622,3 +622,71 @@ text.append(f"**On `{what_if_link}` links** (replayed, same runs): "
             + "; ".join(f"{lab} {wt.iloc[:, 1][lab]:.3g} {w_unit} for {num_rounds} rounds, "
                         f"{fmt(wt.iloc[:, 2][lab], float('nan'))} {w_unit} to {target:g}" for lab in wt.index) + ".")
 display(Markdown("### In short\n\n" + "\n\n".join(text)))
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Each exercise asks for a prediction first. Write it down, change the variable at the top of the code cell,
+# run the cell, and only then open the answer: the cell computes it, nothing in it is written in advance. Both
+# replay or plan the clock of this lesson's runs: nothing is trained.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1: the same runs on another link
+#
+# **Predict:** on the link `link_try`, which fixed bit width of `bit_widths` reaches `target` in the least
+# simulated time? Does the narrowest width's lead over the widest grow or shrink against the lesson's `link`?
+# Change `link_try` (`mobile`, `iot`, or `lognormal:MEDIAN_MBITS,SIGMA`) and run: the stored runs of the first
+# seed are replayed on it.
+
+# %%
+from fl_lib.study.exercises import answer, holds
+
+link_try = "lognormal:1,1.5"  # change me: a link profile, as the link parameter takes it
+seed_x = seed_list[0]
+replayed = []
+for b in bits_list:
+    m = metrics[(metrics.label == label[b]) & (metrics.seed == seed_x)]
+    for lk in dict.fromkeys((link, link_try)):  # once each, also when link_try is link
+        secs = np.cumsum(replay_clock(base.replace(bits=b, seed=seed_x), lk, data_by_seed[seed_x]))
+        timed = m.assign(sim_h=secs / 3600)
+        replayed.append({"link": lk, "width": label[b], "hours per run": secs[-1] / 3600,
+                         f"hours to {target:g}": time_to_target(timed, target, x="sim_h")})
+replayed = pd.DataFrame(replayed).set_index(["link", "width"])
+display(replayed.round(4))
+on_try = replayed.loc[link_try]
+reach_try = on_try[f"hours to {target:g}"].dropna()
+wide, narrow = label[max(bits_list)], label[min(bits_list)]
+lead_on = {lk: replayed.loc[(lk, wide), "hours per run"] / replayed.loc[(lk, narrow), "hours per run"]
+           for lk in (link, link_try)}
+display(answer(
+    (f"On `{link_try}` the first to reach {target:g} is {reach_try.idxmin()}, in {reach_try.min():.3g} simulated hours "
+     f"(the others: " + (", ".join(f"{w} {h:.3g}" for w, h in reach_try.drop(reach_try.idxmin()).items()) or "none")
+     + "). " if len(reach_try) else f"On `{link_try}` no width reached {target:g} within {num_rounds} rounds. ")
+    + f"The same {num_rounds} rounds take {wide} {lead_on[link_try]:.3g} times as long as {narrow} on `{link_try}`, "
+    f"against {lead_on[link]:.3g} times on `{link}`: the narrowest width's lead grows on `{link_try}` "
+    f"{holds(lead_on[link_try] > lead_on[link])} in this run."))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2: half the bits, half the round?
+#
+# **Predict:** on the lesson's `link`, does a round at `bits_try` bits take that width's share of an FP32 round's
+# time (in proportion to the bits), or more? Which part of a client's time does not shrink? Change `bits_try` and
+# run: the clock is planned for every round, nothing is trained.
+
+# %%
+bits_try = 4  # change me: the upload bit width, 2..16
+clock_try = clock_stats(fed, link, 0.0, [32, bits_try], num_rounds, min_bits=min_bits)
+summary_try = clock_summary(clock_try)
+r32, rb = summary_try.loc[width_label(32), "mean round (s)"], summary_try.loc[width_label(bits_try), "mean round (s)"]
+slow_b = clock_try[clock_try.policy == width_label(bits_try)]
+slow_b = slow_b.loc[slow_b.groupby("round").total_s.idxmax()]
+share = {p.removesuffix("_s"): slow_b[p].mean() / slow_b.total_s.mean() for p in parts}
+display(summary_try.round(3))
+display(answer(
+    f"On `{link}`, mean round {rb:.3g} s at {bits_try} bits against {r32:.3g} s at FP32: a ratio of {rb / r32:.3g}, "
+    f"against {bits_try / 32:.3g} for the bits. The round shrinks in proportion to the bits: "
+    f"{holds(rb / r32 <= bits_try / 32 * 1.01)} in this run. Median upload {summary_try.loc[width_label(bits_try), 'median upload (s)']:.3g} s "
+    f"against {summary_try.loc[width_label(32), 'median upload (s)']:.3g} s.\n\n"
+    f"The slowest client's time at {bits_try} bits, mean over rounds: "
+    + ", ".join(f"{part} {100 * s:.0f}%" for part, s in share.items())
+    + ". Only the upload part shrinks with the bits; download, compute and latency stay."))

@@ -277,3 +277,63 @@ generator = torch.Generator().manual_seed(seed_list[0])
 for prompt in ("To be, or not to be", "My lord, "):
     print(f"--- {r.row}, {num_rounds} rounds: {prompt!r}")
     print(prompt + sh.sample(fed.model, prompt, sample_chars, generator, sample_temperature))
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Each exercise asks for a prediction first. Write it down, change the variable at the top of the code cell,
+# run the cell, and only then open the answer: the cell computes it, nothing in it is written in advance. Both
+# use what the lesson already holds (the trained global model, the table of roles): nothing is trained.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1: the temperature of the samples
+#
+# Each character is drawn from the model's softmax divided by the temperature. **Predict:** below
+# `sample_temperature`, does the text repeat itself more (fewer distinct runs of three characters), and above it
+# less? Set `temperature_try` and run: both samples start from the same prompt and the same generator seed.
+
+# %%
+from fl_lib.study.exercises import answer, holds
+
+temperature_try = 0.3  # change me: softmax temperature of the second sample (> 0)
+prompt = "My lord, "
+
+
+def distinct_trigrams(text):
+    """Share of the text's runs of three characters that are distinct: lower means more repetition."""
+    grams = [text[i:i + 3] for i in range(len(text) - 2)]
+    return len(set(grams)) / max(len(grams), 1)
+
+
+texts = {}
+for temp in (sample_temperature, temperature_try):
+    generator = torch.Generator().manual_seed(seed_list[0])
+    texts[temp] = sh.sample(fed.model, prompt, sample_chars, generator, temp)
+    print(f"--- temperature {temp:g}: {prompt!r}\n{prompt + texts[temp]}")
+share = {temp: distinct_trigrams(text) for temp, text in texts.items()}
+lower = temperature_try < sample_temperature
+display(answer(
+    f"Distinct three-character runs in {sample_chars} sampled characters: {share[temperature_try]:.3f} at temperature "
+    f"{temperature_try:g} against {share[sample_temperature]:.3f} at {sample_temperature:g}; distinct characters "
+    f"{len(set(texts[temperature_try]))} against {len(set(texts[sample_temperature]))}.\n\n"
+    f"The {'lower' if lower else 'higher'} temperature repeats itself {'more' if lower else 'less'}: "
+    f"{holds(share[temperature_try] < share[sample_temperature] if lower else share[temperature_try] > share[sample_temperature])}"
+    f" in this run."))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2: how unequal are the roles?
+#
+# McMahan et al. explain FedAvg's gain on the role split by some roles holding large local datasets. **Predict:**
+# what share of the training characters do the largest `top_share_try` of the roles hold? In an IID split every
+# client holds an equal share. Change `top_share_try` and run.
+
+# %%
+top_share_try = 0.1  # change me: the share of roles, the largest first, between 0 and 1
+by_size = roles.train_chars.sort_values(ascending=False)
+top = max(1, round(top_share_try * K))
+held = by_size.iloc[:top].sum() / by_size.sum()
+display(answer(
+    f"The largest {top} of the {K} roles ({top / K:.1%}) hold {held:.1%} of the {by_size.sum():,} training characters; "
+    f"in an IID split they would hold {top / K:.1%}. The largest role has {by_size.iloc[0]:,} characters, the median "
+    f"role {int(by_size.median()):,}.\n\nThe largest roles hold more than their share: {holds(held > top / K)} in this "
+    f"run."))

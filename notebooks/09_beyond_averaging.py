@@ -666,3 +666,80 @@ if base.local_epochs in drift.index:
                 f"coordinate whose update keeps its sign by about {adaptive_server_lr / rms:.2g} times that, and less "
                 f"where the sign flips from round to round; FedAvgM's long-run step is {effective:g} times FedAvg's.")
 display(Markdown("### In short\n\n" + "\n\n".join(text)))
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## Exercises
+#
+# Each exercise asks for a prediction first. Write it down, change the variable at the top of the code cell,
+# run the cell, and only then open the answer: the cell computes it, nothing in it is written in advance. Both
+# reuse the clients' updates of the client-drift section (at the base config's $E$): nothing is trained.
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 1: how hard to clip?
+#
+# Soft clipping down-weights the clients whose update lies beyond `soft_clip` median distances from the median
+# update. **Predict:** with a threshold `soft_clip_try` below `soft_clip`, how many more clients are down-weighted,
+# and does the aggregated step move further from FedAvg's $\sum_k p_k \Delta_k$? Change `soft_clip_try` and run.
+
+# %%
+from fl_lib.study.exercises import answer, holds
+
+soft_clip_try = 1.0  # change me: c, the threshold in median distances (> 0)
+U = updates_at[e_rule]
+p_k = torch.tensor(sizes, dtype=torch.float64) / sum(sizes)
+fedavg_step = p_k.to(U.dtype) @ U  # FedAvg's step, sum_k n_k / n Delta_k
+to_median = torch.linalg.vector_norm(U - middle(U), dim=1)  # d_k, each client's distance to the median update
+
+
+def step_with(weights):
+    """The aggregated step with client weights a_k, and its distance from FedAvg's relative to FedAvg's norm."""
+    step = weights.to(U.dtype) @ U
+    return float(torch.linalg.vector_norm(step - fedavg_step) / torch.linalg.vector_norm(fedavg_step))
+
+
+clip_rows = {}
+for c in (soft_clip, soft_clip_try):
+    a = soft_clip_weights(U, sizes, c)
+    clip_rows[c] = {"clients down-weighted": int((to_median / middle(to_median) > c).sum()),
+                    "distance from FedAvg": step_with(a),
+                    "largest weight": float(a.max())}
+clip_rows = pd.DataFrame(clip_rows).T.rename_axis("c")
+display(clip_rows.round(4))
+base_c, try_c = clip_rows.loc[soft_clip], clip_rows.loc[soft_clip_try]
+display(answer(
+    f"At E = {e_rule}, {len(sizes)} clients: c = {soft_clip_try:g} down-weights {int(try_c['clients down-weighted'])} "
+    f"client(s) against {int(base_c['clients down-weighted'])} at c = {soft_clip:g}; the step lies "
+    f"{try_c['distance from FedAvg']:.3g} of FedAvg's norm away from FedAvg's step, against {base_c['distance from FedAvg']:.3g}.\n\n"
+    f"* A smaller c down-weights more clients: "
+    f"{holds(try_c['clients down-weighted'] > base_c['clients down-weighted']) if soft_clip_try < soft_clip else 'not asked (c is not smaller)'}.\n"
+    f"* A smaller c moves the step further from FedAvg's: "
+    f"{holds(try_c['distance from FedAvg'] > base_c['distance from FedAvg']) if soft_clip_try < soft_clip else 'not asked (c is not smaller)'}."))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### Exercise 2: the temperature of cosine weighting
+#
+# Cosine-weighted averaging gives client k the weight $a_k \propto n_k \exp(c_k / T)$, with $c_k$ the cosine of its
+# update to FedAvg's mean update. **Predict:** as $T$ shrinks below `cosine_temperature`, does the weight gather on
+# a few best aligned clients? The cell measures it by the effective number of clients, $1 / \sum_k a_k^2$. Change
+# `cosine_temperature_try` and run.
+
+# %%
+cosine_temperature_try = 0.05  # change me: T (> 0)
+effective_t = {}
+for temp in (cosine_temperature, cosine_temperature_try):
+    a = cosine_weights(U, sizes, temp)
+    effective_t[temp] = {"effective clients": float(1 / (a ** 2).sum()), "largest weight": float(a.max()),
+                       "best aligned client": int(a.argmax()), "distance from FedAvg": step_with(a)}
+effective_t = pd.DataFrame(effective_t).T.rename_axis("T")
+fedavg_clients = float(1 / (p_k ** 2).sum())
+display(effective_t.round(4))
+display(answer(
+    f"FedAvg's weights n_k / n count as {fedavg_clients:.3g} effective clients. Cosine weighting gives "
+    f"{effective_t.loc[cosine_temperature, 'effective clients']:.3g} at T = {cosine_temperature:g} and "
+    f"{effective_t.loc[cosine_temperature_try, 'effective clients']:.3g} at T = {cosine_temperature_try:g}, whose largest "
+    f"weight, {effective_t.loc[cosine_temperature_try, 'largest weight']:.3f}, goes to client "
+    f"{int(effective_t.loc[cosine_temperature_try, 'best aligned client'])}.\n\n"
+    f"The smaller temperature gathers the weight on fewer clients: "
+    + (holds(effective_t.loc[cosine_temperature_try, 'effective clients'] < effective_t.loc[cosine_temperature, 'effective clients'])
+       if cosine_temperature_try < cosine_temperature else "not asked (T is not smaller)")
+    + " in this run."))

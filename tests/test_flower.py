@@ -101,6 +101,37 @@ def test_a_corrupted_upload_is_refused_and_the_round_goes_on(recwarn, task_ident
     assert row["test_acc"] is not None and row["train_loss"] is not None
 
 
+def _drive(strategy, rounds):
+    """Flower's part of a round without a transport: the messages go straight to the ClientApp's function."""
+    for server_round in range(1, rounds + 1):
+        replies = []
+        for msg in strategy.configure_train(server_round, None, None, None):
+            k = int(msg.content["job"]["client"])
+            msg.metadata.__dict__["_message_id"] = f"m{server_round}-{k}"
+            context = Context(run_id=1, node_id=10 + k, node_config={"partition-id": k}, state=RecordDict(),
+                              run_config={})
+            replies.append(flower.train(msg, context))
+        strategy.aggregate_train(server_round, replies)
+
+
+def test_a_resubmitted_run_goes_on_from_the_run_folder(tmp_path, task_identity):
+    """A SuperLink that died after round 1: the next submission resumes from the run folder's checkpoint
+    (fl_lib's state, rows and Flower's byte counts), and the rounds equal an uninterrupted in-process run."""
+    cfg = tiny(num_clients=3, num_rounds=3, client_fraction=0.7, checkpoint_every=1)
+    nodes = {0: 10, 1: 11, 2: 12}
+    first = flower.FLStrategy(Federation(cfg), nodes, out=tmp_path / "run")
+    _drive(first, 1)
+    fed = Federation(cfg)
+    resumed = results.resume(fed, tmp_path / "run", cfg.key(), log=lambda m: None)
+    assert resumed["round"] == 1 and resumed["flower_bytes_up"] == first.bytes_up > 0
+    second = flower.FLStrategy(fed, nodes, out=tmp_path / "run", resumed=resumed)
+    _drive(second, 2)  # Flower counts this submission's rounds 1 and 2: fl_lib's rounds 2 and 3
+    assert [r["round"] for r in second.rows] == [1, 2, 3] and second.bytes_up > first.bytes_up
+    ref = results.run(cfg, tmp_path / "in-process", progress=False).metrics
+    assert [r["upload_bytes"] for r in second.rows] == ref.upload_bytes.tolist()
+    assert [r["test_acc"] for r in second.rows] == ref.test_acc.tolist()
+
+
 # -- a real federation on localhost: a SuperLink and 2 SuperNodes -----------------------
 kill_tree = flower.stop_tree
 
@@ -119,18 +150,22 @@ def federation(tmp_path_factory):
     logs = home / "logs"
     logs.mkdir()
     procs = []
-    try:
-        procs.append(subprocess.Popen(
-            [BIN / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
-             "--disable-runtime-dependency-installation"],
-            env=env, stdout=open(logs / "superlink.log", "w"), stderr=subprocess.STDOUT))
+    superlink = [BIN / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
+                 "--database", str(home / "superlink.db"), "--disable-runtime-dependency-installation"]
+
+    def start_superlink():  # also the restart of the SuperLink test: same port, same database file
+        proc = subprocess.Popen(superlink, env=env, stdout=open(logs / "superlink.log", "a"), stderr=subprocess.STDOUT)
         flower.wait_for_port(port)
+        return proc
+
+    try:
+        procs.append(start_superlink())
         for k in range(2):
             procs.append(subprocess.Popen(
                 [BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
                  "--port", str(free_port()), "--node-config", f"partition-id={k} num-partitions=2"],
                 env=env, stdout=open(logs / f"supernode{k}.log", "w"), stderr=subprocess.STDOUT))
-        yield {"env": env, "procs": procs, "logs": logs}
+        yield {"env": env, "procs": procs, "logs": logs, "start_superlink": start_superlink}
     finally:
         for p in procs:
             kill_tree(p)
@@ -143,35 +178,67 @@ def deploy_cmd(cfg, out, *flags):
             "--connect-timeout", "60", *flags]
 
 
-@pytest.mark.slow
-def test_deployment_on_localhost_equals_in_process_until_a_supernode_is_killed(federation, tmp_path, one_thread):
-    """Round 1 on a real SuperLink with 2 SuperNodes equals the in-process round; then SuperNode 1 is
-    killed as round 2's messages go out, and round 2 ends at the timeout with the client that answered."""
-    cfg = tiny(num_clients=2)
-    # round 1 takes about 10 s here (each message starts a ClientApp process); 30 s leaves 3x for a busy machine
-    proc = subprocess.Popen(deploy_cmd(cfg, tmp_path / "deployed", "--round-timeout", "30"), cwd=ROOT,
-                            env=federation["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _deploy(federation, cfg, out, on_line=None, timeout=400):
+    """`fl_lib flower deploy` to the fixture's SuperLink; `on_line(line)` sees its log: True stops reading,
+    "stop" also stops the command (as Ctrl-C would, once its SuperLink is gone)."""
+    proc = subprocess.Popen(deploy_cmd(cfg, out, "--round-timeout", "30"), cwd=ROOT, env=federation["env"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
         for line in proc.stdout:
             lines.append(line)
-            if "[ROUND 2/2]" in line:  # round 2's train messages are on their way
-                kill_tree(federation["procs"][2])
+            verdict = on_line(line) if on_line is not None else False
+            if verdict == "stop":
+                kill_tree(proc)
+            if verdict:
                 break
-        rest, _ = proc.communicate(timeout=400)
+        rest, _ = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             kill_tree(proc)
-    assert proc.returncode == 0, "".join(lines)[-3000:] + rest[-3000:]
-    got = results.load_run(tmp_path / "deployed")  # a valid run folder: its checksums agree
+    return proc.returncode, "".join(lines) + rest
+
+
+@pytest.mark.slow
+def test_deployment_survives_a_superlink_restart_and_a_killed_supernode(federation, tmp_path, one_thread):
+    """Round 1 on a real SuperLink with 2 SuperNodes equals the in-process round. The SuperLink is then
+    SIGKILLed between rounds 1 and 2 and restarted on its database; the resubmitted run goes on from the run
+    folder's checkpoint, and its round 2 equals the in-process round 2. Then SuperNode 1 is killed as round 3's
+    messages go out, and round 3 ends at the timeout with the client that answered."""
+    cfg = tiny(num_clients=2, num_rounds=3, checkpoint_every=1)
+    out = tmp_path / "deployed"
+    first_round = out / "checkpoints" / "round-000001.pt"
+
+    def after_round_1(line):  # round 1 is checkpointed: kill the SuperLink (and the ServerApp it runs) now
+        if first_round.exists():
+            kill_tree(federation["procs"][0])
+            return "stop"
+        return False
+
+    # round 1 takes about 10 s here (each message starts a ClientApp process); 30 s leaves 3x for a busy machine
+    code, log = _deploy(federation, cfg, out, after_round_1)
+    assert first_round.exists() and not (out / "summary.json").exists(), log[-3000:]
+    federation["procs"][0] = federation["start_superlink"]()  # the SuperNodes reconnect on their own
+
+    def at_round_3(line):  # Flower counts the resubmission's rounds from 1: its round 2 is fl_lib's round 3
+        if "[ROUND 2/2]" in line:
+            kill_tree(federation["procs"][2])
+            return True
+        return False
+
+    code, log = _deploy(federation, cfg, out, at_round_3)
+    assert code == 0, log[-3000:]
+    assert "resuming from round 1" in log
+    got = results.load_run(out)  # a valid run folder: its checksums agree
     assert got.summary["runtime"] == "flower-deployment" and got.summary["flower_nodes"] == 2
-    ref = results.run(cfg, tmp_path / "in-process", progress=False)
-    first, ref_first = got.metrics.iloc[0], ref.metrics.iloc[0]
-    assert first["upload_bytes"] == ref_first["upload_bytes"] and first["dropped_clients"] == 0
-    assert abs(first["test_acc"] - ref_first["test_acc"]) <= 0.005
-    second = got.metrics.iloc[1]
-    assert second["dropped_clients"] == 1 and second["upload_bytes"] == ref_first["upload_bytes"] // 2
-    assert pd_notna(second["test_acc"])
+    ref = results.run(cfg, tmp_path / "in-process", progress=False).metrics
+    for t in (0, 1):  # rounds 1 and 2: before and after the SuperLink's restart
+        assert got.metrics.iloc[t]["upload_bytes"] == ref.iloc[t]["upload_bytes"]
+        assert got.metrics.iloc[t]["dropped_clients"] == 0
+        assert abs(got.metrics.iloc[t]["test_acc"] - ref.iloc[t]["test_acc"]) <= 0.005
+    third = got.metrics.iloc[2]
+    assert third["dropped_clients"] == 1 and third["upload_bytes"] == ref.iloc[2]["upload_bytes"] // 2
+    assert pd_notna(third["test_acc"])
 
 
 def pd_notna(x) -> bool:

@@ -224,6 +224,32 @@ def test_executed_lessons_type_no_number_into_prose(smoke_report):
         assert prose.lesson_typed_numbers(nb.cells, quoted.get(stem, [])) == [], stem
 
 
+def _exercises(cells) -> list[int]:
+    """Indices of a lesson's '### Exercise' cells, checked to sit under one closing '## Exercises' section."""
+    sections = [i for i, c in enumerate(cells) if c.cell_type == "markdown"
+                and re.search(r"^## ", c.source, flags=re.M)]
+    found = [i for i, c in enumerate(cells) if c.cell_type == "markdown"
+             and re.search(r"^### Exercise \d+: \S", c.source, flags=re.M)]
+    titled = [i for i in sections if cells[i].source.startswith("## Exercises")]
+    assert len(titled) == 1 and titled[0] == sections[-1], "one '## Exercises' section, the lesson's last"
+    assert 2 <= len(found) <= 3 and all(i > titled[0] for i in found)
+    return found
+
+
+@pytest.mark.slow
+def test_every_lesson_ends_with_exercises_whose_answers_the_run_computed(smoke_report):
+    """2-3 exercises per lesson; the code cell after each holds a non-empty answer folded into <details>."""
+    for stem in STEMS:
+        nb = nbformat.read(str(smoke_report / f"{stem}.ipynb"), as_version=4)
+        cells = nb.cells
+        for i in _exercises(cells):
+            code = next(c for c in cells[i + 1:] if c.cell_type == "code")
+            assert re.search(r"^\w+ = .+# change me", code.source, flags=re.M), f"{stem}: no variable to change"
+            html = "".join(o.get("data", {}).get("text/html", "") for o in code.outputs)
+            body = re.search(r"<details><summary>Answer</summary>(.*?)</details>", html, flags=re.S)
+            assert body and re.sub(r"<[^>]+>", "", body.group(1)).strip(), f"{stem}, cell {i + 1}: no computed answer"
+
+
 def _printed(nb) -> str:
     return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 

@@ -43,7 +43,8 @@ from ..core.config import Config
 from ..core.errors import ConfigError, FLError
 from ..core.stages import Job, Upload
 from ..simulator.federation import Federation
-from .results import record_round, write_run
+from . import checkpoint
+from .results import record_round, resume, save_round, write_run
 
 QUERY = "query"  # message type asking a node which fl_lib client (partition-id) it holds
 TRAIN = "train"
@@ -121,18 +122,22 @@ def message_bytes(msg: Message) -> int:
 class FLStrategy(Strategy):
     """fl_lib's synchronous round as a Flower strategy: same sampling, codec, weights and evaluation."""
 
-    def __init__(self, fed: Federation, nodes: dict[int, int], progress=None):
+    def __init__(self, fed: Federation, nodes: dict[int, int], progress=None, out=None, resumed: dict | None = None):
+        """`out`: the run folder, checkpointed as `results.run` does; `resumed`: its checkpoint to go on from."""
         self.fed, self.nodes, self.progress = fed, nodes, progress  # nodes: client k -> Flower node id
         self.config_json = json.dumps(fed.cfg.to_dict())
-        self.rows, self.timings = [], []
-        self.bytes_down = self.bytes_up = 0
+        self.out, self.key = (Path(out) if out is not None else None), fed.cfg.key()
+        r = resumed or {}
+        self.rows, self.timings = r.get("metrics", []), r.get("timings", [])
+        self.done = r.get("round", 0)  # Flower counts this submission's rounds from 1; fl_lib's go on from here
+        self.bytes_down, self.bytes_up = r.get("flower_bytes_down", 0), r.get("flower_bytes_up", 0)
         self._round = None
 
     def summary(self) -> None:
         pass
 
     def configure_train(self, server_round, arrays, config, grid):
-        t = server_round
+        t = self.done + server_round
         start = time.perf_counter()
         plan = self.fed.plan_round(t)
         chosen, bits = plan.chosen, plan.bits
@@ -173,6 +178,9 @@ class FLStrategy(Strategy):
         row = fed.finish_round(r["plan"], ordered, r["plan"].late + missing)
         row = fed.evaluate_row(r["t"], row)
         record_round(self.rows, self.timings, row, time.perf_counter() - r["start"])
+        if self.out is not None:  # a SuperLink that dies after this line costs no finished round
+            save_round(fed, self.out / "checkpoints", self.key, r["t"], self.rows, self.timings,
+                       flower_bytes_down=self.bytes_down, flower_bytes_up=self.bytes_up, flower_nodes=len(self.nodes))
         if self.progress is not None:
             self.progress.update(1)
         global_model = ArrayRecord({n: v.detach().cpu() for n, v in fed.global_state.items()})
@@ -204,24 +212,30 @@ def federate(grid: Grid, cfg: Config, out, runtime: str, round_timeout: float = 
              connect_timeout: float = 120.0, progress: bool = True) -> None:
     """Run `cfg` on the nodes behind `grid` and write its run folder to `out`."""
     check_flower_config(cfg)
+    out = Path(out)
     fed = Federation(cfg.replace(engine="sequential"))
-    nodes = node_map(grid, cfg.num_clients, connect_timeout)
-    if not nodes:
+    resumed = resume(fed, out, fed.cfg.key(), log=print)  # a resubmitted run goes on from its last round
+    done = resumed["round"] if resumed else 0
+    nodes = node_map(grid, cfg.num_clients, connect_timeout) if done < cfg.num_rounds else {}
+    if done < cfg.num_rounds and not nodes:
         raise FLError(f"no SuperNode answered within {connect_timeout:.0f} s")
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.num_rounds, desc=f"rounds ({runtime})", unit="round")
-    strategy = FLStrategy(fed, nodes, bar)
+        bar = tqdm(total=cfg.num_rounds, initial=done, desc=f"rounds ({runtime})", unit="round")
+    strategy = FLStrategy(fed, nodes, bar, out=out, resumed=resumed)
     try:
-        strategy.start(grid, ArrayRecord({n: v.cpu() for n, v in fed.global_state.items()}),
-                       num_rounds=cfg.num_rounds, timeout=round_timeout)
+        if done < cfg.num_rounds:
+            strategy.start(grid, ArrayRecord({n: v.cpu() for n, v in fed.global_state.items()}),
+                           num_rounds=cfg.num_rounds - done, timeout=round_timeout)
     finally:
         if bar is not None:
             bar.close()
     write_run(out, cfg, strategy.rows, strategy.timings, fed.device, extra_summary={
-        "runtime": runtime, "flower_nodes": len(nodes),
+        "runtime": runtime, "flower_nodes": len(nodes) if nodes else (resumed or {}).get("flower_nodes", 0),
         "flower_bytes_down": strategy.bytes_down, "flower_bytes_up": strategy.bytes_up})
+    for p in checkpoint.list_checkpoints(out / "checkpoints")[1:]:  # as results.run: the last round's state stays
+        p.unlink(missing_ok=True)
 
 
 # -- the two runtimes ---------------------------------------------------------------

@@ -89,22 +89,8 @@ def _compute(cfg, out, key, force, progress, data, log, on_round) -> Run:
 
     fed = Federation(cfg, data=data)
     ckpt_dir = out / "checkpoints"
-    state = None if force else checkpoint.latest(ckpt_dir, key)
-    rows, timings, start = [], [], 1
-    if state is not None and state["round"] > cfg.num_rounds:  # a longer unfinished run: begin again
-        state = None
-    if state is not None:
-        fed.load_resume_state(state["engine"], state["global"])  # "engine": the checkpoint key since 0.1
-        rows, timings, start = state["metrics"], state["timings"], state["round"] + 1
-        last = rows[-1]
-        if last["round"] % cfg.eval_every and start <= cfg.num_rounds:
-            # round `last` was evaluated only because it ended a shorter run; a run
-            # made at full length does not evaluate it (evaluating changes nothing else)
-            last["test_acc"] = last["test_loss"] = None
-        if (out / "summary.json").exists():
-            log(f"extending the stored {state['round']} rounds to {cfg.num_rounds}")
-        else:
-            log(f"resuming from round {state['round']} (checkpoint in {ckpt_dir})")
+    state = None if force else resume(fed, out, key, log)
+    rows, timings, start = ([], [], 1) if state is None else (state["metrics"], state["timings"], state["round"] + 1)
     bar = _progress(range(start, cfg.num_rounds + 1), cfg.num_rounds, start - 1, progress)
     try:
         for t in bar:
@@ -114,12 +100,7 @@ def _compute(cfg, out, key, force, progress, data, log, on_round) -> Run:
                 last_acc = next((r["test_acc"] for r in reversed(rows) if r["test_acc"] is not None), None)
                 bar.set_postfix(acc=f"{last_acc:.3f}" if last_acc is not None else "-",
                                 up_MB=f"{rows[-1]['cum_upload_bytes'] / 1e6:.1f}")
-            if (cfg.checkpoint_every and t % cfg.checkpoint_every == 0) or t == cfg.num_rounds:
-                # the last round's state always stays: it is where a longer run continues from
-                checkpoint.save(ckpt_dir, t, {
-                    "config_key": key, "config": cfg.to_dict(), "round": t, "engine": fed.resume_state(),
-                    "global": {k: v.detach().cpu() for k, v in fed.global_state.items()},
-                    "metrics": rows, "timings": timings})
+            save_round(fed, ckpt_dir, key, t, rows, timings)
             if on_round is not None:
                 on_round(t)
     finally:
@@ -128,6 +109,44 @@ def _compute(cfg, out, key, force, progress, data, log, on_round) -> Run:
     for p in checkpoint.list_checkpoints(ckpt_dir)[1:]:  # keep only the last round's state
         p.unlink(missing_ok=True)
     return load_run(out)
+
+
+def resume(fed, out: Path, key: str, log=print) -> dict | None:
+    """Load run folder `out`'s newest checkpoint of `key` into `fed`; None when there is none to continue.
+
+    The checkpoint's "metrics" and "timings" are the rows so far and "round" the last
+    finished round. Used by `run` and by the Flower strategy alike: the run folder is
+    the source of truth however the rounds were computed.
+    """
+    cfg = fed.cfg
+    state = checkpoint.latest(out / "checkpoints", key)
+    if state is None or state["round"] > cfg.num_rounds:  # none, or a longer unfinished run: begin again
+        return None
+    fed.load_resume_state(state["engine"], state["global"])  # "engine": the checkpoint key since 0.1
+    last = state["metrics"][-1]
+    if last["round"] % cfg.eval_every and state["round"] < cfg.num_rounds:
+        # round `last` was evaluated only because it ended a shorter run; a run
+        # made at full length does not evaluate it (evaluating changes nothing else)
+        last["test_acc"] = last["test_loss"] = None
+    if (out / "summary.json").exists():
+        log(f"extending the stored {state['round']} rounds to {cfg.num_rounds}")
+    else:
+        log(f"resuming from round {state['round']} (checkpoint in {out / 'checkpoints'})")
+    return state
+
+
+def save_round(fed, ckpt_dir: Path, key: str, t: int, rows: list, timings: list, **extra) -> None:
+    """Checkpoint round t when `checkpoint_every` asks for it, and always the run's last round.
+
+    The last round's state always stays: it is where a longer run continues from.
+    `extra` holds what a runtime adds (Flower: the bytes of its own messages).
+    """
+    cfg = fed.cfg
+    if (cfg.checkpoint_every and t % cfg.checkpoint_every == 0) or t == cfg.num_rounds:
+        checkpoint.save(ckpt_dir, t, {
+            "config_key": key, "config": cfg.to_dict(), "round": t, "engine": fed.resume_state(),
+            "global": {k: v.detach().cpu() for k, v in fed.global_state.items()},
+            "metrics": rows, "timings": timings, **extra})
 
 
 def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log=print,
