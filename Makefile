@@ -57,4 +57,4 @@ app/whatif.ipynb: app/whatif.py
 	$(VENV)/bin/jupytext --quiet --to ipynb --output $@ $<
 app: setup app/whatif.ipynb
 	FL_LIB_RUNS=$(abspath $(RUNS)) FL_LIB_DATA_ROOT=$(abspath data) $(VENV)/bin/voila app/whatif.ipynb --no-browser \
-		--port=$(APP_PORT) --Voila.ip=$(APP_IP) '--VoilaConfiguration.extension_denylist=["jupyterlab-jupytext"]'
+		--port=$(APP_PORT) --Voila.ip=$(APP_IP) "$$($(PY) -c 'from fl_lib.study.whatif import VOILA_ARGS; print(*VOILA_ARGS)')"

@@ -7,17 +7,14 @@ The test runs lesson 02 on the small synthetic data set in a real JupyterLab on 
 teacher would: Run All, select the title, start the deck, advance to the slider and move it.
 """
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jupytext
 import pytest
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_group, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -39,28 +36,8 @@ def _lesson_notebook(folder: Path) -> Path:
     return path
 
 
-def _wait_for_port(port: int, proc, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"jupyter lab exited with status {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"jupyter lab did not listen on port {port} within {seconds} s")
 
 
-def _stop(server) -> None:
-    """Stop the process group of the server we started (its PID is the group's id): JupyterLab and its kernel."""
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
 
 
 def _start_lab(folder: Path, port: int, token: str, log):
@@ -92,7 +69,7 @@ def test_lesson_02_presents_live_and_its_slider_redraws(tmp_path):
     errors, log = [], open(tmp_path / "lab.log", "w")
     server = _start_lab(tmp_path, port, token, log)
     try:
-        _wait_for_port(port, server, 120)
+        wait_for_port(port, server, 120, "jupyter lab")
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             try:
@@ -106,7 +83,7 @@ def test_lesson_02_presents_live_and_its_slider_redraws(tmp_path):
             finally:
                 browser.close()
     finally:
-        _stop(server)
+        stop_group(server)
         log.close()
     assert errors == [], f"console errors: {errors}\njupyter lab log:\n{(tmp_path / 'lab.log').read_text()[-3000:]}"
 
@@ -117,9 +94,10 @@ def _present(sync_api, page, url: str) -> None:
     page.goto(url, timeout=WAIT_MS)
     cells = page.locator(".jp-Notebook .jp-Cell")
     expect(cells.first).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator(".jp-StatusBar-Widget", has_text="Idle")).to_have_count(1, timeout=WAIT_MS)  # kernel ready
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    figure = page.locator(".jp-Cell .widget-vbox .js-plotly-plot")  # the explorer's FigureWidget
+    figure = page.locator(".widget-vbox .js-plotly-plot")  # the explorer's FigureWidget
     expect(figure).to_have_count(1, timeout=WAIT_MS)
     title = figure.locator(".gtitle")
     expect(title).to_have_text("dirichlet, alpha = 0.5, K = 10", timeout=WAIT_MS)

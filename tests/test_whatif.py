@@ -6,11 +6,8 @@ chromium, as an analyst would.
 """
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from fl_lib.core.config import PRESETS
 from fl_lib.core.errors import ConfigError
 from fl_lib.runtime import results
 from fl_lib.study import whatif
-from tests.servers import free_port
+from tests.servers import free_port, stop_group, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -163,16 +160,6 @@ def test_the_button_runs_a_missing_setting_into_the_cache(tmp_path, tiny, monkey
 PAGE_MS = 180_000
 
 
-def _wait_for_port(port: int, proc, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"voila exited with status {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"voila did not listen on port {port} within {seconds} s")
 
 
 @pytest.mark.slow
@@ -198,7 +185,7 @@ def test_the_served_app_redraws_in_a_browser(cache, tmp_path):
                               start_new_session=True)  # its own process group: the kernel it starts stops with it
     errors, local = [], f"http://127.0.0.1:{port}/"
     try:
-        _wait_for_port(port, server, 120)
+        wait_for_port(port, server, 120, "voila")
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             try:
@@ -227,18 +214,8 @@ def test_the_served_app_redraws_in_a_browser(cache, tmp_path):
             finally:
                 browser.close()
     finally:
-        _stop(server)
+        stop_group(server)
         log.close()
     assert errors == [], f"console errors: {errors}\nvoila log:\n{(tmp_path / 'voila.log').read_text()[-2000:]}"
 
 
-def _stop(server) -> None:
-    """Stop the process group of the server we started (its PID is the group's id): voila and its kernel."""
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()

@@ -31,8 +31,12 @@ AXES = {  # figure name -> (metrics column, divisor, x-axis title)
     "upload": ("cum_upload_bytes", 1e6, "megabytes uploaded (cum_upload_bytes / 1e6)"),
     "hours": ("cum_sim_seconds", 3600, "simulated hours (cum_sim_seconds / 3600)"),
 }
-# jupytext's JupyterLab extension fails to load in Voila's page (a console error) and is of no use there
-VOILA_ARGS = ('--VoilaConfiguration.extension_denylist=["jupyterlab-jupytext"]',)
+# JupyterLab extensions that fail to load in Voila's page (console errors: they need JupyterLab's document
+# manager or main menu) and are of no use there: jupytext's, and the live slides' (jupyterlab-slideshow, its fonts)
+VOILA_DENIED = ("jupyterlab-jupytext", "jupyterlab-slideshow", "@deathbeds/jupyterlab-fonts",
+                *(f"@deathbeds/jupyterlab-font-{font}" for font in
+                  ("anonymous-pro", "atkinson-hyperlegible", "dejavu-sans-mono", "fira-code")))
+VOILA_ARGS = ("--VoilaConfiguration.extension_denylist=" + json.dumps(list(VOILA_DENIED)),)
 NO_MATCH = "no matching run"
 MAX_LINES = 12  # more lines than this on one plot cannot be told apart; the table still lists every match
 
