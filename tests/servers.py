@@ -4,6 +4,11 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright cannot download its own browser here
 
 
 def free_port() -> int:
@@ -36,3 +41,11 @@ def stop_group(server, seconds: float = 20) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def playwright_or_skip():
+    """Playwright's sync API for a browser test, or a skip naming what is missing (the package, chromium)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    return sync_api

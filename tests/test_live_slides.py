@@ -14,10 +14,9 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from tests.servers import free_port, stop_group, wait_for_port
+from tests.servers import CHROMIUM, free_port, playwright_or_skip, stop_group, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 LESSON = ROOT / "notebooks" / "02_non_iid_partitions.py"
 WAIT_MS = 120_000  # Run All of lesson 02 on synthetic data took 15 s alone; generous for a loaded 2-core machine
 MAX_STEPS = 60  # space presses allowed to reach the slider from the title
@@ -60,9 +59,7 @@ def _start_lab(folder: Path, port: int, token: str, log):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_lesson_02_presents_live_and_its_slider_redraws(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    sync_api = playwright_or_skip()
     pytest.importorskip("jupyterlab_slideshow", reason="jupyterlab-slideshow is not installed (pip install -r requirements.txt)")
     notebook = _lesson_notebook(tmp_path)
     port, token = free_port(), os.urandom(16).hex()

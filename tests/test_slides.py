@@ -6,7 +6,6 @@ in Debian's chromium with Playwright, from a file:// address, as a teacher would
 """
 import os
 import re
-from pathlib import Path
 
 import jupytext
 import nbformat
@@ -18,11 +17,11 @@ import yaml
 from fl_lib import cli
 from fl_lib.core.data import synthetic
 from fl_lib.study import report, slides
+from tests.servers import CHROMIUM, playwright_or_skip
 
 NOTEBOOKS = report.lesson_paths()
 STEMS = [p.stem for p in NOTEBOOKS]
 SLIDE_TYPES = {"slide", "subslide", "fragment", "-", "skip", "notes"}
-CHROMIUM = "/usr/bin/chromium"
 
 
 def slide_type(cell) -> str:
@@ -178,9 +177,7 @@ def test_the_command_reuses_the_executed_lesson(deck, capsys):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_offline_deck_advances_and_draws_its_figures_in_chromium(deck):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    sync_api = playwright_or_skip()
     tmp, _ = deck
     url = (tmp / "figures" / "slides" / "tiny" / "02_non_iid_partitions.slides.html").as_uri()
     errors = []

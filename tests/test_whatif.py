@@ -16,10 +16,9 @@ from fl_lib.core.config import PRESETS
 from fl_lib.core.errors import ConfigError
 from fl_lib.runtime import results
 from fl_lib.study import whatif
-from tests.servers import free_port, stop_group, wait_for_port
+from tests.servers import CHROMIUM, free_port, playwright_or_skip, stop_group, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _run(cfg, root, data):
@@ -165,9 +164,7 @@ PAGE_MS = 180_000
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_served_app_redraws_in_a_browser(cache, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    sync_api = playwright_or_skip()
     voila = Path(sys.executable).parent / "voila"
     if not voila.exists():
         pytest.skip(f"voila is not installed next to {sys.executable} (pip install voila)")
