@@ -82,12 +82,12 @@ def test_out_holding_another_config_is_refused(tmp_path, capsys):
 
 
 def test_offline_download_failure_is_one_clear_message(tmp_path, capsys, monkeypatch):
-    import fl_lib.core.data as data
+    from torchvision import datasets  # fl_lib.core.data imports it when a download is asked for
 
     class NoNetwork:
         def __init__(self, *a, **k):
             raise OSError("[Errno -3] Temporary failure in name resolution")
-    monkeypatch.setattr(data.datasets, "CIFAR10", NoNetwork)
+    monkeypatch.setattr(datasets, "CIFAR10", NoNetwork)
     assert main(["run", "--preset", "quick", "--data-root", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "cifar-10-python.tar.gz" in err and ".npz" in err and "Traceback" not in err

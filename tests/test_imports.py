@@ -101,3 +101,13 @@ def test_the_layer_check_can_fail():
                                      ("aggregation", "core.aggregators.mean"), ("dp", "privacy.dp")])
 def test_0_4_module_names_still_import(old, new):
     assert importlib.import_module(f"fl_lib.{old}") is importlib.import_module(f"fl_lib.{new}")
+
+
+def test_a_flower_clientapp_does_not_import_torchvision():
+    """Flower 1.42 starts a fresh ClientApp process for every message: torchvision (~1.5 s to import) is
+    imported only where a SqueezeNet is built or a dataset downloaded, never by the ClientApp's module."""
+    import subprocess
+    import sys
+    probe = "import sys, fl_lib.runtime.flower; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision import datasets
 
 from .config import DATASETS
 from .errors import DataError
@@ -126,6 +125,8 @@ def synthetic(num_train=2000, num_test=500, channels=3, size=32, num_classes=10,
 
 def _load_torchvision(name, root):
     """CIFAR-10 or MNIST through torchvision (downloads into root), as whole tensors."""
+    from torchvision import datasets  # here, not at import: torchvision takes ~1.5 s to import, and every
+    # Flower ClientApp process (one per message) pays it; .npz, synthetic and text data never need it
     cls = {"cifar10": datasets.CIFAR10, "mnist": datasets.MNIST}[name]
     Path(root).mkdir(parents=True, exist_ok=True)
     try:

@@ -1,6 +1,5 @@
 """The networks the experiments train: SqueezeNet 1.0/1.1, McMahan's MNIST CNN, 2NN and character LSTM, a small CIFAR CNN."""
 import torch.nn as nn
-import torchvision
 
 from .config import MODELS
 from .errors import ConfigError
@@ -9,6 +8,8 @@ from .errors import ConfigError
 
 def _squeezenet(name, num_classes, in_channels):
     """torchvision's SqueezeNet, untrained; the first conv is rebuilt when the input is not RGB."""
+    import torchvision  # only SqueezeNet needs it; importing it costs every process ~1.5 s
+
     model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
     if in_channels != 3:
         old = model.features[0]
