@@ -55,7 +55,7 @@ from fl_lib.study import lesson
 from fl_lib.study import plots
 from fl_lib.core.config import parse_list, parse_seeds
 from fl_lib.core.errors import ConfigError
-from fl_lib.study.measures import early_auc_by, paired_verdicts, time_to_target_by
+from fl_lib.study.measures import EARLY_FRACTIONS, early_auc_by, early_convergence, early_verdict, paired_verdicts
 from fl_lib.study.sweep import sweep
 
 lesson.setup("lee", "mcmahan", theme=theme)
@@ -183,20 +183,12 @@ elif len(diffs):
 # standard deviation over the seeds, *slower* when it is below minus that, *no difference* in between.
 
 # %%
-EARLY_FRACTIONS = (0.5, 0.75, 0.9)  # targets, as fractions of FP32's best accuracy
 R = early_rounds or min(num_rounds, max(2, num_rounds // 4))
 early_table = None
 if 32 in bits_list:
-    fp32_best = metrics[metrics.bits == 32].groupby("seed").test_acc.max().mean()
-    targets = [round(f * fp32_best, 4) for f in EARLY_FRACTIONS]
-    per_run = pd.DataFrame({f"gain to {t:.4f}": -time_to_target_by(metrics, ["label", "seed"], t) for t in targets})
-    per_run[f"early area, R = {R}"] = early_auc_by(metrics, ["label", "seed"], R)
-    per_run = per_run.reset_index()
-    early_table = pd.concat({measure: paired_verdicts(per_run, "FP32", measure)[["mean", "std", "seeds", "verdict"]]
-                             for measure in per_run.columns[2:]}, names=["measure"])
-    early_table["verdict"] = early_table.verdict.replace({"helps": "faster", "hurts": "slower"})
+    early_table, targets = early_convergence(metrics, R)
     print(f"R = {R} of {num_rounds} rounds; targets {', '.join(f'{t:.4f}' for t in targets)} "
-          f"({', '.join(f'{f:g}' for f in EARLY_FRACTIONS)} x FP32's best accuracy {fp32_best:.4f}, mean over "
+          f"({', '.join(f'{f:g}' for f in EARLY_FRACTIONS)} x FP32's best accuracy, mean over "
           f"{len(seed_list)} seed(s)); gains in rounds, early area in accuracy")
     display(early_table.round(4))
 else:
@@ -204,20 +196,37 @@ else:
 
 # %%
 if early_table is not None and 16 in bits_list:
-    int16 = early_table.xs("INT16", level="label")
-    area = int16.loc[f"early area, R = {R}"]
-    gains = int16[int16.index.str.startswith("gain")]
-    display(Markdown(
-        f"**INT16 rises faster than FP32 in the first {R} rounds** (mean accuracy over them, INT16 minus FP32, "
-        f"paired over {area.seeds} seed(s): {area['mean']:+.4f}, std {area['std']:.4f}): "
-        + (f"**{'holds' if area.verdict == 'faster' else 'does not hold'}** in this run ({area.verdict})"
-           if area.seeds > 1 else "cannot be judged with one seed (no spread)")
-        + ". Rounds gained to the targets: "
-        + "; ".join(f"{m[len('gain to '):]}: {r['mean']:+.2f} ("
-                    + (f"std {r['std']:.2f}, {r.seeds} seeds, {r.verdict})" if r.seeds > 1 else f"{r.verdict})")
-                    for m, r in gains.iterrows()) + "."))
+    display(Markdown(early_verdict(early_table, R)))
 elif early_table is not None:
     print("the paper's claim is about INT16: add 16 to bit_widths to check it")
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## The same experiment, run longer: reference runs
+#
+# A class cannot wait for long runs, so the project ships finished ones in `reference/lesson04/`
+# (`reference/README.md` gives each one's command, data, rounds and wall time; `python -m fl_lib reference`
+# checks their checksums). They are drawn beside this lesson's runs, labelled as references, and the
+# early-convergence check above is repeated on them, with R a quarter of their rounds.
+
+# %% slideshow={"slide_type": "subslide"}
+from fl_lib.study import reference
+
+ref_metrics = reference.frame("lesson04/")
+if ref_metrics.empty:
+    print("No reference runs are published in reference/lesson04/.")
+else:
+    ref_metrics["label"] = ref_metrics.bits.map(lambda b: "FP32" if b == 32 else f"INT{b}")
+    ref_rounds = int(ref_metrics["round"].max())
+    both = pd.concat([metrics.assign(label="live: " + metrics.label),
+                      ref_metrics.assign(label="reference: " + ref_metrics.label)])
+    plots.accuracy_over_rounds(both, title=f"This lesson's runs ({num_rounds} rounds) and the reference runs "
+                               f"({ref_rounds} rounds)", name="04_reference", figures_dir=figures_dir).show()
+    display(reference.table("lesson04/"))
+    ref_R = max(2, ref_rounds // 4)
+    if {"FP32", "INT16"} <= set(ref_metrics.label):
+        ref_early, _ = early_convergence(ref_metrics, ref_R)
+        display(ref_early.round(4))
+        display(Markdown("On the reference runs: " + early_verdict(ref_early, ref_R)))
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Quantized weights or quantized updates?

@@ -54,3 +54,20 @@ def test_early_auc_by_feeds_paired_verdicts():
     verdict = paired_verdicts(auc.rename("auc").reset_index(), "FP32", "auc")
     # paired differences 0.2 and 0.2: mean 0.2, spread 0, so INT16 "helps"
     assert verdict.loc["INT16", "mean"] == pytest.approx(0.2) and verdict.loc["INT16", "verdict"] == "helps"
+
+
+def test_early_convergence_pairs_int16_with_fp32_and_gives_a_verdict():
+    """INT16 one round ahead of FP32 on every seed (by different margins): faster, on both measures."""
+    from fl_lib.study.measures import early_convergence, early_verdict
+    frames = []
+    for seed, lead in ((0, 0.1), (1, 0.05), (2, 0.08)):
+        fp32 = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6]
+        frames.append(run(fp32, label="FP32", bits=32, seed=seed))
+        frames.append(run([min(a + lead, 0.6) for a in fp32], label="INT16", bits=16, seed=seed))
+    table, targets = early_convergence(pd.concat(frames), rounds=4)
+    assert targets == [0.3, 0.45, 0.54]  # fractions 0.5, 0.75, 0.9 of FP32's best, 0.6
+    int16 = table.xs("INT16", level="label")
+    assert set(int16.verdict) == {"faster"} and (int16.seeds == 3).all()
+    assert int16.loc["early area, R = 4", "mean"] == pytest.approx((0.1 + 0.05 + 0.08) / 3)
+    text = early_verdict(table, 4)
+    assert "**holds** in this run (faster)" in text and "paired over 3 seed(s): +0.0767" in text

@@ -96,3 +96,13 @@ def test_reference_cli_refuses_bad_rounds_in_one_line(capsys):
     assert main(["reference", "--extend", "x", "--rounds", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --rounds=0: must be at least 1"
+
+
+def test_frame_and_table_read_every_run_under_a_prefix(tiny, tmp_path):
+    root = _published_copy(tiny, tmp_path)
+    metrics = reference.frame("demo/", fields=("bits", "seed"), root=root)
+    assert list(metrics.reference.unique()) == ["demo/tiny"] and len(metrics) == 2
+    assert (metrics.bits == tiny().bits).all() and (metrics.seed == 0).all()
+    row = reference.table("demo/", root=root).iloc[0]
+    assert row["rounds"] == 2 and row["data"] == "synthetic" and row["final acc"] == round(metrics.test_acc.iloc[-1], 4)
+    assert reference.frame("none/", root=root).empty

@@ -244,3 +244,43 @@ def early_auc_by(frame, by, rounds: float, x: str = "round"):
     auc = {key: early_auc(m, rounds, x) for key, m in frame.groupby(by, sort=False)}
     index = pd.MultiIndex.from_tuples(auc, names=by) if isinstance(by, list) else pd.Index(auc, name=by)
     return pd.Series(list(auc.values()), index=index, dtype=float)
+
+
+EARLY_FRACTIONS = (0.5, 0.75, 0.9)  # early-convergence targets, as fractions of FP32's best accuracy
+
+
+def early_convergence(metrics, rounds: int, fractions=EARLY_FRACTIONS):
+    """Lesson 04's check of "INT16 rises faster early on": every width against FP32, paired by seed.
+
+    `metrics` holds runs labelled "FP32", "INT16", ... (columns label, seed, bits, round,
+    test_acc). Two measures per run: the rounds to targets at `fractions` of FP32's best
+    accuracy (mean over seeds), negated so that a positive gain is faster, and `early_auc`
+    over the first `rounds` rounds. Returns (table, targets): `paired_verdicts` of each measure
+    against FP32, with "helps"/"hurts" read as "faster"/"slower".
+    """
+    import pandas as pd
+
+    fp32_best = metrics[metrics.bits == 32].groupby("seed").test_acc.max().mean()
+    targets = [round(f * fp32_best, 4) for f in fractions]
+    per_run = pd.DataFrame({f"gain to {t:.4f}": -time_to_target_by(metrics, ["label", "seed"], t) for t in targets})
+    per_run[f"early area, R = {rounds}"] = early_auc_by(metrics, ["label", "seed"], rounds)
+    per_run = per_run.reset_index()
+    table = pd.concat({measure: paired_verdicts(per_run, "FP32", measure)[["mean", "std", "seeds", "verdict"]]
+                       for measure in per_run.columns[2:]}, names=["measure"])
+    table["verdict"] = table.verdict.replace({"helps": "faster", "hurts": "slower"})
+    return table, targets
+
+
+def early_verdict(table, rounds: int, width: str = "INT16") -> str:
+    """The paper's claim checked on `early_convergence`'s table: holds / does not hold, with the numbers behind it."""
+    rows = table.xs(width, level="label")
+    area = rows.loc[f"early area, R = {rounds}"]
+    gains = rows[rows.index.str.startswith("gain")]
+    return (f"**{width} rises faster than FP32 in the first {rounds} rounds** (mean accuracy over them, {width} "
+            f"minus FP32, paired over {area.seeds} seed(s): {area['mean']:+.4f}, std {area['std']:.4f}): "
+            + (f"**{'holds' if area.verdict == 'faster' else 'does not hold'}** in this run ({area.verdict})"
+               if area.seeds > 1 else "cannot be judged with one seed (no spread)")
+            + ". Rounds gained to the targets: "
+            + "; ".join(f"{m[len('gain to '):]}: {r['mean']:+.2f} ("
+                        + (f"std {r['std']:.2f}, {r.seeds} seeds, {r.verdict})" if r.seeds > 1 else f"{r.verdict})")
+                        for m, r in gains.iterrows()) + ".")

@@ -142,6 +142,33 @@ def readme(index: dict) -> str:
     return "\n".join(lines)
 
 
+def frame(prefix: str, fields=("bits", "seed"), root: Path = ROOT):
+    """The metrics of every published run under `prefix`, one table: a `reference` column (its name) and `fields`
+    of its config as columns, so a lesson groups reference runs as it groups its own."""
+    import pandas as pd
+
+    frames = []
+    for name in names(root, prefix):
+        run = load(name, root)
+        frames.append(run.metrics.assign(reference=name, **{f: getattr(run.config, f) for f in fields}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def table(prefix: str = "", root: Path = ROOT):
+    """One row per published run under `prefix`: its data, rounds, best and final accuracy, wall time and machine."""
+    import pandas as pd
+
+    index = read_index(root)
+    rows = []
+    for name in names(root, prefix):
+        acc = load(name, root).metrics.test_acc.dropna()
+        r = index[name]
+        rows.append({"reference": name, "data": r["data"], "rounds": r["rounds"], "best acc": round(acc.max(), 4),
+                     "final acc": round(acc.iloc[-1], 4), "wall hours": round(r["wall_seconds"] / 3600, 2),
+                     "machine": r["machine"], "fl_lib": r["fl_lib"]})
+    return pd.DataFrame(rows)
+
+
 def format_table(prefix: str = "", root: Path = ROOT) -> str:
     """One line per published run (each verified and loaded): rounds, best accuracy, wall hours, command."""
     lines = []
