@@ -1,8 +1,8 @@
 """`python -m fl_lib slides`: each executed lesson as a reveal.js slide deck that opens with no network.
 
 Where the slide breaks come from: the lessons' own cell metadata (`slideshow`), which jupytext keeps
-in the `# %%` header lines, so the decks here and RISE's live slides in JupyterLab break at the same
-cells: the title and each `##` section start a slide, text and figures below them are sub-slides.
+in the `# %%` header lines, so the decks here and the live deck in JupyterLab (jupyterlab-slideshow) break
+at the same cells: the title and each `##` section start a slide, text and figures below them are sub-slides.
 
 Where the executed notebooks come from: the report's folder, figures/reports/NAME/ (NAME is the
 parameters file's name, as for `python -m fl_lib report`). A lesson whose executed copy there ran
