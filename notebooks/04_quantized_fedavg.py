@@ -301,7 +301,7 @@ from fl_lib.core.data import load_dataset
 from fl_lib.study.exercises import answer, holds, train_test_accuracy
 from fl_lib.study.measures import stored_model
 
-bits_try = 4  # change me: the quantized bit width set against FP32 (one of bit_widths is read back from the cache)
+bits_try = min(bits_list)  # change me: the quantized width set against FP32 (one of bit_widths is read back from the cache)
 train_images = 5000  # change me: training images scored per model (0: all, slower)
 if not 2 <= bits_try <= 16:
     raise ConfigError(f"bits_try={bits_try} is not allowed: choose a quantized width, 2..16, to set against FP32")

@@ -164,7 +164,7 @@ display(Markdown("\n\n".join(text)))
 from fl_lib.core.errors import ConfigError
 from fl_lib.study.exercises import answer, holds
 
-bits_try = 8  # change me: one of bit_widths other than 32
+bits_try = min(bits_list)  # change me: one of bit_widths other than 32 (the default: the narrowest)
 if bits_try not in acc_table or 32 not in acc_table or bits_try == 32:
     raise ConfigError(f"bits_try={bits_try} is not allowed: choose one of bit_widths = {bit_widths} other than 32 "
                       f"(and keep 32 in bit_widths)")
@@ -186,7 +186,7 @@ display(answer(
 # does some narrower width do as well as or better than a wider one? Set `alpha_try` to one of `alphas` and run.
 
 # %%
-alpha_try = 0.5  # change me: one of alphas
+alpha_try = min(acc_table.index)  # change me: one of alphas (the default: the most skewed)
 if alpha_try not in acc_table.index:
     raise ConfigError(f"alpha_try={alpha_try:g} is not allowed: choose one of alphas = {alphas}")
 row = acc_table.loc[alpha_try].sort_index(ascending=False)  # widest first
