@@ -43,8 +43,7 @@ from ..core.config import Config
 from ..core.errors import ConfigError, FLError
 from ..core.stages import Job, Upload
 from ..simulator.federation import Federation
-from . import checkpoint
-from .results import record_round, resume, save_round, write_run
+from .results import keep_last_checkpoint, record_round, resume, save_round, write_run
 
 QUERY = "query"  # message type asking a node which fl_lib client (partition-id) it holds
 TRAIN = "train"
@@ -234,8 +233,7 @@ def federate(grid: Grid, cfg: Config, out, runtime: str, round_timeout: float = 
     write_run(out, cfg, strategy.rows, strategy.timings, fed.device, extra_summary={
         "runtime": runtime, "flower_nodes": len(nodes) if nodes else (resumed or {}).get("flower_nodes", 0),
         "flower_bytes_down": strategy.bytes_down, "flower_bytes_up": strategy.bytes_up})
-    for p in checkpoint.list_checkpoints(out / "checkpoints")[1:]:  # as results.run: the last round's state stays
-        p.unlink(missing_ok=True)
+    keep_last_checkpoint(out / "checkpoints")
 
 
 # -- the two runtimes ---------------------------------------------------------------

@@ -106,8 +106,7 @@ def _compute(cfg, out, key, force, progress, data, log, on_round) -> Run:
     finally:
         fed.close()
     write_run(out, cfg, rows, timings, fed.device)
-    for p in checkpoint.list_checkpoints(ckpt_dir)[1:]:  # keep only the last round's state
-        p.unlink(missing_ok=True)
+    keep_last_checkpoint(ckpt_dir)
     return load_run(out)
 
 
@@ -147,6 +146,12 @@ def save_round(fed, ckpt_dir: Path, key: str, t: int, rows: list, timings: list,
             "config_key": key, "config": cfg.to_dict(), "round": t, "engine": fed.resume_state(),
             "global": {k: v.detach().cpu() for k, v in fed.global_state.items()},
             "metrics": rows, "timings": timings, **extra})
+
+
+def keep_last_checkpoint(ckpt_dir: Path) -> None:
+    """After a finished run only the last round's state stays: it is where a longer run continues from."""
+    for p in checkpoint.list_checkpoints(ckpt_dir)[1:]:
+        p.unlink(missing_ok=True)
 
 
 def run_many(configs, *, workers: int = 0, root=None, progress: bool = True, log=print,

@@ -28,15 +28,14 @@ import shutil
 from pathlib import Path
 
 from .. import __version__
-from ..core.errors import FLError
-from ..runtime import checkpoint
 from ..core.config import Config
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, FLError
+from ..runtime import checkpoint
 from ..runtime.results import Run, load_run
 
-RUNS = Path(os.environ.get("FL_REFERENCE_RUNS", Path(__file__).resolve().parents[2] / "data" / "reference-runs"))
-
-ROOT = Path(__file__).resolve().parents[2] / "reference"  # the repository's reference/ tree
+PROJECT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT / "reference"  # the repository's reference/ tree
+RUNS = Path(os.environ.get("FL_REFERENCE_RUNS", PROJECT / "data" / "reference-runs"))  # run folders, outside git
 FILES = ("config.json", "metrics.csv", "timings.csv", "summary.json")
 
 
@@ -113,17 +112,16 @@ def extend(name: str, rounds: int | None = None, *, runs=None, root: Path = ROOT
     """
     from ..runtime import results
 
-    record = read_index(root).get(name)
-    if record is None:
-        verify(name, root)  # raises, listing the published names
+    published = verify(name, root)  # an unknown name raises, listing the published ones
+    record = read_index(root)[name]
     rounds = record["rounds"] if rounds is None else rounds
     if rounds < record["rounds"]:
         raise ConfigError(f"rounds={rounds} would shorten reference {name}: it has {record['rounds']}; "
                           f"allowed: {record['rounds']} or more")
-    raw = json.loads((verify(name, root) / "config.json").read_text())
+    raw = json.loads((published / "config.json").read_text())
     raw.pop("key", None)
-    data_root = str(Path(__file__).resolve().parents[2] / "data")  # this project's, not the publisher's (keyless)
-    cfg = Config.from_dict(raw).replace(num_rounds=rounds, data_root=data_root)
+    # data_root is this project's, not the publisher's (it is not part of the config's key)
+    cfg = Config.from_dict(raw).replace(num_rounds=rounds, data_root=str(PROJECT / "data"))
     folder = Path(runs if runs is not None else RUNS) / name
     run = results.run(cfg, out=folder, progress=progress, log=log)
     return publish(run.dir, name, command=extend_command(name), data=record["data"], root=root)
