@@ -200,7 +200,7 @@ def _pair_key(private: X25519PrivateKey, public: bytes) -> bytes:
     return _kdf(private.exchange(X25519PublicKey.from_public_bytes(public)), b"fl_lib secagg pairwise mask")
 
 
-class _Client:
+class Party:
     """One party's secrets for one round: X25519 key s^SK, self-mask seed b, and a generator for its shares."""
 
     def __init__(self, seed: int, round: int, k: int):
@@ -210,9 +210,31 @@ class _Client:
         self.public = self.private.public_key().public_bytes_raw()
         self.b = self.rng.bytes(KEY_BYTES)
 
-    def mask(self, x: np.ndarray, k: int, publics: list[bytes], modulus: int) -> np.ndarray:
+    @classmethod
+    def restore(cls, private: bytes, b: bytes) -> "Party":
+        """A party from its stored s^SK and b, in a later step of the round (a new message, a new process)."""
+        party = cls.__new__(cls)
+        party.private, party.b, party.rng = X25519PrivateKey.from_private_bytes(private), b, None
+        party.public = party.private.public_key().public_bytes_raw()
+        return party
+
+    def share(self, num_shares: int, threshold: int, k: int) -> tuple[list[bytes], list[bytes]]:
+        """ShareKeys: Shamir shares of s^SK and of b, share j for client j (drawn in this order from rng)."""
+        return (split_secret(self.private.private_bytes_raw(), num_shares, threshold, self.rng, k, MASK_KEY),
+                split_secret(self.b, num_shares, threshold, self.rng, k, SELF_SEED))
+
+    def cipher_key(self) -> X25519PrivateKey:
+        """A second X25519 key c^SK, drawn after the shares, that only encrypts shares in transit.
+
+        Kept apart from s^SK: the server may reconstruct a dropped client's s^SK, and
+        must not then be able to read the shares that client sent or received.
+        """
+        return X25519PrivateKey.from_private_bytes(self.rng.bytes(KEY_BYTES))
+
+    def mask(self, x: np.ndarray, k: int, publics, modulus: int) -> np.ndarray:
+        """y_k: x plus the self mask and the pairwise masks with every client in `publics` (a list, or {v: key})."""
         y = x + _prg(_kdf(self.b, b"fl_lib secagg self mask"), x.size, modulus)
-        for v, pub in enumerate(publics):
+        for v, pub in (publics.items() if isinstance(publics, dict) else enumerate(publics)):
             if v != k:
                 m = _prg(_pair_key(self.private, pub), x.size, modulus)
                 if k < v:  # unsigned arithmetic wraps mod 2^32 or 2^64, multiples of the modulus
@@ -236,6 +258,11 @@ def _residues(codes: list, modulus: int) -> tuple[list[np.ndarray], tuple]:
     word = _word(modulus)
     # Casting a signed int to unsigned keeps its two's complement: x mod 2^64, then mod 2^k.
     return [a.reshape(-1).astype(np.uint64).astype(word) & word(modulus - 1) for a in arrays], shape
+
+
+def to_residues(codes: np.ndarray, modulus: int) -> np.ndarray:
+    """One client's integer codes as a flat vector of residues mod `modulus` (what Party.mask takes)."""
+    return _residues([codes], _check_modulus(modulus))[0][0]
 
 
 def masked_sum(codes: list[np.ndarray], modulus: int, seed: int, dropped=(), *, round: int = 0,
@@ -265,26 +292,43 @@ def masked_sum(codes: list[np.ndarray], modulus: int, seed: int, dropped=(), *, 
     survivors = [u for u in range(n) if u not in gone]
 
     # AdvertiseKeys, then ShareKeys: share j of every secret goes to client j.
-    clients = [_Client(seed, round, k) for k in range(n)]
+    clients = [Party(seed, round, k) for k in range(n)]
     publics = [c.public for c in clients]
-    key_shares = [split_secret(c.private.private_bytes_raw(), n, t, c.rng, k, MASK_KEY) for k, c in enumerate(clients)]
-    seed_shares = [split_secret(c.b, n, t, c.rng, k, SELF_SEED) for k, c in enumerate(clients)]
+    key_shares, seed_shares = zip(*[c.share(n, t, k) for k, c in enumerate(clients)])
 
     # MaskedInputCollection: only survivors upload.
     masked = {u: clients[u].mask(xs[u], u, publics, modulus) for u in survivors}
 
     # Unmasking: each survivor j sends its share of b_u for survivors u, of s_v^SK for dropped v.
-    if len(survivors) < t:
-        raise SecAggError(f"only {len(survivors)} of {n} clients survived; unmasking needs the shares of "
-                          f"at least threshold={t}")
-    size = xs[0].size
+    seeds = {u: [seed_shares[u][j] for j in survivors] for u in survivors}
+    keys = {v: [key_shares[v][j] for j in survivors] for v in sorted(gone)}
+    total = unmask_total(masked, seeds, keys, dict(enumerate(publics)), t, modulus)
+    return {u: y.reshape(shape) for u, y in masked.items()}, total.astype(np.uint64).reshape(shape)
+
+
+def unmask_total(masked: dict[int, np.ndarray], seed_shares: dict[int, list[bytes]],
+                 key_shares: dict[int, list[bytes]], publics: dict[int, bytes], threshold: int,
+                 modulus: int) -> np.ndarray:
+    """The server's Unmasking step: the survivors' sum mod `modulus` from their masked vectors.
+
+    masked: {survivor u: y_u}; seed_shares: {survivor u: shares of b_u}; key_shares:
+    {dropped v: shares of s_v^SK}; publics: {client: mask public key} of every client
+    the survivors masked with. Removes each survivor's self mask, and the pairwise
+    masks the survivors still hold with each dropped client. SecAggError with fewer
+    than `threshold` survivors or shares.
+    """
+    survivors = sorted(masked)
+    if len(survivors) < threshold:
+        raise SecAggError(f"only {len(survivors)} of {len(publics)} clients survived; unmasking needs the shares of "
+                          f"at least threshold={threshold}")
+    size = masked[survivors[0]].size
     total = np.zeros(size, dtype=_word(modulus))
     for u in survivors:
-        total += masked[u]
-        b = combine_shares([seed_shares[u][j] for j in survivors], t, u, SELF_SEED)
+        total += masked[u].reshape(-1)
+        b = combine_shares(seed_shares[u], threshold, u, SELF_SEED)
         total -= _prg(_kdf(b, b"fl_lib secagg self mask"), size, modulus)
-    for v in sorted(gone):
-        key = recover_private_key([key_shares[v][j] for j in survivors], t, publics[v], v)
+    for v in sorted(key_shares):
+        key = recover_private_key(key_shares[v], threshold, publics[v], v)
         for u in survivors:  # u added +PRG(s_uv) if u < v, else -PRG(s_uv): take it back out
             m = _prg(_pair_key(key, publics[u]), size, modulus)
             if u < v:
@@ -292,7 +336,62 @@ def masked_sum(codes: list[np.ndarray], modulus: int, seed: int, dropped=(), *, 
             else:
                 total += m
     total &= _word(modulus)(modulus - 1)
-    return {u: y.reshape(shape) for u, y in masked.items()}, total.astype(np.uint64).reshape(shape)
+    return total
+
+
+# -- the protocol's messages (what crosses a network: fl_lib.runtime.flower) -------------------
+
+def _share_cipher(private: X25519PrivateKey, public: bytes, sender: int, receiver: int, round: int):
+    """AES-256-GCM keyed by the pair's cipher keys; the nonce and associated data name sender, receiver, round."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key = _kdf(private.exchange(X25519PublicKey.from_public_bytes(public)), b"fl_lib secagg share cipher")
+    nonce = struct.pack(">IIHH", round, 0, sender, receiver)  # u->v and v->u differ: no nonce is used twice
+    return AESGCM(key), nonce
+
+
+def seal_shares(private: X25519PrivateKey, public: bytes, sender: int, receiver: int, round: int,
+                key_share: bytes, seed_share: bytes) -> bytes:
+    """The sender's two shares for `receiver`, encrypted so that the server routing them cannot read them."""
+    aead, nonce = _share_cipher(private, public, sender, receiver, round)
+    return aead.encrypt(nonce, key_share + seed_share, nonce)
+
+
+def open_shares(private: X25519PrivateKey, public: bytes, sender: int, receiver: int, round: int,
+                sealed: bytes) -> tuple[bytes, bytes]:
+    """(key share, seed share) from `sender`; SecAggError if they were altered or are not shares of its secrets."""
+    from cryptography.exceptions import InvalidTag
+
+    aead, nonce = _share_cipher(private, public, sender, receiver, round)
+    try:
+        plain = aead.decrypt(nonce, bytes(sealed), nonce)
+    except InvalidTag:
+        raise SecAggError(f"client {sender}'s shares for client {receiver} fail authentication: "
+                          "altered on the way") from None
+    key_share, seed_share = plain[:SHARE_BYTES], plain[SHARE_BYTES:]
+    for share, kind in ((key_share, MASK_KEY), (seed_share, SELF_SEED)):
+        owner, x, got, _ = parse_share(share)
+        if (owner, x, got) != (sender, receiver + 1, kind):
+            raise SecAggError(f"client {sender} sent client {receiver} a share of client {owner}'s secret "
+                              f"(x={x}, kind={got}): expected its own, x={receiver + 1}, kind={kind}")
+    return key_share, seed_share
+
+
+def pack_residues(y: np.ndarray, k: int) -> bytes:
+    """Residues mod 2^k at exactly k bits each: ceil(len * k / 8) bytes, what masked_upload_bytes counts."""
+    words = np.ascontiguousarray(y.reshape(-1).astype(np.uint64)).astype("<u8")
+    bits = np.unpackbits(words.view(np.uint8), bitorder="little").reshape(len(words), 64)
+    return np.packbits(bits[:, :k].reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_residues(data: bytes, size: int, k: int, modulus: int) -> np.ndarray:
+    """Inverse of pack_residues, as the word dtype the arithmetic mod `modulus` runs in."""
+    if len(data) != math.ceil(size * k / 8):
+        raise SecAggError(f"masked vector of {len(data)} bytes: {size} values at {k} bits need "
+                          f"{math.ceil(size * k / 8)}")
+    bits = np.zeros((size, 64), np.uint8)
+    bits[:, :k] = np.unpackbits(np.frombuffer(data, np.uint8), count=size * k, bitorder="little").reshape(size, k)
+    return np.packbits(bits.reshape(-1), bitorder="little").view("<u8").astype(_word(modulus))
 
 
 def to_signed(residues: np.ndarray, modulus: int) -> np.ndarray:
@@ -438,14 +537,30 @@ def _flat_weighted(updates, weights, bits, bound):
     return flats, scales, layout
 
 
-def _finish(signed, scales, layout, updates, survivors):
+def weighted_codes(values: dict, weight: int, bits: int, bound) -> np.ndarray:
+    """One client's vector to mask: its codes on the shared grid times its integer weight, then the weight."""
+    return _flat_weighted([values], [weight], bits, bound)[0][0]
+
+
+def shared_layout(like: dict, bits: int, bound) -> tuple[dict, list]:
+    """(scales, layout) of the shared grid for state dicts shaped like `like`: public, so the server has them."""
+    _, scales, layout = _flat_weighted([like], [1], bits, bound)
+    return scales, layout
+
+
+def decode_flat(signed: np.ndarray, scales: dict, layout: list) -> dict[str, torch.Tensor]:
+    """The weighted mean (float32 tensors) from the signed sum of weighted_codes vectors."""
     weight = int(signed[-1])
     totals, at = {}, 0
     for name, shape in layout:
         size = math.prod(shape)
         totals[name] = torch.from_numpy(signed[at:at + size].copy()).reshape(shape)
         at += size
-    mean = decode_sum(totals, scales, weight)
+    return decode_sum(totals, scales, weight)
+
+
+def _finish(signed, scales, layout, updates, survivors):
+    mean = decode_flat(signed, scales, layout)
     first = updates[survivors[0]]
     return {name: mean[name].to(v.dtype) if name in mean else v.detach().clone() for name, v in first.items()}
 
@@ -511,3 +626,4 @@ def secure_mean(updates: list[dict], weights, bits: int, bound, seed: int, round
     num_params = sum(math.prod(shape) for _, shape in layout)
     return (_finish(signed, scales, layout, updates, survivors),
             masked_upload_bytes(num_params, bits, len(updates), sum(weights)))
+

@@ -14,6 +14,10 @@ talking through Flower's Message API:
   refuse a corrupted upload, aggregate
   evaluate_row(t): central test accuracy
 
+Under secure_aggregation the train message is step 3 of fl_lib's secure sum, and
+steps 1, 2 and 4 (keys, sealed shares, unmasking) are message rounds of their own
+(flower_secagg.py): the server sees masked vectors, never a client's weights.
+
 Client k's data is its fl_lib partition, built on the client from the Config
 (data never leaves the server or the client). A client that does not answer
 within `round_timeout` seconds (a SuperNode that died) is counted in
@@ -43,6 +47,7 @@ from ..core.config import Config
 from ..core.errors import ConfigError, FLError
 from ..core.stages import Job, Upload
 from ..simulator.federation import Federation
+from . import flower_secagg
 from .results import keep_last_checkpoint, record_round, resume, save_round, write_run
 
 QUERY = "query"  # message type asking a node which fl_lib client (partition-id) it holds
@@ -50,14 +55,15 @@ TRAIN = "train"
 
 
 def check_flower_config(cfg: Config) -> None:
-    """What the Flower runtime supports: synchronous FedAvg / FedSGD uploads through the codec."""
+    """What the Flower runtime supports: synchronous FedAvg / FedSGD uploads through the codec or a secure sum."""
     from ..simulator.build import check
 
     check(cfg)
     if cfg.algorithm == "fedbuff":
         raise ConfigError("algorithm='fedbuff' runs on fl_lib's simulated clock only; on Flower use fedavg or fedsgd")
-    if cfg.secure_aggregation:
-        raise ConfigError("secure_aggregation runs in process only; on Flower uploads go through the codec")
+    if cfg.secure_aggregation and cfg.dp_clip > 0:
+        raise ConfigError("secure_aggregation with dp_clip > 0 (DP's rotated grid) runs in process only; on Flower "
+                          "use one of the two (secure_aggregation with dp_clip=0, or dp_clip without it)")
     if cfg.epoch_schedule == "loss":  # decay needs nothing but t, which every client knows
         raise ConfigError("epoch_schedule='loss' follows the server's recorded losses, which Flower's clients do not "
                           "see; on Flower use epoch_schedule fixed or decay")
@@ -112,6 +118,29 @@ def train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"upload": upload, "metrics": metrics}), reply_to=msg)
 
 
+# Secure aggregation: fl_lib's protocol, one message per step (flower_secagg.py)
+@client_app.query(flower_secagg.ADVERTISE)
+def secagg_advertise(msg: Message, context: Context) -> Message:
+    return flower_secagg.advertise(msg, context)
+
+
+@client_app.query(flower_secagg.SHARE)
+def secagg_share(msg: Message, context: Context) -> Message:
+    return flower_secagg.share_keys(msg, context)
+
+
+@client_app.train(flower_secagg.MASKED)
+def secagg_train(msg: Message, context: Context) -> Message:
+    """Client k's round under secure aggregation: train, then send its masked weighted codes."""
+    fed = _federation(str(msg.content["job"]["config"]))
+    return flower_secagg.masked_input(fed, msg, context, _partition_id(context))
+
+
+@client_app.query(flower_secagg.UNMASK)
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    return flower_secagg.unmask(msg, context)
+
+
 # -- server side ------------------------------------------------------------------
 def message_bytes(msg: Message) -> int:
     """Bytes of a message as Flower serializes it for the wire (every object of its tree)."""
@@ -121,8 +150,10 @@ def message_bytes(msg: Message) -> int:
 class FLStrategy(Strategy):
     """fl_lib's synchronous round as a Flower strategy: same sampling, codec, weights and evaluation."""
 
-    def __init__(self, fed: Federation, nodes: dict[int, int], progress=None, out=None, resumed: dict | None = None):
-        """`out`: the run folder, checkpointed as `results.run` does; `resumed`: its checkpoint to go on from."""
+    def __init__(self, fed: Federation, nodes: dict[int, int], progress=None, out=None, resumed: dict | None = None,
+                 timeout: float | None = None):
+        """`out`: the run folder, checkpointed as `results.run` does; `resumed`: its checkpoint to go on from;
+        `timeout`: seconds each step of secure aggregation waits for its answers."""
         self.fed, self.nodes, self.progress = fed, nodes, progress  # nodes: client k -> Flower node id
         self.config_json = json.dumps(fed.cfg.to_dict())
         self.out, self.key = (Path(out) if out is not None else None), fed.cfg.key()
@@ -130,10 +161,18 @@ class FLStrategy(Strategy):
         self.rows, self.timings = r.get("metrics", []), r.get("timings", [])
         self.done = r.get("round", 0)  # Flower counts this submission's rounds from 1; fl_lib's go on from here
         self.bytes_down, self.bytes_up = r.get("flower_bytes_down", 0), r.get("flower_bytes_up", 0)
-        self._round = None
+        self._round, self.grid, self.timeout = None, None, timeout
+        self.secure = flower_secagg.SecureRounds(fed, nodes, self._exchange) if fed.cfg.secure_aggregation else None
 
     def summary(self) -> None:
         pass
+
+    def _exchange(self, messages: list[Message]) -> list[Message]:
+        """One step of secure aggregation: send, wait for the answers, count both ways' bytes."""
+        self.bytes_down += sum(message_bytes(m) for m in messages)
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
+        self.bytes_up += sum(message_bytes(r) for r in replies)
+        return replies
 
     def configure_train(self, server_round, arrays, config, grid):
         t = self.done + server_round
@@ -145,6 +184,11 @@ class FLStrategy(Strategy):
             warnings.warn(f"round {t}: no SuperNode holds client(s) {absent}; counted as dropped")
         self._round = dict(t=t, start=start, plan=plan, chosen=chosen, absent=absent)
         global_model = ArrayRecord({n: v.detach().cpu() for n, v in self.fed.global_state.items()})
+        if self.secure is not None:  # steps 1 and 2 (keys, sealed shares) before the train messages of step 3
+            self.grid = grid
+            messages = self.secure.setup(t, plan.sampled, chosen, self.config_json, global_model, bits)
+            self.bytes_down += sum(message_bytes(m) for m in messages)
+            return messages
         messages = []
         for k in chosen:
             if k in absent:
@@ -157,7 +201,12 @@ class FLStrategy(Strategy):
         return messages
 
     def aggregate_train(self, server_round, replies):
-        r, fed = self._round, self.fed
+        r = self._round
+        if self.secure is not None:
+            replies = list(replies)
+            self.bytes_up += sum(message_bytes(reply) for reply in replies)
+            ordered, missing = self.secure.finish(replies)  # step 4 runs here: unmasking
+            return self._finish(ordered, missing)
         uploads = {}
         for reply in replies:
             self.bytes_up += message_bytes(reply)
@@ -170,10 +219,15 @@ class FLStrategy(Strategy):
                                 None if up["diverged"] else bytes(up["blob"]),
                                 None if up["diverged"] else float(up["error"]))
         missing = [k for k in r["chosen"] if k not in uploads]
+        ordered = [uploads[k] for k in r["chosen"] if k in uploads]  # client order, as in process
+        return self._finish(ordered, missing)
+
+    def _finish(self, ordered: list[Upload], missing: list[int]):
+        """The round's metrics from the uploads (finish_round), evaluation, checkpoint; the next global model."""
+        r, fed = self._round, self.fed
         if missing:
             warnings.warn(f"round {r['t']}: no answer from client(s) {missing} within the timeout; "
                           f"the round goes on without them")
-        ordered = [uploads[k] for k in r["chosen"] if k in uploads]  # client order, as in process
         row = fed.finish_round(r["plan"], ordered, r["plan"].late + missing)
         row = fed.evaluate_row(r["t"], row)
         record_round(self.rows, self.timings, row, time.perf_counter() - r["start"])
@@ -222,7 +276,7 @@ def federate(grid: Grid, cfg: Config, out, runtime: str, round_timeout: float = 
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.num_rounds, initial=done, desc=f"rounds ({runtime})", unit="round")
-    strategy = FLStrategy(fed, nodes, bar, out=out, resumed=resumed)
+    strategy = FLStrategy(fed, nodes, bar, out=out, resumed=resumed, timeout=round_timeout)
     try:
         if done < cfg.num_rounds:
             strategy.start(grid, ArrayRecord({n: v.cpu() for n, v in fed.global_state.items()}),
