@@ -33,15 +33,20 @@ def num_targets(y) -> int:
     return len(y) if y.dim() == 1 else int((y != -100).sum())  # -100: F.cross_entropy's ignore_index
 
 
-def client_batches(data, idx, cfg, generator: torch.Generator, channels_last: bool, epochs: int | None = None):
+CONFIG_B = object()  # client_batches' default batch size: the config's B
+
+
+def client_batches(data, idx, cfg, generator: torch.Generator, channels_last: bool, epochs: int | None = None,
+                   batch_size=CONFIG_B):
     """A client's minibatches (x, y) for one round: E epochs, each a fresh permutation of its data.
 
     `generator` is the client's `Stream.BATCHES` generator of the round; it draws
     both the permutations and the augmentation, in this order. `epochs`: the round's
     E_t under an epoch schedule (core/schedule.py); None: cfg.local_epochs.
+    `batch_size`: the round's B_t under a batch schedule (None: the whole data); default cfg.batch_size.
     """
     n = len(idx)
-    bs = cfg.batch_size or n
+    bs = (cfg.batch_size if batch_size is CONFIG_B else batch_size) or n
     for _ in range(cfg.local_epochs if epochs is None else epochs):
         order = idx[torch.randperm(n, generator=generator).to(idx.device)]
         for start in range(0, n, bs):

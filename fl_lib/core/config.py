@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from . import dataset_name
 from .aggregators.registry import AGGREGATORS
 from .links import LINK_NAMES, LINK_OPEN_CHOICE, check_link
 
 # The allowed values of the named choices, defined here once and imported by the
 # modules that implement them (data, models, partition, quant).
 DATASETS = ("cifar10", "mnist", "synthetic", "synthetic-mnist", "shakespeare")  # or an .npz path, or shakespeare:N
+assert DATASETS == dataset_name.IMAGE_SETS + (dataset_name.TEXT_SET,)  # names with options: dataset_name.py
 MODELS = ("squeezenet1_0", "squeezenet1_1", "cnn", "2nn", "cifar_cnn", "char_lstm")
 PARTITIONS = ("iid", "shards", "dirichlet", "dirichlet_per_client", "roles")  # roles: shakespeare's own clients
 BITS = tuple(range(2, 17)) + (32,)  # upload bit widths: 2..16 quantized, 32 = float32
@@ -32,6 +34,7 @@ DP_SAMPLINGS = ("poisson", "fixed")  # how a DP run picks its clients (dp.py)
 BUFFER_WEIGHTS = ("uniform", "samples")  # fedbuff: the paper's 1/K mean, or FedAvg's n_i / sum n_i
 SERVER_OPTS = ("none", "avgm", "adam", "yogi")  # Reddi et al. 2021's server optimizers (and FedAvgM)
 EPOCH_SCHEDULES = ("fixed", "decay", "loss")  # local epochs E_t per round (core/schedule.py)
+BATCH_SCHEDULES = ("fixed", "grow")  # local batch size B_t per round (core/schedule.py)
 ENGINES = ("sequential", "batched", "pool", "auto")
 
 
@@ -40,7 +43,8 @@ ENGINES = ("sequential", "batched", "pool", "auto")
 KEYLESS_DEFAULTS = {"epoch_schedule": "fixed", "epoch_halving": 10, "epoch_min_drop": 0.01,
                     "aggregator": "mean", "server_opt": "none", "server_momentum": 0.9, "server_beta2": 0.99,
                     "server_tau": 1e-3, "prox_mu": 0.0, "trim_fraction": 0.1, "cosine_temperature": 1.0,
-                    "soft_clip": 2.0, "cfl_eps1": 0.4, "cfl_eps2": 1.6, "cfl_min_rounds": 20, "scaffold": False}
+                    "soft_clip": 2.0, "cfl_eps1": 0.4, "cfl_eps2": 1.6, "cfl_min_rounds": 20, "scaffold": False,
+                    "batch_schedule": "fixed", "batch_doubling": 10, "batch_max": 0}
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ class Config:
     """Every knob of one federated run; each field's description and unit is its `doc`."""
 
     dataset: str = _field("cifar10", "cifar10, mnist, synthetic, synthetic-mnist, shakespeare (shakespeare:N = N of its "
-                                      "roles, a teaching slice), or a path to an .npz file")
+                                      "roles, a teaching slice), or a path to an .npz file; "
+                                      "SOURCE:train=N,test=M = a class-balanced subset (core/data.py)")
     data_root: str = _field("data", "folder torchvision downloads into")
     model: str = _field("squeezenet1_0", "network architecture")
     num_clients: int = _field(10, "K, clients holding data")
@@ -136,6 +141,11 @@ class Config:
     epoch_halving: int = _field(10, "epoch_schedule decay: rounds between two halvings of E (down to 1)")
     epoch_min_drop: float = _field(0.01, "epoch_schedule loss: relative drop of the rounds' mean training loss "
                                          "below which E is halved")
+    batch_schedule: str = _field("fixed", "local batch size per round (core/schedule.py): fixed = B every round; "
+                                          "grow = B doubled every batch_doubling rounds, up to batch_max "
+                                          "(Smith et al. 2018: fewer, less noisy local steps late)")
+    batch_doubling: int = _field(10, "batch_schedule grow: rounds between two doublings of B")
+    batch_max: int = _field(0, "batch_schedule grow: the largest B_t, samples (0 = no cap)")
     trim_fraction: float = _field(0.1, "aggregator trimmed_mean: share of the largest and of the smallest values "
                                        "dropped per coordinate")
     cosine_temperature: float = _field(1.0, "aggregator cosine: temperature T of the softmax over cosine "
@@ -240,8 +250,14 @@ class Config:
         for k, default in KEYLESS_DEFAULTS.items():  # fields added later, left out at their default
             if d[k] == default:
                 d.pop(k)
+        named = dataset_name.parse(d["dataset"])
         if d["dataset"].endswith(".npz") and os.path.exists(d["dataset"]):
             d["dataset"] = _file_digest(d["dataset"])  # the file's content, not its path
+        elif named is not None and named.subset:  # one spelling per subset, an .npz file by its content
+            source = named.source
+            if source.endswith(".npz") and os.path.exists(source):
+                source = _file_digest(source)
+            d["dataset"] = f"{source}:{named.subset}"
         if d["dataset"].partition(":")[0] == "shakespeare":  # the text comes from the installed plays
             from importlib.metadata import PackageNotFoundError, version
             try:
@@ -262,7 +278,8 @@ FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 FIELD_DOCS = {f.name: f.metadata["doc"] for f in dataclasses.fields(Config)}  # name -> description with unit
 
 RULES: dict[str, Rule] = {
-    "dataset": Rule(str, choices=DATASETS, open_choice="a path to an .npz file, or shakespeare:N (N roles)"),
+    "dataset": Rule(str, choices=DATASETS, open_choice="a path to an .npz file, shakespeare:N (N roles), "
+                                                     "or SOURCE:train=N,test=M (a class-balanced subset)"),
     "data_root": Rule(str, open_choice="any folder"),
     "model": Rule(str, choices=MODELS),
     "num_clients": Rule(int, 1, 100_000),
@@ -305,6 +322,9 @@ RULES: dict[str, Rule] = {
     "epoch_schedule": Rule(str, choices=EPOCH_SCHEDULES),
     "epoch_halving": Rule(int, 1, 1_000_000),
     "epoch_min_drop": Rule(float, 0, 1),
+    "batch_schedule": Rule(str, choices=BATCH_SCHEDULES),
+    "batch_doubling": Rule(int, 1, 1_000_000),
+    "batch_max": Rule(int, 0, 1_000_000),
     "trim_fraction": Rule(float, 0, 0.5, hi_open=True),
     "cosine_temperature": Rule(float, 0, 1e3, lo_open=True),
     "soft_clip": Rule(float, 0, 1e3, lo_open=True),
@@ -342,11 +362,8 @@ def _check(name: str, value: Any) -> None:
             raise ConfigError(bad)
     if rule.kind is str and not isinstance(value, str):
         raise ConfigError(bad)
-    if name == "dataset" and value not in DATASETS:
-        head, _, n = value.partition(":")
-        if head == "shakespeare" and n.isdigit() and int(n) >= 1:  # a slice of N roles (shakespeare.py)
-            return
-        if not value.endswith(".npz"):
+    if name == "dataset":  # a name, a path, shakespeare:N or a subset (dataset_name.py)
+        if dataset_name.parse(value, ConfigError) is None:
             raise ConfigError(bad)
         return
     if name == "link":

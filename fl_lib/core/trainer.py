@@ -56,6 +56,7 @@ class Trainer:
 
     prox_mu = 0.0  # FedProx's mu (fedprox.py); set from the pipeline by ClientSide, never read from the config here
     schedule = None  # the pipeline's epoch schedule (schedule.py), set by the Federation; None: local_epochs always
+    batch_schedule = None  # the pipeline's batch schedule (schedule.py), set by the Federation; None: batch_size always
     control = None  # SCAFFOLD's control variates (scaffold.py), set by the Federation; None: no correction
 
     def __init__(self, cfg, data, clients: list[torch.Tensor], sizes: list[int], device: torch.device):
@@ -74,6 +75,10 @@ class Trainer:
     def epochs(self, t: int) -> int:
         """E_t, the local epochs of round t: the epoch schedule's, or local_epochs without one."""
         return self.cfg.local_epochs if self.schedule is None else self.schedule.epochs(t)
+
+    def batch_size(self, t: int) -> int | None:
+        """B_t, the local batch size of round t: the batch schedule's, or batch_size without one (None: all data)."""
+        return self.cfg.batch_size if self.batch_schedule is None else self.batch_schedule.batch_size(t)
 
     def load(self, global_state: dict) -> None:
         with torch.no_grad():
@@ -99,7 +104,7 @@ class Trainer:
         correction = (self.control.correction(k, [n for n, _ in self.model.named_parameters()])
                       if self.control is not None else None)
         for x, y in client_batches(self.data, idx, cfg, self.generator(t, k, Stream.BATCHES, *extra),
-                                   self.channels_last, self.epochs(t)):
+                                   self.channels_last, self.epochs(t), self.batch_size(t)):
             with autocast(cfg.precision, self.device):
                 loss = F.cross_entropy(self.model(x), y)
             self.opt.zero_grad(set_to_none=True)

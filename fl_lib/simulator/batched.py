@@ -40,8 +40,8 @@ def train_clients(trainer, chosen: list[int], t: int, global_state: dict) -> dic
     cfg, model = trainer.cfg, trainer.model
     if any(True for _ in model.buffers()):
         raise ConfigError(f"engine=batched does not support model={cfg.model}: it has buffers; use engine=sequential")
-    epochs = trainer.epochs(t)  # E_t: local_epochs, or the epoch schedule's
-    steps = {k: num_steps(trainer.sizes[k], cfg.batch_size, epochs) for k in chosen}
+    epochs, batch = trainer.epochs(t), trainer.batch_size(t)  # E_t and B_t: the config's, or the schedules'
+    steps = {k: num_steps(trainer.sizes[k], batch, epochs) for k in chosen}
     order = sorted(chosen, key=lambda k: -steps[k])  # active clients of any slot form a prefix
     m = len(order)
     names = [name for name, _ in model.named_parameters()]
@@ -51,7 +51,7 @@ def train_clients(trainer, chosen: list[int], t: int, global_state: dict) -> dic
     control = (stacked_corrections(trainer.control, order, names)  # SCAFFOLD's c - c_k, stacked; None: all zero
                if trainer.control is not None else None)
     batches = [client_batches(trainer.data, trainer.clients[k], cfg, torch_generator(cfg.seed, t, k, Stream.BATCHES),
-                              trainer.channels_last, epochs) for k in order]
+                              trainer.channels_last, epochs, batch) for k in order]
     total = torch.zeros(m, device=trainer.device)
     model.train()
     torch.manual_seed(stream_seed(cfg.seed, t, SERVER, Stream.DROPOUT))  # dropout: one stream for the round's clients

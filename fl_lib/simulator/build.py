@@ -5,6 +5,7 @@ bits-policy and aggregator fields.
     local        what a client computes: its weights after E epochs (FedAvg, FedBuff) or its gradient (FedSGD)
     prox_mu      FedProx's mu: local training held near the global model (0: off, no FedProx stage)
     schedule     local epochs E_t of round t: fixed, or a decay / loss-driven schedule (core/schedule.py)
+    batches      local batch size B_t of round t: fixed, or growing (core/schedule.py)
     scaffold     SCAFFOLD's control variates: a client stage, a second upload message, and the aggregator
     stages       client-side transforms: DP clipping
     transport    codec bytes (quantized or float32), or plain values for a secure sum
@@ -27,7 +28,7 @@ from ..core.aggregators.buffer import BufferAggregator
 from ..core.aggregators.registry import AGGREGATORS, aggregator_class
 from ..core.errors import ConfigError
 from ..core.fedprox import FedProx
-from ..core.schedule import SCHEDULES, FixedEpochs, epoch_schedule
+from ..core.schedule import BATCH_SCHEDULES, SCHEDULES, FixedBatch, FixedEpochs, batch_schedule, epoch_schedule
 from ..core.scaffold import ControlTransport, Scaffold
 from ..core.aggregators.server_opt import ServerOptimizer
 from ..core.aggregators.server_sgd import ServerSGD
@@ -58,6 +59,7 @@ class Pipeline:
     dp_grid: object = None  # DP under secure aggregation: the public rotated grid (dp_quant.py)
     prox_mu: float = 0.0  # FedProx's mu (core/fedprox.py): local training held near the global model; 0 = off
     schedule: FixedEpochs | None = None  # E_t of round t (core/schedule.py); build_pipeline always sets one
+    batches: FixedBatch | None = None  # B_t of round t (core/schedule.py); build_pipeline always sets one
     control: Scaffold | None = None  # SCAFFOLD (core/scaffold.py): c and the c_k; also a stage and the aggregator
 
     def epsilon(self, t: int) -> float | None:
@@ -85,6 +87,8 @@ def stage_classes(cfg) -> list:
         classes.append(FedProx)
     if cfg.epoch_schedule != "fixed":
         classes.append(SCHEDULES[cfg.epoch_schedule])
+    if cfg.batch_schedule != "fixed":
+        classes.append(BATCH_SCHEDULES[cfg.batch_schedule])
     if cfg.scaffold:
         classes.append(Scaffold)
     return classes
@@ -93,8 +97,8 @@ def stage_classes(cfg) -> list:
 def all_stage_classes() -> list:
     """Every stage class a config can ask for (to find the owner of a setting)."""
     return [aggregator_class(name) for name in AGGREGATORS] + [
-        ServerSGD, ServerOptimizer, BufferAggregator, FedProx, *SCHEDULES.values(), Scaffold,
-        DPClip, DPMean, DPSecureSum, SecureSum, MaskedValues, CodecTransport]
+        ServerSGD, ServerOptimizer, BufferAggregator, FedProx, *SCHEDULES.values(), *BATCH_SCHEDULES.values(),
+        Scaffold, DPClip, DPMean, DPSecureSum, SecureSum, MaskedValues, CodecTransport]
 
 
 CLUSTERED_ONLY = ("cfl_eps1", "cfl_eps2", "cfl_min_rounds")  # the split thresholds of simulator/clustered.py
@@ -150,7 +154,7 @@ def build_pipeline(cfg, sizes: list[int], num_params: int, device) -> Pipeline:
                     epochs=1 if fedsgd else cfg.local_epochs, asynchronous=cfg.algorithm == "fedbuff",
                     expected_clients=expected, epsilons=epsilons, dp_grid=grid,
                     prox_mu=prox.mu if prox else 0.0, control=control,
-                    schedule=epoch_schedule(cfg, 1 if fedsgd else None))
+                    schedule=epoch_schedule(cfg, 1 if fedsgd else None), batches=batch_schedule(cfg))
 
 
 def _aggregator(cfg, sizes, num_params, expected, grid) -> Aggregator:

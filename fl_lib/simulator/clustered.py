@@ -20,8 +20,11 @@ test set as its group labels it. cfl_eps1 = 0 never splits, which is FedAvg on t
 same population: the baseline, identical to the clustered run up to its first split.
 
 Selected by calling `run_clustered(cfg)` rather than by an `algorithm` value: the
-result is several models and a cluster assignment per round, which the Federation,
-its checkpoints and the run cache (one global model per round) do not hold. No
+result is several models and a cluster assignment per round, which the Federation
+and its checkpoints (one global model per round) do not hold. `run_clustered` here
+computes and keeps nothing; fl_lib/runtime/clustered_results.py's `run_clustered`
+caches a run in a folder of its own and resumes it from checkpoints of
+`ClusteredFederation.state_dict()`. No
 randomness is added: training draws from the Trainer's (seed, t, k) streams and the
 clustering is deterministic, so the same config and seed give the same assignments.
 """
@@ -85,6 +88,7 @@ class ClusteredRun:
     assignments: np.ndarray  # (rounds, K): the id of client k's cluster after round t (row t - 1)
     clusters: list[Cluster] = field(default_factory=list)  # after the last round
     seconds: list[float] = field(default_factory=list)  # wall time per round (varies run to run)
+    folder: object = None  # the cache folder it was stored in (runtime/clustered_results.py); None: not stored
 
 
 class ClusteredFederation:
@@ -147,6 +151,20 @@ class ClusteredFederation:
     def _new_id(self) -> int:
         self.next_id += 1
         return self.next_id - 1
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must keep to resume exactly: every cluster's id, members and model, and the next id.
+
+        The assignments follow from the clusters; training needs nothing else (every draw is keyed by (seed, t, k)).
+        """
+        return {"clusters": [{"id": c.id, "members": list(c.members),
+                              "state": {n: v.detach().cpu() for n, v in c.state.items()}} for c in self.clusters],
+                "next_id": self.next_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.clusters = [Cluster(int(c["id"]), [int(k) for k in c["members"]],
+                                 {n: v.to(self.device) for n, v in c["state"].items()}) for c in state["clusters"]]
+        self.next_id = int(state["next_id"])
 
     def evaluate(self) -> tuple[float, float]:
         """Mean over clients of their cluster model's accuracy and loss on the test set as their group labels it."""

@@ -76,6 +76,7 @@ class Federation(Accessors):
         num_params = sum(v.numel() for v in self.global_state.values() if v.is_floating_point())  # d
         self.pipeline = build_pipeline(cfg, self.sizes, num_params, self.device)
         self.trainer.schedule = self.pipeline.schedule  # E_t of each round (core/schedule.py)
+        self.trainer.batch_schedule = self.pipeline.batches  # B_t of each round (core/schedule.py)
         shape = (self.data.in_channels, self.data.image_size, self.data.image_size)
         self.info = ModelInfo(self.trainer.model, self.global_state, shape, params_only=self.pipeline.local == "gradient")
         if self.pipeline.control is not None:  # SCAFFOLD (core/scaffold.py): corrected steps; c sent with the model

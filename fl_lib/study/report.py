@@ -6,11 +6,11 @@ so the executed .ipynb in the report folder always comes from the text as it is 
 
 The parameters file is a YAML mapping. Top-level scalar keys are shared: each goes to every
 lesson that has a parameter of that name. A top-level key naming a lesson (its file
-stem, e.g. `04_quantized_fedavg`) holds a mapping of parameters for that lesson only,
+stem, e.g. `05_quantized_fedavg`) holds a mapping of parameters for that lesson only,
 which win over the shared ones:
 
     seeds: "0,1,2"              # shared
-    04_quantized_fedavg:
+    05_quantized_fedavg:
       dataset: cifar10
       num_rounds: 20
 
@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..core import dataset_name
 from ..core.errors import ConfigError, FLError
 from .lesson import FOLDERS, NOTEBOOKS_DIR, PROJECT, check_parameters
 
@@ -44,7 +45,7 @@ KERNEL = "python3"
 
 # -- the plan: which lessons, with which parameters ---------------------------
 def lesson_paths(selection=None) -> list[Path]:
-    """The numbered lesson sources in order; `selection` picks some by stem or number prefix ('01', '04_quantized')."""
+    """The numbered lesson sources in order; `selection` picks some by stem or number prefix ('01', '05_quantized')."""
     paths = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.py"))
     if not selection:
         return paths
@@ -115,6 +116,9 @@ def _resolve(name, value, base: Path):
     is_npz = name == "dataset" and (str(value).endswith(".npz") or (base / str(value)).is_file())
     if name in PATH_PARAMS or is_npz:
         return str((base / str(value)).resolve())
+    named = dataset_name.parse(str(value), ConfigError) if name == "dataset" else None
+    if named is not None and named.subset and named.source.endswith(".npz"):  # a subset of a file
+        return f"{(base / named.source).resolve()}:{named.subset}"
     return value
 
 
