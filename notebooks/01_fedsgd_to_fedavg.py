@@ -20,7 +20,7 @@
 # client trains for a while and sends its model. It then repeats the paper's MNIST experiments
 # (its Tables 1 and 2 and its Figure 1) at a size a laptop can run.
 #
-# FedAvg is the training loop of Lee & Lee, which lessons 03 and 04 follow: there, each client's
+# FedAvg is the training loop of Lee & Lee, which lessons 04 and 05 follow: there, each client's
 # upload is additionally quantized channel by channel.
 #
 # The next cell holds the parameters (set them with papermill, or with
@@ -139,7 +139,68 @@ gap = max((w_next[name] - fed.global_state[name]).abs().max().item() for name in
 print(f"E = {cfg.local_epochs}, B = {cfg.batch_size}: largest difference from the engine: {gap:.1e}")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 4. How much local work: u
+# ## 4. Why averaging models works: a shared starting point (the paper's Figure 1)
+#
+# Averaging the weights of two neural networks trained separately usually gives a bad model, since
+# their hidden units need not line up. McMahan et al. show that this changes when both start from the
+# same initialization. Two 2NNs are trained with plain SGD on disjoint IID samples of `mixing_samples`
+# training images each (the paper: 600 images, lr 0.1, minibatches of 50, 240 updates = 20 passes), then
+# mixed as
+#
+# $$\theta w + (1-\theta) w'$$
+#
+# for `mixing_thetas` evenly spaced values of $\theta$ in [-0.2, 1.2], and each mixture's loss is measured
+# on the whole training set: once from two independent initializations, once from a shared one. The cell
+# prints the values this run used.
+
+# %% slideshow={"slide_type": "subslide"}
+MIX = {"theta_min": -0.2, "theta_max": 1.2, "batch_size": 50, "steps": 240, "lr": 0.1}  # the paper's settings
+mix = mixing_curves(data, num_thetas=mixing_thetas, num_samples=mixing_samples, seed=seed_list[0], **MIX)
+thetas = sorted(mix.theta.unique())
+print(f"{mixing_samples} images per model, SGD lr {MIX['lr']}, minibatches of {MIX['batch_size']}, {MIX['steps']} "
+      f"updates = {MIX['steps'] * MIX['batch_size'] / mixing_samples:.1f} passes; {len(thetas)} values of theta from "
+      f"{thetas[0]:g} to {thetas[-1]:g}")
+plots.lines(mix, "theta", "loss", "init", title="Training loss of theta w + (1 - theta) w'",
+            xlabel="theta", ylabel="loss on the whole training set", log_y=True,
+            name="01_mixing", figures_dir=figures_dir).show()
+def nearest(theta):  # the evaluated theta nearest to `theta`
+    return min(thetas, key=lambda t: abs(t - theta))
+
+def loss_at(g, theta):  # the loss at the evaluated theta nearest to `theta`
+    return g.set_index("theta").loss[nearest(theta)]
+
+theta_0, theta_mid, theta_1 = nearest(0), nearest(0.5), nearest(1)  # the parents w' and w, and the middle
+pd.DataFrame({init: {f"theta = {theta_0:.3g} (w')": loss_at(g, 0), f"theta = {theta_mid:.3g}": loss_at(g, 0.5),
+                     f"theta = {theta_1:.3g} (w)": loss_at(g, 1), "lowest": g.loss.min(),
+                     "lowest at theta": g.theta.iloc[g.loss.argmin()]}
+              for init, g in mix.groupby("init")}).T.round(4)
+
+# %%
+def mixing_check(g):
+    """(parents' losses, middle loss, worst loss between the parents) of one init's curve."""
+    parents = (loss_at(g, 0), loss_at(g, 1))
+    inside = g[(g.theta >= theta_0) & (g.theta <= theta_1)]
+    return parents, loss_at(g, 0.5), inside.loss.max()
+
+lines = []
+for init, g in mix.groupby("init"):
+    parents, middle, worst = mixing_check(g)
+    lines.append(f"* {init} initialization: loss {middle:.4f} at theta = {theta_mid:.3g} against {parents[0]:.4f} (w') "
+                 f"and {parents[1]:.4f} (w); worse than both parents: **{'holds' if middle > max(parents) else 'does not hold'}**; "
+                 f"better than both: **{'holds' if middle < min(parents) else 'does not hold'}**; largest loss between "
+                 f"the parents {worst:.4f}, {worst / max(parents):.2f}x the worse parent's.")
+exact = abs(theta_0) < 1e-9 and abs(theta_1 - 1) < 1e-9
+display(Markdown(
+    "McMahan et al. find the mixture around the middle worse than either parent with independent "
+    "initializations, and better than both with a shared one. In this run (seed "
+    f"{seed_list[0]}{'' if exact else '; the grid has no theta = 0 or 1, the nearest values stand in for the parents'}):\n\n"
+    + "\n".join(lines)))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# FedAvg is the shared-initialization case: every round starts all clients from the same global model $w_t$.
+
+# %% [markdown] slideshow={"slide_type": "slide"}
+# ## 5. How much local work: u
 #
 # McMahan et al. measure the computation per round by the number of local updates each client
 # makes, with $n / K$ the average client size (B = ∞ counts as one update per epoch, so $u = E$):
@@ -171,7 +232,7 @@ rows[["model", "row", "E", "B", "u_ours", "u_paper", "paper_iid", "paper_non_iid
 
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 5. FedSGD vs FedAvg on MNIST, IID and non-IID
+# ## 6. FedSGD vs FedAvg on MNIST, IID and non-IID
 #
 # Every run goes through `fl_lib.runtime.results.run_many`, which computes independent runs side by side (one
 # process per core) and caches each under `results_dir` by a hash of its config: rerunning the lesson,
@@ -263,66 +324,6 @@ display(Markdown(
     + "\n\nIn the paper FedAvg needs far fewer rounds than FedSGD: for the CNN on IID data 20 rounds "
     "(E=5, B=10) against 626, 31 times fewer; on non-IID data 229 against 483."))
 
-# %% [markdown] slideshow={"slide_type": "slide"}
-# ## 6. Why averaging models works: a shared starting point (the paper's Figure 1)
-#
-# Averaging the weights of two neural networks trained separately usually gives a bad model, since
-# their hidden units need not line up. McMahan et al. show that this changes when both start from the
-# same initialization. Two 2NNs are trained with plain SGD on disjoint IID samples of `mixing_samples`
-# training images each (the paper: 600 images, lr 0.1, minibatches of 50, 240 updates = 20 passes), then
-# mixed as
-#
-# $$\theta w + (1-\theta) w'$$
-#
-# for `mixing_thetas` evenly spaced values of $\theta$ in [-0.2, 1.2], and each mixture's loss is measured
-# on the whole training set: once from two independent initializations, once from a shared one. The cell
-# prints the values this run used.
-
-# %% slideshow={"slide_type": "subslide"}
-MIX = {"theta_min": -0.2, "theta_max": 1.2, "batch_size": 50, "steps": 240, "lr": 0.1}  # the paper's settings
-mix = mixing_curves(data, num_thetas=mixing_thetas, num_samples=mixing_samples, seed=seed_list[0], **MIX)
-thetas = sorted(mix.theta.unique())
-print(f"{mixing_samples} images per model, SGD lr {MIX['lr']}, minibatches of {MIX['batch_size']}, {MIX['steps']} "
-      f"updates = {MIX['steps'] * MIX['batch_size'] / mixing_samples:.1f} passes; {len(thetas)} values of theta from "
-      f"{thetas[0]:g} to {thetas[-1]:g}")
-plots.lines(mix, "theta", "loss", "init", title="Training loss of theta w + (1 - theta) w'",
-            xlabel="theta", ylabel="loss on the whole training set", log_y=True,
-            name="01_mixing", figures_dir=figures_dir).show()
-def nearest(theta):  # the evaluated theta nearest to `theta`
-    return min(thetas, key=lambda t: abs(t - theta))
-
-def loss_at(g, theta):  # the loss at the evaluated theta nearest to `theta`
-    return g.set_index("theta").loss[nearest(theta)]
-
-theta_0, theta_mid, theta_1 = nearest(0), nearest(0.5), nearest(1)  # the parents w' and w, and the middle
-pd.DataFrame({init: {f"theta = {theta_0:.3g} (w')": loss_at(g, 0), f"theta = {theta_mid:.3g}": loss_at(g, 0.5),
-                     f"theta = {theta_1:.3g} (w)": loss_at(g, 1), "lowest": g.loss.min(),
-                     "lowest at theta": g.theta.iloc[g.loss.argmin()]}
-              for init, g in mix.groupby("init")}).T.round(4)
-
-# %%
-def mixing_check(g):
-    """(parents' losses, middle loss, worst loss between the parents) of one init's curve."""
-    parents = (loss_at(g, 0), loss_at(g, 1))
-    inside = g[(g.theta >= theta_0) & (g.theta <= theta_1)]
-    return parents, loss_at(g, 0.5), inside.loss.max()
-
-lines = []
-for init, g in mix.groupby("init"):
-    parents, middle, worst = mixing_check(g)
-    lines.append(f"* {init} initialization: loss {middle:.4f} at theta = {theta_mid:.3g} against {parents[0]:.4f} (w') "
-                 f"and {parents[1]:.4f} (w); worse than both parents: **{'holds' if middle > max(parents) else 'does not hold'}**; "
-                 f"better than both: **{'holds' if middle < min(parents) else 'does not hold'}**; largest loss between "
-                 f"the parents {worst:.4f}, {worst / max(parents):.2f}x the worse parent's.")
-exact = abs(theta_0) < 1e-9 and abs(theta_1 - 1) < 1e-9
-display(Markdown(
-    "McMahan et al. find the mixture around the middle worse than either parent with independent "
-    "initializations, and better than both with a shared one. In this run (seed "
-    f"{seed_list[0]}{'' if exact else '; the grid has no theta = 0 or 1, the nearest values stand in for the parents'}):\n\n"
-    + "\n".join(lines)))
-
-# %% [markdown] slideshow={"slide_type": "subslide"}
-# FedAvg is the shared-initialization case: every round starts all clients from the same global model $w_t$.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Exercises

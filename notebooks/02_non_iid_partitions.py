@@ -69,7 +69,7 @@ print(f"{data.name}: {len(labels)} training images, {data.num_classes} classes, 
 #   equal share of the data from it. Sizes are equal; only the label mix varies.
 #
 # The Lee & Lee paper says only "Dirichlet distribution, $\alpha = 0.5$". The experiments in
-# lessons 04 and 05 use the per-class variant, the most common one in federated learning code.
+# lessons 05 and 06 use the per-class variant, the most common one in federated learning code.
 
 # %% slideshow={"slide_type": "subslide"}
 parts = {

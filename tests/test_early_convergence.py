@@ -1,4 +1,4 @@
-"""Early convergence (lesson 04): the mean accuracy over the first rounds, against curves worked by hand."""
+"""Early convergence (lesson 05): the mean accuracy over the first rounds, against curves worked by hand."""
 import math
 
 import pandas as pd

@@ -51,7 +51,7 @@ def test_best_acc_until():
     assert best_acc_until(m, "round", 1) == 0.2
 
 
-# -- client drift and paired verdicts (lesson 09) -------------------------------------------
+# -- client drift and paired verdicts (lesson 10) -------------------------------------------
 def test_drift_stats_against_hand_worked_updates():
     from fl_lib.study.measures import drift_stats
 

@@ -35,8 +35,9 @@ BIN = Path(sys.executable).parent  # jupytext and papermill's commands, installe
 
 
 def test_the_lessons_are_there_in_order():
-    assert STEMS[:5] == ["01_fedsgd_to_fedavg", "02_non_iid_partitions", "03_channelwise_quantization",
-                         "04_quantized_fedavg", "05_what_if_report"]
+    assert STEMS == ["01_fedsgd_to_fedavg", "02_non_iid_partitions", "03_shakespeare", "04_channelwise_quantization",
+                     "05_quantized_fedavg", "06_what_if_report", "07_upload_leakage", "08_privacy_defences",
+                     "09_links_and_adaptive_bits", "10_beyond_averaging"]
     assert [int(s[:2]) for s in STEMS] == list(range(1, len(STEMS) + 1))  # numbered without gaps
 
 
@@ -107,17 +108,17 @@ def test_common_parameters_are_written_as_lesson_common_declares_them(path):
 
 
 def test_a_common_parameter_declared_otherwise_is_refused_in_one_line():
-    declared = dict(report.lesson_parameters(report.lesson_paths(["04"])[0]))
-    lesson.check_parameters("04", declared)
+    declared = dict(report.lesson_parameters(report.lesson_paths(["05"])[0]))
+    lesson.check_parameters("05", declared)
     for name, change in [("device", {"default": '"cpu"'}), ("workers", {"inferred_type_name": "float"}),
                          ("seeds", {"help": "seeds"})]:
         drifted = declared | {name: declared[name] | change}
-        with pytest.raises(ConfigError, match=f"04: parameter {name} is declared otherwise .* write it as: "
+        with pytest.raises(ConfigError, match=f"05: parameter {name} is declared otherwise .* write it as: "
                                               f"{name}: ") as e:
-            lesson.check_parameters("04", drifted)
+            lesson.check_parameters("05", drifted)
         assert "\n" not in str(e.value)
     # seeds keeps each lesson's own default
-    lesson.check_parameters("04", declared | {"seeds": declared["seeds"] | {"default": '"7"'}})
+    lesson.check_parameters("05", declared | {"seeds": declared["seeds"] | {"default": '"7"'}})
 
 
 @pytest.mark.parametrize("params_file", sorted((report.NOTEBOOKS_DIR / "params").glob("*.yaml")), ids=lambda p: p.stem)
@@ -139,8 +140,8 @@ def test_list_parameters_have_plural_names():
         for name, p in params.items():
             if "comma-separated" in p["help"]:
                 assert name.endswith("s"), f"{path.stem}: {name} holds a list"
-    assert "bit_widths" in report.lesson_parameters(report.lesson_paths(["04"])[0])
-    assert report.lesson_parameters(report.lesson_paths(["03"])[0])["bits"]["inferred_type_name"] == "int"
+    assert "bit_widths" in report.lesson_parameters(report.lesson_paths(["05"])[0])
+    assert report.lesson_parameters(report.lesson_paths(["04"])[0])["bits"]["inferred_type_name"] == "int"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
@@ -153,7 +154,7 @@ def test_every_code_cell_compiles(path):
 
 def test_help_notebook_through_the_documented_pipe():
     """`jupytext --to ipynb -o - LESSON.py | papermill --help-notebook -` lists every parameter."""
-    path = report.lesson_paths(["04"])[0]
+    path = report.lesson_paths(["05"])[0]
     conv = subprocess.run([str(BIN / "jupytext"), "--to", "ipynb", "-o", "-", str(path)], capture_output=True,
                           check=True)
     out = subprocess.run([str(BIN / "papermill"), "--help-notebook", "-"], input=conv.stdout, capture_output=True,
@@ -294,7 +295,7 @@ def test_report_html_is_one_offline_page(smoke_report):
 @pytest.mark.slow
 def test_report_shows_progress_bars_in_their_final_state(smoke_report):
     """tqdm's widget text is frozen at 0%; the report keeps one line with the final state instead."""
-    nb = nbformat.read(str(smoke_report / "04_quantized_fedavg.ipynb"), as_version=4)
+    nb = nbformat.read(str(smoke_report / "05_quantized_fedavg.ipynb"), as_version=4)
     texts = [o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     bars = [t for t in texts if t.startswith("rounds:")]
     assert bars and all("100%" in t and "2/2" in t for t in bars), bars[:3]
@@ -325,10 +326,10 @@ def test_report_jobs_out_of_range_is_one_line_with_exit_status_2(tmp_path, jobs)
 
 @pytest.mark.parametrize("text, message", [
     ("seedz: '0'\n", "no lesson has a parameter seedz"),
-    ("04_quantized_fedavg:\n  alpah: 0.5\n", "has no parameter alpah"),
-    ("04_quantized_fedavg:\n  bits: '32,16'\n", "has no parameter bits"),
+    ("05_quantized_fedavg:\n  alpah: 0.5\n", "has no parameter alpah"),
+    ("05_quantized_fedavg:\n  bits: '32,16'\n", "has no parameter bits"),
     ("06_nothing:\n  seeds: '0'\n", "no lesson named 06_nothing"),
-    ("04_quantized_fedavg:\n  num_rounds: ten\n", "num_rounds='ten' is not allowed: must be int"),
+    ("05_quantized_fedavg:\n  num_rounds: ten\n", "num_rounds='ten' is not allowed: must be int"),
     ("- 1\n- 2\n", "mapping"),
 ])
 def test_report_rejects_bad_parameter_files(tmp_path, text, message):
@@ -342,13 +343,13 @@ def test_plan_merges_shared_and_own_values_and_resolves_paths(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d.npz").write_bytes(b"")
     params = tmp_path / "p.yaml"
-    params.write_text("seeds: 3\nresults_dir: runs\n04_quantized_fedavg:\n  dataset: d.npz\n  seeds: '0,1'\n"
+    params.write_text("seeds: 3\nresults_dir: runs\n05_quantized_fedavg:\n  dataset: d.npz\n  seeds: '0,1'\n"
                       "  alpha: 1\n")
-    steps = dict((p.stem, v) for p, v in report.plan(params, ["04", "05"], figures_dir="figs"))
-    assert steps["04_quantized_fedavg"] == {"seeds": "0,1", "results_dir": str(tmp_path / "runs"),
+    steps = dict((p.stem, v) for p, v in report.plan(params, ["05", "06"], figures_dir="figs"))
+    assert steps["05_quantized_fedavg"] == {"seeds": "0,1", "results_dir": str(tmp_path / "runs"),
                                             "dataset": str(tmp_path / "d.npz"), "alpha": 1.0,
                                             "figures_dir": str(tmp_path / "figs")}
-    assert steps["05_what_if_report"]["seeds"] == "3"  # a number given for a str parameter becomes text
+    assert steps["06_what_if_report"]["seeds"] == "3"  # a number given for a str parameter becomes text
 
 
 def test_parse_helpers():
@@ -432,20 +433,20 @@ def test_papermill_from_an_unrelated_directory(tiny_params, tmp_path, monkeypatc
     cwd = base / "b" / "c"  # the kernel starts here; nothing but the output may appear in c or in b
     cwd.mkdir(parents=True)
     monkeypatch.chdir(cwd)
-    path = report.lesson_paths(["05"])[0]
+    path = report.lesson_paths(["06"])[0]
     nb = jupytext.read(str(path))  # what the README's one-line conversion gives papermill
     nb.cells.append(nbformat.v4.new_code_cell(  # the defaults as the kernel sees them
         "from fl_lib import lesson\n"
         "print(lesson.folder('results_dir', ''))\n"
         "print(lesson.folder('data_root', ''))"))
-    smoke = yaml.safe_load(SMOKE.read_text())["05_what_if_report"] | {"dataset": images, "device": "cpu"}
+    smoke = yaml.safe_load(SMOKE.read_text())["06_what_if_report"] | {"dataset": images, "device": "cpu"}
     pm.execute_notebook(nb, "out.ipynb", parameters=smoke | {"results_dir": "../../runs", "figures_dir": "../../figs"},
                         kernel_name="python3", progress_bar=False, kernel_manager_class=report.kernel_manager_class())
     assert _tree(base / "b") == ["c", "c/out.ipynb"]
     runs = [p for p in (base / "runs").iterdir() if (p / "summary.json").is_file()]
     assert len(runs) == 6  # 2 alphas x 2 bit widths x 1 seed, and alpha 0.5's 2 with a second seed for the
     # spread between seeds, each a cached run folder
-    assert sorted(p.name for p in (base / "figs").glob("*.png")) == ["05_accuracy_grid.png", "05_upload_grid.png"]
+    assert sorted(p.name for p in (base / "figs").glob("*.png")) == ["06_accuracy_grid.png", "06_upload_grid.png"]
     out = nbformat.read("out.ipynb", as_version=4)
     assert not out.metadata.papermill.get("exception")
     project = Path(lesson.__file__).resolve().parents[2]  # fl_lib/study/lesson.py

@@ -43,7 +43,7 @@ OLD_SENTENCES = {  # quoted from git history (before 94f1082), each true of one 
     "01_fedsgd_to_fedavg": ("`partition=\"shards\"` is the paper's pathological non-IID split (sort by label, "
                             "200 shards, 2 per\nclient)", ["200", "2"]),
     "01_fedsgd_to_fedavg ": ("for 50 values of $\\theta$ in [-0.2, 1.2], and each mixture's loss is measured", ["50"]),
-    "06_privacy": ("(100 steps, seed 0) measured\non the real CIFAR-10 subset: LeNet with DLG 31.0 / 31.1 / 29.1 / "
+    "07_upload_leakage": ("(100 steps, seed 0) measured\non the real CIFAR-10 subset: LeNet with DLG 31.0 / 31.1 / 29.1 / "
                    "13.2 dB at FP32 / INT16 / INT8 /\nINT4; the cosine attack on `cifar_cnn` (2,000 steps) about 20 dB",
                    ["100", "31.0", "31.1", "29.1", "13.2", "2,000", "20"]),  # be4ee75
 }
@@ -57,7 +57,7 @@ def test_old_static_sentences_are_refused(stem):
 
 
 def test_structure_and_years_are_not_results():
-    text = ("# 3. Section\n1. first item\nAs lessons 03 and 04 show (Table 1, Figure 2, equations (1)-(3), "
+    text = ("# 3. Section\n1. first item\nAs lessons 04 and 05 show (Table 1, Figure 2, equations (1)-(3), "
             "Algorithm 1; McMahan et al. 2017; arXiv:2001.02610), round 1 starts at 0.")
     assert typed_numbers(text) == []
 

@@ -1,4 +1,4 @@
-"""Lesson 07's clock view, link widget and plot helpers: the engine's own clock, redrawn without training."""
+"""Lesson 09's clock view, link widget and plot helpers: the engine's own clock, redrawn without training."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Lesson 06's leakage widget and figure helpers: stored attacks redrawn, never recomputed."""
+"""Lesson 07's leakage widget and figure helpers: stored attacks redrawn, never recomputed."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Numbers that describe a partition or a quantized channel: what lessons 02 and 03 print and the widgets redraw."""
+"""Numbers that describe a partition or a quantized channel: what lessons 02 and 04 print and the widgets redraw."""
 from __future__ import annotations
 
 import math
@@ -42,7 +42,7 @@ def describe_stats(stats) -> str:
             f"from the global label mix: mean {s['tv_mean']:.3f}, max {s['tv_max']:.3f}")
 
 
-# -- quantization (lesson 03) -----------------------------------------------------
+# -- quantization (lesson 04) -----------------------------------------------------
 def channel_quant_stats(w, bits: int) -> dict:
     """Equations (1)-(3) on one channel w (a 1-D tensor): scale, codes, reconstruction, error and bytes."""
     w = w.detach().float().reshape(1, -1)  # one row = one channel

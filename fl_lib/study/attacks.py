@@ -1,6 +1,6 @@
 """Leakage attacks kept in the results cache: a grid of attacks is computed once, then read back.
 
-An attack run to convergence takes minutes, and lesson 06 runs a dozen, so like a federated run
+An attack run to convergence takes minutes, and lesson 07 runs a dozen, so like a federated run
 a grid of them (`leakage.run_grid`) is stored under a key of everything that shapes its result:
 the data (an .npz file by its content, not its path), the grid's settings and `leakage.defaults()`,
 the attack's own constants and version, so a changed attack never reads back old results. Its

@@ -105,7 +105,7 @@ def local_updates(local_epochs: int, batch_size, num_samples: int, num_clients: 
     return local_epochs * num_samples / (num_clients * batch_size)
 
 
-# -- client drift and paired verdicts (lesson 09) ------------------------------------
+# -- client drift and paired verdicts (lesson 10) ------------------------------------
 def drift_stats(updates, sizes) -> dict:
     """How far, and how much in agreement, the clients of one round moved: a measure of client drift.
 
@@ -215,7 +215,7 @@ def paired_verdicts(runs, reference: str, value: str, by: str = "label", seed: s
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by)
 
 
-# -- early convergence (lesson 04) ----------------------------------------------------
+# -- early convergence (lesson 05) ----------------------------------------------------
 def early_auc(metrics, rounds: float, x: str = "round") -> float:
     """Mean test accuracy over the first `rounds` rounds: the area under the accuracy curve, divided by its width.
 
@@ -250,7 +250,7 @@ EARLY_FRACTIONS = (0.5, 0.75, 0.9)  # early-convergence targets, as fractions of
 
 
 def early_convergence(metrics, rounds: int, fractions=EARLY_FRACTIONS):
-    """Lesson 04's check of "INT16 rises faster early on": every width against FP32, paired by seed.
+    """Lesson 05's check of "INT16 rises faster early on": every width against FP32, paired by seed.
 
     `metrics` holds runs labelled "FP32", "INT16", ... (columns label, seed, bits, round,
     test_acc). Two measures per run: the rounds to targets at `fractions` of FP32's best

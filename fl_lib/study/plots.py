@@ -236,7 +236,7 @@ def histogram(df, x, hue, title="", xlabel=None, ylabel="count", bins=30, log_x=
     return fig
 
 
-# -- lesson 06: gradient leakage ---------------------------------------------------
+# -- lesson 07: gradient leakage ---------------------------------------------------
 def _image(img):
     """(C, H, W) in [0, 1] (float) or uint8 -> (H, W, 3) floats in [0, 1] for imshow."""
     a = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img)

@@ -3,7 +3,7 @@
 A lesson's markdown is the same whatever parameters papermill injects, so any measured result,
 count or parameter value written there is true of one run at best. Prose may still quote the
 sources (a paper's table, a dataset's size, a year of publication) and point at structure
-(lesson 04, Table 1, equation (2), section 3). Everything else is printed by a code cell.
+(lesson 05, Table 1, equation (2), section 3). Everything else is printed by a code cell.
 
 `typed_numbers` lists the numbers of a markdown text that are neither structure nor a quoted
 source phrase; `notebooks/source_numbers.yaml` holds each lesson's quoted phrases.
@@ -21,7 +21,7 @@ NUMBER = re.compile(r"(?<![A-Za-z0-9_.,\-\\^{])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d
 STRUCTURE = [
     r"^\s*#+ .*$",                                       # a heading (its section number)
     r"^\s*\d+\.\s",                                      # a numbered list item
-    r"\b[Ll]essons? \d\d(?:(?:,| and| or|-) ?\d\d)*",    # lesson 04, lessons 03 and 04
+    r"\b[Ll]essons? \d\d(?:(?:,| and| or|-) ?\d\d)*",    # lesson 05, lessons 04 and 05
     r"\b(?:Tables?|Figures?|Fig\.|Algorithms?|[Ss]ections?|[Ss]teps?|[Ee]quations?)"
     r" \(?\d+\)?(?:(?:,| and| or|-|–) ?\(?\d+\)?)*",    # Table 1, Figure 1, equations (1)-(3)
     r"\(\d\)(?:-\(\d\))?",                               # an equation number: (2), (1)-(3)

@@ -185,7 +185,7 @@ def write_index(decks: list[Path], out: Path, source: str) -> Path:
 # -- the command ---------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
     p.add_argument("lessons", nargs="*", metavar="LESSON",
-                   help="lessons by number or name (e.g. 02 04_quantized); default all")
+                   help="lessons by number or name (e.g. 02 05_quantized); default all")
     p.add_argument("--params", default=str(NOTEBOOKS_DIR / "params" / "default.yaml"),
                    help="YAML file of lesson parameters, as for report (default notebooks/params/default.yaml)")
     p.add_argument("--name", default=None,

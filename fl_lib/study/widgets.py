@@ -1,7 +1,7 @@
-"""Sliders and check boxes for lessons 02, 03, 06, 07 and 09. They only redraw: no widget ever starts training.
+"""Sliders and check boxes for lessons 02, 04, 07, 09 and 10. They only redraw: no widget ever starts training.
 
 Each explorer calls the same function the lesson calls directly (`partition_stats`,
-`channel_quant_stats`, `clock_stats`; lesson 09's curves are read off its cached runs), so a
+`channel_quant_stats`, `clock_stats`; lesson 10's curves are read off its cached runs), so a
 headless run (papermill, the HTML report) still prints every number, and the figure (a plotly
 FigureWidget) is updated in place when a slider moves or a box is ticked.
 """
@@ -58,7 +58,7 @@ class PartitionExplorer:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-# -- quantization (lesson 03) -----------------------------------------------
+# -- quantization (lesson 04) -----------------------------------------------
 MAX_GRID_LINES = 64  # above this many levels the grid is too dense to draw
 
 
@@ -105,7 +105,7 @@ class QuantExplorer:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-# -- links and adaptive bit widths (lesson 07) ---------------------------------
+# -- links and adaptive bit widths (lesson 09) ---------------------------------
 def clock_view(fed, **changes):
     """The simulated clock of `fed` under other settings (link, deadline, bits, bits_policy, min_bits,
     secure_aggregation): `plan`, `client_time` and `upload_size` with `fed`'s clients and model sizes.
@@ -254,7 +254,7 @@ class LinkExplorer:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-# -- gradient leakage (lesson 06) -------------------------------------------------
+# -- gradient leakage (lesson 07) -------------------------------------------------
 def attack_key(model, batch_size, bits, noise) -> str:
     """The key `leakage.run_grid` stores one reconstruction under in reconstructions.npz."""
     return f"{model}_B{batch_size}_bits{bits}_noise{noise:g}"
@@ -360,7 +360,7 @@ class LeakageExplorer:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-# -- methods against FedAvg (lesson 09) ---------------------------------------------
+# -- methods against FedAvg (lesson 10) ---------------------------------------------
 class CurveExplorer:
     """Check boxes pick which methods' curves are overlaid; a menu picks the metric. Cached runs only.
 

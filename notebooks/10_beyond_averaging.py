@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# # 09 · Beyond plain averaging: FedProx, server optimizers and robust aggregation
+# # 10 · Beyond plain averaging: FedProx, server optimizers and robust aggregation
 #
 # The presentation of McMahan et al. (2017) that this project follows ends with a table of FedAvg's limits.
 # Three of them are about the average itself:
@@ -56,10 +56,11 @@ soft_clip: float = 2.0  # c of soft clipping: updates beyond c times the median 
 target: float = 0.3  # test accuracy whose rounds and megabytes to reach are tabled
 final_rounds: int = 3  # final accuracy of a run: its mean test accuracy over its last final_rounds rounds
 epoch_values: str = "1,5,20"  # E values, comma-separated, of the FedAvg runs of the large-E section (first seed)
-schedules: str = "decay,loss"  # epoch schedules of the adaptive-computation section (decay, loss), comma-separated
-schedule_epochs: int = 4  # E_1, the local epochs the schedules start from
+schedules: str = "decay,loss,batch"  # schedules of the adaptive-computation section (decay, loss, batch), comma-separated
+schedule_epochs: int = 4  # E_1, the local epochs the epoch schedules (decay, loss) start from
 epoch_halving: int = 5  # h of the decay schedule: rounds between two halvings of E
 epoch_min_drop: float = 0.01  # theta of the loss schedule: relative drop of the training loss below which E halves
+batch_doubling: int = 2  # h_B of the batch schedule: rounds between two doublings of the local batch size B
 cfl_rounds: int = 20  # rounds of each of the clustered-FL section's two runs (CFL, and one global model)
 cfl_model: str = "2nn"  # model of the clustered-FL section (2nn: a small MLP, fast enough for the section's budget)
 cfl_images: int = 5000  # training images of the clustered-FL section (the dataset's first; 0: all), test: a fifth
@@ -91,9 +92,9 @@ from fl_lib.core.config import parse_list, parse_seeds
 from fl_lib.core.clustering import same_partition
 from fl_lib.core.data import head, load_dataset
 from fl_lib.core.errors import ConfigError
-from fl_lib.core.schedule import epochs_per_round
+from fl_lib.core.schedule import batch_sizes_per_round, epochs_per_round
 from fl_lib.simulator.build import stage_classes
-from fl_lib.simulator.clustered import run_clustered
+from fl_lib.runtime.clustered_results import run_clustered
 from fl_lib.study import lesson
 from fl_lib.study import plots
 from fl_lib.study.measures import client_updates, drift_stats, paired_verdicts, stored_model, time_to_target
@@ -301,9 +302,9 @@ print(f"{metrics.groupby(['method', 'seed']).ngroups} runs of {num_rounds} round
 
 # %% slideshow={"slide_type": "subslide"}
 plots.lines(metrics, "round", "test_acc", "method", title=f"Test accuracy, Dirichlet alpha = {alpha:g}",
-            ylabel="test accuracy", name="09_accuracy", figures_dir=figures_dir).show()
+            ylabel="test accuracy", name="10_accuracy", figures_dir=figures_dir).show()
 plots.lines(metrics, "cum_upload_mb", "test_acc", "method", title="Test accuracy against cumulative upload",
-            xlabel="cumulative upload (MB)", ylabel="test accuracy", name="09_accuracy_vs_mb",
+            xlabel="cumulative upload (MB)", ylabel="test accuracy", name="10_accuracy_vs_mb",
             figures_dir=figures_dir).show()
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
@@ -379,9 +380,9 @@ by_epochs = everything[(everything.seed == seed0) & everything.method.isin(e_nam
 by_epochs["local_epochs"] = by_epochs.method.map({name: e for e, name in e_name.items()})
 by_epochs["label"] = [f"E = {e}" for e in by_epochs.local_epochs]
 by_epochs["generalization gap"] = by_epochs.test_loss - by_epochs.train_loss
-for y, title, name in (("test_acc", "Test accuracy", "09_epochs_accuracy"),
-                       ("train_loss", "Clients' training loss (their own data)", "09_epochs_train_loss"),
-                       ("generalization gap", "Test loss minus clients' training loss", "09_epochs_gap")):
+for y, title, name in (("test_acc", "Test accuracy", "10_epochs_accuracy"),
+                       ("train_loss", "Clients' training loss (their own data)", "10_epochs_train_loss"),
+                       ("generalization gap", "Test loss minus clients' training loss", "10_epochs_gap")):
     plots.lines(by_epochs, "round", y, "label", title=f"{title}, FedAvg at each E (seed {seed0})", ylabel=y,
                 name=name, figures_dir=figures_dir).show()
 by_e = by_epochs.dropna(subset=["test_acc"]).groupby("local_epochs").agg(
@@ -444,6 +445,15 @@ real_weights.round(3).T
 #
 # $$\mathrm{loss:}\quad E_{t+1} = \begin{cases} \max(1, \lfloor E_t / 2 \rfloor) & \text{if } E_{t-1} = E_t \text{ and } (L_{t-1} - L_t) / L_{t-1} < \theta \\ E_t & \text{otherwise (and } E_2 = E_1) \end{cases}$$
 #
+# The third schedule keeps $E$ and grows the local batch instead (`batch_schedule="grow"`), with $B$ the base
+# config's batch size, $h_B$ = `batch_doubling` and no cap:
+#
+# $$\mathrm{batch:}\quad B_t = B \cdot 2^{\lfloor (t - 1) / h_B \rfloor}$$
+#
+# Larger batches late mean fewer, less noisy local steps for the same sample passes (Smith, Kindermans, Ying and
+# Le 2018, *Don't Decay the Learning Rate, Increase the Batch Size*): shallower local work with no change in
+# compute, so its fair reference is fixed $E$ and $B$ for the same rounds.
+#
 # The loss rule compares two rounds at the same $E$ only: a round's loss is the mean over its local epochs,
 # so right after $E$ halves it is higher whatever the model does. Both rules depend only on $t$ and the
 # recorded metrics, so `epochs_per_round` replays $E_t$ from a run's `train_loss` column.
@@ -460,13 +470,15 @@ real_weights.round(3).T
 # the last `final_rounds` rounds) of two runs that end at equal compute. The schedules run on every seed.
 
 # %% slideshow={"slide_type": "subslide"}
-SCHEDULES = {"decay": {"epoch_halving": epoch_halving}, "loss": {"epoch_min_drop": epoch_min_drop}}
+SCHEDULES = {"decay": {"local_epochs": schedule_epochs, "epoch_schedule": "decay", "epoch_halving": epoch_halving},
+             "loss": {"local_epochs": schedule_epochs, "epoch_schedule": "loss", "epoch_min_drop": epoch_min_drop},
+             "batch": {"batch_schedule": "grow", "batch_doubling": batch_doubling}}  # E stays the base E
 asked_schedules = parse_list(schedules, str)
 unknown = [s for s in asked_schedules if s not in SCHEDULES]
 if unknown:
-    raise ConfigError(f"schedules={schedules!r}: {unknown[0]!r} is not an epoch schedule; choose from "
+    raise ConfigError(f"schedules={schedules!r}: {unknown[0]!r} is not a schedule; choose from "
                       f"{', '.join(SCHEDULES)}")
-schedule_changes = {s: {"local_epochs": schedule_epochs, "epoch_schedule": s, **SCHEDULES[s]} for s in asked_schedules}
+schedule_changes = {s: SCHEDULES[s] for s in asked_schedules}
 scheduled = sweep(base, [{"seed": seed_list, "schedule": schedule_changes}], root=results_dir, workers=workers)
 n_train = len(data0.y_train)  # every client trains every round (C = 1): a round at E_t costs E_t n sample passes
 E = base.local_epochs
@@ -493,7 +505,9 @@ for (s, seed), p in plans.items():
     curves.append(m.assign(run=f"{s}, seed {seed}", compute=np.cumsum(p["E_t"]) * n_train))
     compared += [{"schedule": s, "method": s, "seed": seed, "final_acc": final_acc(m)},
                  {"schedule": s, "method": fixed_label, "seed": seed, "final_acc": final_acc(f)}]
+    b_t = batch_sizes_per_round(base.replace(**schedule_changes[s]), len(p["E_t"]))
     table.append({"schedule": s, "seed": seed, "E_t, round by round": " ".join(map(str, p["E_t"])),
+                  "B_t, round by round": " ".join(map(str, b_t)),
                   "rounds T": len(p["E_t"]), "compute / n": p["total"], "fixed rounds R": p["R"],
                   "fixed compute / n": p["R"] * E, "final_acc, schedule": final_acc(m),
                   f"final_acc, {fixed_label}": final_acc(f)})
@@ -503,7 +517,7 @@ for seed in seed_list:
 plots.lines(pd.concat(curves, ignore_index=True), "compute", "test_acc", "run",
             title="Test accuracy against cumulative client compute, one line per run",
             xlabel="cumulative client compute (local epochs x samples)", ylabel="test accuracy",
-            name="09_schedule_compute", figures_dir=figures_dir).show()
+            name="10_schedule_compute", figures_dir=figures_dir).show()
 table = pd.DataFrame(table).set_index(["schedule", "seed"])
 table.round(4)
 
@@ -515,7 +529,9 @@ unequal = table[table["fixed compute / n"] != table["compute / n"]]
 parts = []
 for s, row in schedule_verdicts.iterrows():
     p = plans[s, seed0]
-    parts.append(f"**{s}** (seed {seed0}: E_t = {' '.join(map(str, p['E_t']))}, {len(p['E_t'])} rounds where "
+    b_t = batch_sizes_per_round(base.replace(**schedule_changes[s]), len(p["E_t"]))
+    b_text = f", B_t = {' '.join(map(str, b_t))}" if len(set(b_t)) > 1 else ""
+    parts.append(f"**{s}** (seed {seed0}: E_t = {' '.join(map(str, p['E_t']))}{b_text}, {len(p['E_t'])} rounds where "
                  f"{fixed_label} needs {p['R']} for the same compute): paired difference in final accuracy "
                  f"{row['mean']:+.4f}" + ("" if pd.isna(row["std"]) else f" (std {row['std']:.4f})")
                  + f", **{row.verdict}**")
@@ -563,13 +579,15 @@ schedule_verdicts.round(4)
 cfl_data = head(data0, cfl_images, cfl_images // 5)
 cfl_cfg = base.replace(seed=seed0, model=cfl_model, partition="iid", num_rounds=cfl_rounds, cfl_eps1=cfl_eps1,
                        cfl_eps2=cfl_eps2, cfl_min_rounds=cfl_min_rounds)
-cfl = run_clustered(cfl_cfg, cfl_data)
-one_model = run_clustered(cfl_cfg.replace(cfl_eps1=0.0), cfl_data)
+cfl_part = f"head={cfl_images},{cfl_images // 5}" if cfl_images else ""  # names the data beyond cfl_cfg.dataset
+cfl = run_clustered(cfl_cfg, cfl_data, subset=cfl_part, root=results_dir, log=lambda msg: None)  # cached
+one_model = run_clustered(cfl_cfg.replace(cfl_eps1=0.0), cfl_data, subset=cfl_part, root=results_dir,
+                          log=lambda msg: None)
 display(Image(filename=str(plots.cluster_assignments(cfl.assignments, cfl.groups, cfl.norms, cfl_eps1, cfl_eps2,
-                                                     "09_cfl_clusters", figures_dir))))
+                                                     "10_cfl_clusters", figures_dir))))
 cfl_acc = pd.concat([cfl.metrics.assign(run="clustered FL"), one_model.metrics.assign(run="one global model")])
 plots.lines(cfl_acc, "round", "test_acc", "run", title="Label-swapped groups: mean client test accuracy",
-            ylabel="test accuracy (each client's model, its group's labels)", name="09_cfl_accuracy",
+            ylabel="test accuracy (each client's model, its group's labels)", name="10_cfl_accuracy",
             figures_dir=figures_dir).show()
 
 # %%

@@ -1,4 +1,4 @@
-"""Lesson 09's widget: check boxes overlay cached methods' curves; nothing is trained or recomputed."""
+"""Lesson 10's widget: check boxes overlay cached methods' curves; nothing is trained or recomputed."""
 import numpy as np
 import pandas as pd
 import pytest

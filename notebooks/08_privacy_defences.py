@@ -13,38 +13,25 @@
 # ---
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# # 06 · What an upload reveals: gradient leakage, DP-FedAvg and secure aggregation
+# # 08 · Defences: DP-FedAvg and secure aggregation
 #
-# Federated learning keeps the training data on the clients, and it is tempting to call that
-# private. It is not, by itself: what a client uploads (a gradient, or a model after a few local
-# steps) is a function of its data, and a server can often invert it. This lesson measures three
-# things on the same data as the other lessons:
+# Lesson 07 showed that a server can rebuild a client's data from its upload. This lesson measures
+# the two defences McMahan et al.'s presentation names, on the same data as the other lessons:
 #
-# 1. **Gradient leakage.** The server rebuilds a client's training image from its upload, and we
-#    ask whether a quantized upload (INT16, INT8, INT4) leaks less than FP32, and how the batch size
-#    matters.
-# 2. **DP-FedAvg** (McMahan et al. 2018). Clipping plus Gaussian noise bounds what the *released
+# 1. **DP-FedAvg** (McMahan et al. 2018). Clipping plus Gaussian noise bounds what the *released
 #    model* says about any one client; what that costs in accuracy at a given $\varepsilon$.
-# 3. **Secure aggregation** (Bonawitz et al. 2017). The server sees only masked uploads and their
+# 2. **Secure aggregation** (Bonawitz et al. 2017). The server sees only masked uploads and their
 #    exact sum; what the shared quantization grid it needs costs in error and in bits.
 #
-# **References.** Zhu, Liu and Han (2019), *Deep Leakage from Gradients*, NeurIPS. Zhao, Mopuri and
-# Bilen (2020), *iDLG: Improved Deep Leakage from Gradients*, arXiv:2001.02610. Geiping, Bauermeister,
-# Dröge and Moeller (2020), *Inverting Gradients: How easy is it to break privacy in federated
-# learning?*, NeurIPS. McMahan, Ramage, Talwar and Zhang (2018), *Learning Differentially Private
+# **References.** McMahan, Ramage, Talwar and Zhang (2018), *Learning Differentially Private
 # Recurrent Language Models*, ICLR. Bonawitz et al. (2017), *Practical Secure Aggregation for
-# Privacy-Preserving Machine Learning*, CCS.
+# Privacy-Preserving Machine Learning*, CCS. Kairouz, Liu and Steinke (2021), *The Distributed
+# Discrete Gaussian Mechanism for Federated Learning with Secure Aggregation*, ICML.
 
 # %% tags=["parameters"] slideshow={"slide_type": "skip"}
 preset: str = "quick"  # config of the federated runs: quick (small CNN, 1 local epoch) or smoke
 dataset: str = "cifar10"  # cifar10 (torchvision downloads it into data_root), synthetic, or an .npz file
 data_root: str = ""  # where datasets are downloaded and built; empty: the project's data/
-attack_model: str = "lenet"  # attacked network: lenet (DLG's sigmoid LeNet, DLG attack) or cifar_cnn (cosine attack)
-attack_steps: int = 0  # cap on each attack's steps (L-BFGS for lenet, Adam for cifar_cnn); 0: leakage.DEFAULT_STEPS
-progress_steps: str = "25,50,100"  # comma-separated step counts shown on the way to the final attack (FP32, batch 1)
-attack_bit_widths: str = "32,16,8,4"  # upload bit widths attacked at batch size 1; 32 means float32
-batch_sizes: str = "1,4,8"  # victim batch sizes attacked at FP32
-attack_noises: str = "0.01"  # std of Gaussian noise a client adds to its upload, attacked at FP32 (comma-separated)
 num_rounds: int = 8  # communication rounds of every federated run
 num_clients: int = 10  # K, clients, all sampled every round
 alpha: float = 0.5  # Dirichlet concentration of the label split
@@ -69,12 +56,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import Image, Markdown, display
+from IPython.display import Markdown, display
 
 from fl_lib.core import config
 from fl_lib.privacy import dp
 from fl_lib.privacy import dp_quant
-from fl_lib.privacy import leakage
 from fl_lib.study import lesson
 from fl_lib.study import plots
 from fl_lib.privacy import secagg
@@ -87,22 +73,14 @@ from fl_lib.simulator.federation import Federation
 from fl_lib.core.models import build_model
 from fl_lib.core.quant import fake_quantize, q_max, relative_error
 from fl_lib.runtime.results import run
-from fl_lib.study import attacks
-from fl_lib.study.measures import paired_verdicts
 from fl_lib.study.sweep import sweep
-from fl_lib.study.widgets import LeakageExplorer, width_label
+from fl_lib.study.widgets import width_label
 
 lesson.setup("mcmahan", theme=theme)
 data_root = lesson.folder("data_root", data_root)
 results_dir = lesson.folder("results_dir", results_dir)
 figures_dir = lesson.folder("figures_dir", figures_dir)
 
-attack_bits = parse_list(attack_bit_widths, int)
-batch_list = parse_list(batch_sizes, int)
-noise_list = [s for s in parse_list(attack_noises, float) if s > 0]
-attack_method = leakage.DEFAULT_METHOD[attack_model]  # dlg for lenet, cosine for cifar_cnn
-attack_cap = attack_steps or leakage.DEFAULT_STEPS[attack_method]  # every attack stops earlier on a plateau
-shown_steps = [s for s in parse_list(progress_steps, int) if 0 < s < attack_cap]
 z_list = parse_list(noise_levels, float)
 secagg_bits = parse_list(secagg_bit_widths, int)
 seed_list = parse_seeds(seeds)
@@ -115,279 +93,7 @@ shown = ["model", "dataset", "num_clients", "client_fraction", "local_epochs", "
 pd.DataFrame([{k: getattr(base, k) for k in shown}], index=["federated runs"])
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 1 · Gradient leakage
-#
-# The attacker is the server. It knows the model $w$ it broadcast and receives one client's upload.
-# For DLG's network (`lenet`, sigmoid activations) the client uploads the gradient of its batch loss,
-# as in FedSGD, $g = \nabla_w L(f_w(x), y)$; the server decodes it at the run's bit width, so it
-# sees $\hat g$, exactly what `fl_lib.core.codec` delivers.
-#
-# **Step 1: the label.** With non-negative features $h$ (sigmoid outputs), the last layer's gradient
-# is $\partial L / \partial W_c = (p_c - y_c)\, h$: only the true class's row has a negative sum
-# (iDLG). For a batch of $B$ the label counts come from the bias gradient,
-# $\partial L / \partial b_c = \bar p_c - n_c / B$.
-
-# %%
-x, y = leakage.pick_batch(ds, 1, seed)
-victim = leakage.build_victim(attack_model, ds.num_classes, ds.in_channels, ds.image_size, seed)
-method = attack_method
-local_steps = leakage.LOCAL_STEPS[method]
-# what the network sees in the attack's reference code: pixels in [0, 1] (DLG), (x - mean) / std (Geiping et al.)
-in_mean, in_std = leakage.input_stats(method, ds.mean, ds.std, ds.in_channels)
-upload = leakage.client_upload(victim, (x - in_mean) / in_std, y, local_steps)
-sign = 1.0 if local_steps == 1 else -1.0 / (leakage.CLIENT_LR * local_steps)  # a FedAvg delta points down the gradient
-w_name = [n for n, v in upload.items() if v.dim() == 2][-1]  # the last linear layer's weight
-row_sums = (sign * upload[w_name]).sum(1)
-label = int(leakage.recover_labels(victim, {n: sign * v for n, v in upload.items()}, 1, x)[0])
-display(Markdown(f"The client holds one image of class **{int(y[0])}**; its upload has "
-                 f"{sum(v.numel() for v in upload.values()):,} numbers ({method}: "
-                 f"{'one gradient' if local_steps == 1 else f'{local_steps} local SGD steps'}). The row sums of the "
-                 f"last layer's gradient are negative only for class(es) "
-                 f"{[int(c) for c in torch.nonzero(row_sums < 0).flatten()]}: the server reads the label "
-                 f"**{label}** before any optimization."))
-pd.DataFrame({"row sum of dL/dW_c": row_sums.numpy()}).T.round(4)
-
-# %% [markdown] slideshow={"slide_type": "subslide"}
-# **Step 2: what the server decodes.** At $b$ bits each channel $c$ of the upload is sent as codes
-# $q_{ci} = \mathrm{round}(g_{ci} / s_c)$ with $s_c = \max_i |g_{ci}| / q_{\max}$ (equations (1)-(3) of
-# lesson 03). The server inverts $\hat g = s_c q_c$, not $g$: the relative error
-# $\|\hat g - g\| / \|g\|$ is the only thing quantization changes for the attacker.
-
-# %%
-view = []
-for b in attack_bits:
-    decoded, blob = leakage.server_view(upload, b)
-    view.append({"bits": b, "upload bytes": len(blob),
-                 "relative error of what the server sees": relative_error(upload, decoded)})
-pd.DataFrame(view).set_index("bits")
-
-# %% [markdown] slideshow={"slide_type": "subslide"}
-# **Step 3: the attack.** Starting from a random image $x'$ (and the label $y'$ read above), DLG
-# minimizes the distance between the gradient $x'$ would produce and the one received,
-#
-# $$D(x') = \sum_{\text{layers}} \big\| \nabla_w L(f_w(x'), y') - \hat g \big\|^2 ,$$
-#
-# with L-BFGS (`leakage.attack`). As in DLG's and iDLG's code, the network sees pixels in $[0, 1]$ and
-# $x'$ starts from a standard normal draw. For `cifar_cnn` (ReLU) the upload is a FedAvg delta of
-# several local steps, and the cosine attack of Geiping et al. minimizes
-# $1 - \langle \nabla_w L, \hat g \rangle / (\|\nabla_w L\| \|\hat g\|) + \lambda\, \mathrm{TV}(x')$
-# instead, on inputs normalized by the dataset's mean and std as in their code. Quality is the PSNR
-# against the original, $10 \log_{10}(1 / \mathrm{MSE})$ for pixels in $[0, 1]$. For scale: a flat
-# gray guess scores the value printed below.
-#
-# **Run to convergence.** An attack cut off while its loss still falls measures the budget, not
-# the leak. So no attack runs for a fixed number of steps: with $D^\star_t$ the lowest loss after step
-# $t$, an attack stops at the first step where, over the last $W$ steps, it fell by less than a
-# fraction $\tau$,
-#
-# $$D^\star_t \ge (1 - \tau)\, D^\star_{t - W},$$
-#
-# (`leakage.Plateau`; $W$ and $\tau$ per attack in `leakage.PLATEAU`), or at the cap `attack_steps`.
-# The cosine attack first divides its step by 10 at each of its first three plateaus. The tables
-# show beside each PSNR the final matching loss ($D$, or $1 - \cos$), the steps it ran and why it
-# stopped.
-#
-# Every attack of this lesson runs once, in grids of settings (`attacks.attack_grid`, which calls
-# `leakage.run_grid`), and is stored in the results cache under `results_dir/leakage/`, keyed by its
-# data, its settings and `leakage.defaults()` (so a changed attack never reads back old results): a
-# rerun reads it back.
-
-# %%
-cached = dict(model=attack_model, steps=attack_cap, seed=seed, data=ds, root=results_dir)
-grids = [attacks.attack_grid(dataset, [1], attack_bits, [0.0], **cached)]
-larger = [b for b in batch_list if b != 1 or 32 not in attack_bits]
-if larger:
-    grids.append(attacks.attack_grid(dataset, larger, [32], [0.0], **cached))
-if noise_list:
-    grids.append(attacks.attack_grid(dataset, [1], [32], noise_list, **cached))
-attacked = attacks.Attacks.load(*grids)  # every attack's row, reconstruction and loss per step
-attack_rows, attack_images = attacked.rows, attacked.images
-gray = leakage.psnr(torch.full_like(x, 0.5), x)
-attack_rows[["model", "method", "inputs", "batch_size", "bits", "noise", "psnr", "psnr_min", "match_loss", "steps_run",
-             "stop", "steps", "label_correct", "upload_bytes", "upload_rms", "seconds"]]
-
-
-# %% slideshow={"slide_type": "subslide"}
-final, final_row = attacked.stored(1, 32, 0.0)
-if final_row is not None:  # a cap past the plateau would give the stored attack itself
-    shown_steps = [s for s in shown_steps if s < final_row.steps_run]
-progress = [leakage.attack(x, y, attack_model, 32, 0.0, s, seed, num_classes=ds.num_classes, mean=ds.mean,
-                           std=ds.std) for s in shown_steps]  # each a prefix of the stored attack (same seed)
-cells = [("original", x[0])] + [(f"{s} steps\n{r.psnr:.1f} dB", r.reconstruction[0])
-                                for s, r in zip(shown_steps, progress)]
-if final is not None:
-    cells.append((f"{final_row.steps_run} steps ({final_row.stop})\n{final_row.psnr:.1f} dB", final[0]))
-display(Image(filename=str(plots.image_table([cells], "06_attack_steps", figures_dir))))
-curves = [pd.DataFrame({"step": np.arange(1, len(h) + 1), "attack loss": h, "label": width_label(b)})
-          for b in attack_bits if (h := attacked.histories.get(f"{attack_model}_B1_bits{b}_noise0"))]
-if curves:
-    plots.lines(pd.concat(curves, ignore_index=True), "step", "attack loss", "label",
-                title="Attack loss at each step, until each attack stopped (B = 1)", log_y=True,
-                name="06_attack_loss", figures_dir=figures_dir).show()
-display(Markdown(f"A flat gray image scores **{gray:.1f} dB** against this original."))
-
-# %% [markdown] slideshow={"slide_type": "subslide"}
-# ### Does a quantized upload leak less?
-#
-# The same image and the same attack, on the upload decoded at each bit width, each run until its
-# loss stopped falling. The attack can at best match $\hat g$, and no image need produce $\hat g$
-# exactly: the quantization error of step 2 leaves a floor under the matching loss, and the loss
-# curves above show where each width's attack settled. The README lists the same grid measured on
-# real CIFAR-10 images with `python -m fl_lib leakage`; the numbers below are this run's.
-
-# %% slideshow={"slide_type": "subslide"}
-cells = [("original", x[0])]
-for b in attack_bits:
-    img, r = attacked.stored(1, b)
-    if img is not None:
-        cells.append((f"{width_label(b)}\n{r.psnr:.1f} dB", img[0]))
-display(Image(filename=str(plots.image_table([cells], "06_leakage_bits", figures_dir))))
-
-# %% [markdown] slideshow={"slide_type": "subslide"}
-# ### Larger batches
-#
-# One upload of a batch of $B$ images is the mean of $B$ gradients; the attack must rebuild all $B$
-# at once (each reconstruction is matched to its closest original before scoring).
-
-# %% slideshow={"slide_type": "subslide"}
-table = []
-for b in batch_list:
-    img, r = attacked.stored(b, 32)
-    if img is None:
-        continue
-    original = attack_images[f"{attack_model}_B{b}_original"]
-    table.append([(f"B = {b}\noriginal" if i == 0 else "", original[i]) for i in range(b)])
-    table.append([(f"FP32, {r.psnr:.1f} dB" if i == 0 else "", img[i]) for i in range(b)])
-display(Image(filename=str(plots.image_table(table, "06_leakage_batches", figures_dir))))
-plots.psnr_panels(attack_rows, reference=gray, name="06_psnr", figures_dir=figures_dir).show()
-
-# %%
-loss_name = "D" if method == "dlg" else "1 - cos"  # the final gradient-matching loss of each attack
-lines_out = []
-clean = attack_rows[(attack_rows.noise == 0) & (attack_rows.batch_size == 1)].sort_values("bits", ascending=False)
-if len(clean):
-    lines_out.append("* **Bit width, B = 1:** " + ", ".join(
-        f"{width_label(r.bits)} {r.psnr:.1f} dB ({loss_name} = {r.match_loss:.2g} after {r.steps_run:,} steps)"
-        for r in clean.itertuples()) + f" (flat gray guess: {gray:.1f} dB).")
-batches = attack_rows[(attack_rows.noise == 0) & (attack_rows.bits == 32)].sort_values("batch_size")
-if len(batches):
-    lines_out.append("* **Batch size, FP32:** " + ", ".join(
-        f"B = {r.batch_size}: {r.psnr:.1f} dB (worst image {r.psnr_min:.1f}, {loss_name} = {r.match_loss:.2g} after "
-        f"{r.steps_run:,} steps, labels {'right' if r.label_correct else 'wrong'})"
-        for r in batches.itertuples()) + ".")
-noisy = attack_rows[attack_rows.noise > 0].sort_values("noise")
-if len(noisy):
-    lines_out.append("* **Client noise, FP32, B = 1:** " + ", ".join(
-        f"std {r.noise:g} ({r.noise / r.upload_rms:.2g} x the upload's rms): {r.psnr:.1f} dB "
-        f"({loss_name} = {r.match_loss:.2g})" for r in noisy.itertuples()) + ".")
-unsettled = attack_rows[~attack_rows.stop.isin(["plateau", "exact"])]
-lines_out.append("* **Convergence:** " + (
-    f"every attack stopped on a plateau, before its cap of {attack_cap:,} steps." if unsettled.empty else
-    "not every attack settled: " + ", ".join(
-        f"B = {r.batch_size}, {width_label(r.bits)}, noise {r.noise:g} stopped "
-        f"{'at its cap' if r.stop == 'cap' else 'on a non-finite loss'} after {r.steps_run:,} steps"
-        for r in unsettled.itertuples()) + "; their PSNR is what this budget found, a longer attack may find more."))
-display(Markdown(f"### What this run measured ({attack_model}, {method}, cap {attack_cap:,} steps, "
-                 f"{Path(dataset).stem})\n\n" + "\n".join(lines_out)))
-
-# %% [markdown] slideshow={"slide_type": "subslide"}
-# **Does a narrower upload leak less?** Two checks per bit width against the rows above: does it leak
-# like FP32 (PSNR within `same_db` of FP32's), and does its reconstruction still show the picture
-# (more than `far_db` above the flat gray guess)? The thresholds are printed with the verdicts.
-
-# %%
-same_db, far_db = 3.0, 10.0  # dB: 3 dB is a factor of 2 in MSE, 10 dB a factor of 10
-psnr_at = {int(r.bits): r.psnr for r in clean.itertuples()}  # B = 1, no noise
-like_fp32 = [b for b in psnr_at if b != 32 and 32 in psnr_at and abs(psnr_at[b] - psnr_at[32]) <= same_db]
-below_fp32 = [b for b in psnr_at if b != 32 and 32 in psnr_at and psnr_at[b] < psnr_at[32] - same_db]
-leak_checks = []
-for b in sorted((b for b in psnr_at if b != 32), reverse=True):
-    like = abs(psnr_at[b] - psnr_at[32]) <= same_db if 32 in psnr_at else None
-    shows = psnr_at[b] > gray + far_db
-    leak_checks.append(
-        f"* **{width_label(b)}**, {psnr_at[b]:.1f} dB: leaks like FP32 (within {same_db:g} dB of its "
-        + (f"{psnr_at[32]:.1f} dB): **{'holds' if like else 'does not hold'}**" if like is not None else
-           "PSNR): not measured, FP32 was not attacked")
-        + f"; still shows the picture (over {gray + far_db:.1f} dB): **{'holds' if shows else 'does not hold'}** "
-        f"in this run.")
-display(Markdown(f"Same leak: PSNRs within {same_db:g} dB (MSE within {10 ** (same_db / 10):.1f}x); shows the "
-                 f"picture: more than {far_db:g} dB over the gray guess's {gray:.1f} dB (under "
-                 f"1/{10 ** (far_db / 10):.0f} of its MSE).\n\n" + ("\n".join(leak_checks) if leak_checks else
-                 "Only one bit width was attacked (`attack_bit_widths`): nothing to compare.")))
-
-# %% [markdown] slideshow={"slide_type": "subslide"}
-# Read the numbers against the gray guess: a reconstruction far above it shows the picture, one near
-# it shows nothing. A converged attack finds an image whose gradient matches $\hat g$ as closely as
-# it can; quantization moves $\hat g$ away from every real image's gradient by the relative error of
-# step 2, and the matching loss cannot fall below what that error leaves. How much of the picture
-# survives at each width is what the checks above measure, for this attack: a stronger attack (image
-# priors, several restarts) can only do better, so a width that leaks here is not made safe by a
-# weaker attack failing on it. Whether larger batches, or noise the *client* adds before uploading,
-# make this attack fail is checked below from the same rows. Neither is a guarantee: attacks with
-# image priors rebuild batches (Geiping et al.), and noise costs accuracy, the subject of the next
-# section (where the server adds it instead).
-#
-# **Quantization as a defence, against the spread between seeds.** One image says little about
-# chance, so every seed of `seeds` attacks its own image at each width ($B = 1$, stored like the
-# rest). For seed $s$ the paired difference is $d_s = \mathrm{PSNR}_s(b) - \mathrm{PSNR}_s(32)$;
-# quantization lowers the leak beyond chance when their mean is below minus their standard deviation,
-# $\bar d < -s_d$ (`measures.paired_verdicts`), and it is a defence only if it also lowers it by more
-# than `same_db`: a drop smaller than that leaves the reconstruction as good as FP32's.
-
-# %%
-psnr_by_seed = []
-for s in seed_list:  # the first seed's grid is the one above, read back from the cache
-    rows_s = attacks.Attacks.load(attacks.attack_grid(dataset, [1], attack_bits, [0.0], **(cached | {"seed": s}))).rows
-    rows_s = rows_s[(rows_s.noise == 0) & (rows_s.batch_size == 1)]
-    psnr_by_seed.append(rows_s.assign(seed=s, width=rows_s.bits.map(width_label)))
-psnr_by_seed = pd.concat(psnr_by_seed, ignore_index=True)
-defence, defence_lines = {}, []
-if 32 in attack_bits and len(attack_bits) > 1:
-    for w, r in paired_verdicts(psnr_by_seed, reference="FP32", value="psnr", by="width").iterrows():
-        per_seed = ", ".join(f"{r[f'seed {s}']:+.2f}" for s in seed_list if pd.notna(r.get(f"seed {s}")))
-        if r.seeds < 2:
-            defence[w] = None
-            defence_lines.append(f"* **{w}** minus FP32: {r['mean']:+.2f} dB on one seed: no spread between seeds, "
-                                 f"so whether it lowers the leak beyond chance cannot be judged in this run.")
-        else:
-            beyond, material = bool(r["mean"] < -r["std"]), bool(r["mean"] < -same_db)
-            defence[w] = beyond and material
-            defence_lines.append(
-                f"* **{w}** minus FP32: {r['mean']:+.2f} dB, spread {r['std']:.2f} dB over {int(r.seeds)} seeds (per "
-                f"seed {per_seed}); lower by more than the spread: **{'holds' if beyond else 'does not hold'}**; by "
-                f"more than {same_db:g} dB: **{'holds' if material else 'does not hold'}**; a defence against this "
-                f"attack in this run: **{'holds' if defence[w] else 'does not hold'}**.")
-else:
-    defence_lines.append("Only one bit width, or no FP32, was attacked (`attack_bit_widths`): nothing to compare.")
-fp32_b1 = psnr_at.get(32)
-for r in batches[batches.batch_size > 1].itertuples() if fp32_b1 is not None else []:
-    harder = r.psnr < fp32_b1 - same_db
-    defence_lines.append(f"* **B = {r.batch_size}**, FP32: {r.psnr:.1f} dB against {fp32_b1:.1f} dB at B = 1 "
-                         f"({r.psnr - fp32_b1:+.1f} dB); harder for this attack (more than {same_db:g} dB lower): "
-                         f"**{'holds' if harder else 'does not hold'}** in this run.")
-for r in noisy.itertuples() if fp32_b1 is not None else []:
-    helps = r.psnr < fp32_b1 - same_db
-    defence_lines.append(f"* **Client noise std {r.noise:g}**, FP32, B = 1: {r.psnr:.1f} dB against {fp32_b1:.1f} dB "
-                         f"without ({r.psnr - fp32_b1:+.1f} dB); helps against this attack (more than {same_db:g} dB "
-                         f"lower): **{'holds' if helps else 'does not hold'}** in this run.")
-display(Markdown(f"Seeds {', '.join(map(str, seed_list))}, {method}, each attack run to its plateau or cap "
-                 f"{attack_cap:,}:\n\n" + "\n".join(defence_lines)))
-
-# %% [markdown] slideshow={"slide_type": "slide"}
-# ## A widget: move the bit width or the noise
-#
-# It redraws one stored reconstruction beside its original (from the attacks above, no new attack
-# and no training). A combination this lesson did not attack shows a gray panel and says so.
-
-# %% tags=["widget"] slideshow={"slide_type": "subslide"}
-explorer = LeakageExplorer(attack_rows, attack_images, model=attack_model, batch_size=1)
-explorer
-
-# %%
-print(f"{explorer.key()}: {explorer.text.value}")
-
-# %% [markdown] slideshow={"slide_type": "slide"}
-# ## 2 · DP-FedAvg: clipping, noise, a fixed denominator
+# ## 1 · DP-FedAvg: clipping, noise, a fixed denominator
 #
 # With $S$ = `dp_clip` and $z$ = the noise multiplier, each sampled client $k$ clips its update
 # $\Delta_k = w_k - w_t$ before quantizing it, and the server (after decoding, clipping again, since
@@ -412,7 +118,7 @@ print(f"{explorer.key()}: {explorer.text.value}")
 # $zS/m$, while the whole clipped mean has norm at most $S$. Over $d$ parameters the noise's norm is
 # about $zS\sqrt{d}/m$. Below, that norm is set against the norm of a real averaged update: the
 # clipped updates of the clients sampled in round 1, each trained once from the initial model (the
-# same uploads section 3 codes and masks). A large federation divides the same $zS$ by its much
+# same uploads section 2 codes and masks). A large federation divides the same $zS$ by its much
 # larger $m$, and subsampling ($q \ll 1$) lowers $\varepsilon$ further.
 
 # %%
@@ -508,12 +214,12 @@ if diverged:
     display(Markdown("**Runs the noise destroyed** (the noise per coordinate, zS/m, outgrew the weights; each "
                      "message says how many clients per round that epsilon would need):\n\n" + "\n".join(diverged)))
 plots.accuracy_over_rounds(dp_metrics, title=f"DP-FedAvg, {width_label(bits)} uploads, S = {dp_clip:g}",
-                           name="06_dp_accuracy", figures_dir=figures_dir).show()
+                           name="08_dp_accuracy", figures_dir=figures_dir).show()
 with_eps = dp_metrics.dropna(subset=["epsilon"])
 if len(with_eps):
     plots.lines(with_eps, "epsilon", "test_acc", "label", title="Test accuracy against the privacy spent so far",
                 xlabel=f"epsilon at delta = {dp_delta:g}", ylabel="test accuracy", log_x=True,
-                name="06_dp_accuracy_vs_epsilon", figures_dir=figures_dir).show()
+                name="08_dp_accuracy_vs_epsilon", figures_dir=figures_dir).show()
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # Paired by seed: each DP run shares its initialization, partition, sampled clients and batches with
@@ -533,12 +239,12 @@ dp_table.round(4)
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # What DP-FedAvg does **not** protect: the guarantee is about the released model (and everyone who
 # sees it). The server still receives each client's update *before* the noise is added, so the
-# attack of section 1 works on it exactly as before. Hiding the individual upload from the server
+# attacks of lesson 07 work on it exactly as before. Hiding the individual upload from the server
 # is the job of secure aggregation (or of noise added on the client, local DP, which needs far more
 # noise for the same $\varepsilon$).
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## 3 · Secure aggregation: the server learns only the sum
+# ## 2 · Secure aggregation: the server learns only the sum
 #
 # Client $u$ holds integer codes $x_u$ and sends, modulo $2^k$,
 #
@@ -550,7 +256,7 @@ dp_table.round(4)
 # one grid: a shared scale per channel $s_c = B_c / q_{\max}$ from a public bound $B_c$, here
 # `SECAGG_MARGIN` $\times \max_i |w_{t,ci}|$ of the global model every client holds.
 #
-# Below: the real uploads of round 1 from section 2 (every client sampled in round 1 trains once from
+# Below: the real uploads of round 1 from section 1 (every client sampled in round 1 trains once from
 # the initial model), coded on the shared grid at `bits`, then masked with `secagg.masked_sum`.
 
 # %% slideshow={"slide_type": "subslide"}
@@ -569,7 +275,7 @@ residues = pd.DataFrame({"residue mod 2^k": np.r_[plain0, masked[0]].astype(floa
                          "what": ["client 0's codes (unmasked)"] * len(plain0) + ["client 0's masked upload"]
                          * len(plain0)})
 plots.histogram(residues, "residue mod 2^k", "what", title=f"What the server receives from client 0 "
-                f"(k = {k_bits} bits)", bins=64, name="06_masked_upload", figures_dir=figures_dir).show()
+                f"(k = {k_bits} bits)", bins=64, name="08_masked_upload", figures_dir=figures_dir).show()
 display(Markdown(
     f"{len(flats)} clients, {len(flats[0]):,} codes each at {bits} bits, summed modulo $2^{{{k_bits}}}$. "
     f"The masked upload's mean is {masked[0].mean() / modulus:.4f} $m$ and its std {masked[0].std() / modulus:.4f} "
@@ -692,7 +398,7 @@ masked_run = run(base.replace(seed=seed, secure_aggregation=True), root=results_
 pair = pd.concat([plain.metrics.assign(label=f"{width_label(bits)}, per-client scales"),
                   masked_run.metrics.assign(label=f"{width_label(bits)}, secure aggregation")], ignore_index=True)
 plots.accuracy_over_rounds(pair, title="Secure aggregation against the same bits without it",
-                           name="06_secagg_accuracy", figures_dir=figures_dir).show()
+                           name="08_secagg_accuracy", figures_dir=figures_dir).show()
 secagg_table = pd.DataFrame({
     "final_test_acc": [plain.summary["final_test_acc"], masked_run.summary["final_test_acc"]],
     "upload_mb_per_round": [plain.summary["upload_mb_per_round"], masked_run.summary["upload_mb_per_round"]],
@@ -724,18 +430,6 @@ def final_or_error(label_, s=seed):
 
 
 answers = []
-if len(clean) >= 2:
-    answers.append(
-        f"* **Does quantizing the upload reduce what leaks?** On this run ({method}, "
-        f"{'every attack run to its plateau' if unsettled.empty else 'not every attack converged, see above'}): "
-        + ", ".join(
-            f"{width_label(r.bits)} {r.psnr:.1f} dB" for r in clean.itertuples())
-        + f" against {gray:.1f} dB for a gray guess. Within {same_db:g} dB of FP32 (leaks like it): "
-        + (", ".join(map(width_label, like_fp32)) or "none") + f"; more than {same_db:g} dB below it: "
-        + (", ".join(map(width_label, below_fp32)) or "none") + ". Below FP32 by more than the spread between "
-        + (f"seeds and {same_db:g} dB: not judged, one seed" if len(seed_list) < 2 else
-           f"{len(seed_list)} seeds and {same_db:g} dB: " + (", ".join(w for w, v in defence.items() if v) or "none"))
-        + ".")
 for label_, r in dp_table.iterrows():
     if label_ == "no DP":
         continue
@@ -772,6 +466,7 @@ if bits in dpsa.index:
 display(Markdown(f"### In short ({Path(dataset).stem}, {base.model}, {num_rounds} rounds, {len(seed_list)} seed(s))"
                  "\n\n" + "\n".join(answers)))
 
+
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Exercises
 #
@@ -782,7 +477,7 @@ display(Markdown(f"### In short ({Path(dataset).stem}, {base.model}, {num_rounds
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 1: epsilon against clients per round
 #
-# Section 2 says small federations pay a lot. Keep the noise on the averaged update fixed (the std $zS/m$ of
+# Section 1 says small federations pay a lot. Keep the noise on the averaged update fixed (the std $zS/m$ of
 # this lesson's runs at noise multiplier `z_try`, so $z$ grows with $m$) and sample more clients per round from a
 # federation of `federation_try` clients (Poisson, $q = m / K$), for `num_rounds` rounds. **Predict:** does
 # $\varepsilon$ fall steadily as $m$ grows, and by how much between the smallest and the largest $m$? Change

@@ -13,9 +13,9 @@
 # ---
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# # 07 · Time, not just bytes: client links, stragglers and adaptive bit widths
+# # 09 · Time, not just bytes: client links, stragglers and adaptive bit widths
 #
-# Lessons 04 and 05 count bytes. A halved upload matters to a person waiting for a model only if it
+# Lessons 05 and 06 count bytes. A halved upload matters to a person waiting for a model only if it
 # shortens the rounds, and a round's length is set by the clients' links and devices. Lee & Lee motivate
 # INT16 by "communication-constrained environments" and name their next step: choose each client's bit
 # width from its own link (adaptive per-client quantization). McMahan et al.'s FedAvg waits for every
@@ -135,13 +135,13 @@ clock = clock_stats(fed, link, 0.0, bits_list, num_rounds, min_bits=min_bits)
 fixed_clock = clock[clock.policy != "adaptive"]
 plots.histogram(fixed_clock, "upload_s", "policy", log_x=True, xlabel="upload seconds 8 U_k / up_k",
                 ylabel="client-rounds", title=f"Upload time of every client and round on {link} ({base.model})",
-                name="07_upload_times", figures_dir=figures_dir).show()
+                name="09_upload_times", figures_dir=figures_dir).show()
 clock_summary(clock).round(3)
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### The clock under secure aggregation
 #
-# With `secure_aggregation=True` (lesson 06; Bonawitz et al. 2017) a client does not send its codec upload.
+# With `secure_aggregation=True` (lesson 08; Bonawitz et al. 2017) a client does not send its codec upload.
 # It sends a masked vector whose values are uniform modulo $2^k$, so each costs $k$ bits, more than `bits`
 # (the modulus must hold the weighted sum of every client's codes), with its public key and its Shamir
 # shares; it receives the other clients' keys and the shares addressed to it; and the protocol takes four
@@ -232,7 +232,7 @@ total_s = deadline_runs.groupby("label").cum_sim_seconds.max().max()
 unit, per = ("hours", 3600.0) if total_s >= 3600 else ("minutes", 60.0)  # the clock's unit in every figure
 deadline_runs["sim_time"] = deadline_runs.cum_sim_seconds / per
 plots.lines(deadline_runs, "sim_time", "test_acc", "label", title=f"A deadline on {link} (seed {seed0})",
-            xlabel=f"simulated {unit}", ylabel="test accuracy", name="07_deadline", figures_dir=figures_dir).show()
+            xlabel=f"simulated {unit}", ylabel="test accuracy", name="09_deadline", figures_dir=figures_dir).show()
 deadline_table = pd.DataFrame({
     "final test_acc": deadline_runs.groupby("label").test_acc.last(),
     f"simulated {unit}": deadline_runs.groupby("label").sim_time.max(),
@@ -314,13 +314,13 @@ policies = list(dict.fromkeys(metrics.label))
 # %% slideshow={"slide_type": "subslide"}
 plots.lines(plots.common_grid(metrics, "sim_time", "test_acc", "label"), "sim_time", "test_acc", "label",
             title=f"Test accuracy against simulated time on {link}", xlabel=f"simulated {unit}",
-            ylabel="test accuracy", name="07_accuracy_vs_time", figures_dir=figures_dir).show()
+            ylabel="test accuracy", name="09_accuracy_vs_time", figures_dir=figures_dir).show()
 plots.lines(plots.common_grid(metrics, "cum_upload_mb", "test_acc", "label"), "cum_upload_mb", "test_acc", "label",
             title="Test accuracy against cumulative upload", xlabel="cumulative upload (MB)",
-            ylabel="test accuracy", name="07_accuracy_vs_mb", figures_dir=figures_dir).show()
+            ylabel="test accuracy", name="09_accuracy_vs_mb", figures_dir=figures_dir).show()
 plots.lines(metrics[metrics.label == "adaptive"], "round", "mean_bits", "label",
             title="Mean width of the aggregated uploads, adaptive policy", ylabel="mean bits",
-            name="07_adaptive_bits", figures_dir=figures_dir).show()
+            name="09_adaptive_bits", figures_dir=figures_dir).show()
 runs_table = metrics.groupby(["label", "seed"], sort=False).agg(
     final_test_acc=("test_acc", "last"), sim_time=("sim_time", "max"), total_upload_mb=("cum_upload_mb", "max"),
     mean_round_s=("sim_seconds", "mean"), mean_bits=("mean_bits", "mean"), dropped=("dropped_clients", "sum"))
@@ -446,10 +446,10 @@ async_runs = pd.concat([sync, buffs], ignore_index=True)
 async_runs["sim_time"] = async_runs.cum_sim_seconds / per
 plots.lines(async_runs, "sim_time", "test_acc", "label",
             title=f"FedAvg and FedBuff, {label[ref_bits]} on {link} (seed {seed0})", xlabel=f"simulated {unit}",
-            ylabel="test accuracy", name="07_fedbuff", figures_dir=figures_dir).show()
+            ylabel="test accuracy", name="09_fedbuff", figures_dir=figures_dir).show()
 plots.lines(buffs, "round", "mean_staleness", "label",
             title="FedBuff: mean staleness of each server update", xlabel="server update",
-            ylabel="mean staleness", name="07_staleness", figures_dir=figures_dir).show()
+            ylabel="mean staleness", name="09_staleness", figures_dir=figures_dir).show()
 common_end = async_runs.groupby("label").sim_time.max().min()  # the span every run covers
 by_end = f"best test_acc by {common_end:.3g} {unit}"
 labels_async = list(dict.fromkeys(async_runs.label))
@@ -498,7 +498,7 @@ w_unit, w_per = ("hours", 3600.0) if what_if.cum_sim_seconds.max() >= 3600 else 
 what_if["sim_time"] = what_if.cum_sim_seconds / w_per
 plots.lines(plots.common_grid(what_if, "sim_time", "test_acc", "label"), "sim_time", "test_acc", "label",
             title=f"The same runs on {what_if_link} (replayed clock)", xlabel=f"simulated {w_unit}",
-            ylabel="test accuracy", name="07_what_if", figures_dir=figures_dir).show()
+            ylabel="test accuracy", name="09_what_if", figures_dir=figures_dir).show()
 per_run = what_if.groupby(["label", "seed"], sort=False)
 what_if_reach = time_to_target_by(what_if, ["label", "seed"], target, x="sim_time")
 what_if_table = pd.DataFrame({

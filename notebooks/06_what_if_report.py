@@ -13,12 +13,12 @@
 # ---
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# # 05 · What if: label skew against bit width
+# # 06 · What if: label skew against bit width
 #
 # Lee & Lee report a single point: Dirichlet $\alpha = 0.5$ and INT16. This lesson runs the grid
 # around it, every $\alpha$ with every bit width, and summarizes each cell by its final test accuracy
 # and the megabytes all clients uploaded. FedAvg itself is McMahan et al.'s (2017). Runs are shared
-# with lesson 04 through the results cache whenever the configs agree.
+# with lesson 05 through the results cache whenever the configs agree.
 
 # %% tags=["parameters"] slideshow={"slide_type": "skip"}
 preset: str = "quick"  # starting config: quick (small CNN, 1 local epoch) or paper (SqueezeNet 1.0, 5 epochs)
@@ -60,7 +60,7 @@ bits_list = parse_list(bit_widths, int)
 seed_list = parse_seeds(seeds)
 base = config.preset(preset, dataset=dataset, data_root=data_root, num_rounds=num_rounds,
                      num_clients=num_clients, partition="dirichlet", aggregator=aggregator, device=device)
-# one seed has no spread between seeds: the alpha = 0.5 cells (lesson 04's runs) also run with the next seed
+# one seed has no spread between seeds: the alpha = 0.5 cells (lesson 05's runs) also run with the next seed
 spread_alpha = 0.5 if 0.5 in alpha_list else alpha_list[0]
 spread_seeds = seed_list if len(seed_list) > 1 else seed_list + [seed_list[0] + 1]
 extra_runs = len(bits_list) * (len(spread_seeds) - len(seed_list))
@@ -88,9 +88,9 @@ grid.round(4)
 
 # %% slideshow={"slide_type": "subslide"}
 plots.grid_heatmap(acc_table, title=f"Final test accuracy after {num_rounds} rounds", fmt=".3f",
-                   colorbar="accuracy", name="05_accuracy_grid", figures_dir=figures_dir).show()
+                   colorbar="accuracy", name="06_accuracy_grid", figures_dir=figures_dir).show()
 plots.grid_heatmap(mb_table, title="Uploaded by all clients (MB)", fmt=".1f", colorbar="MB",
-                   name="05_upload_grid", figures_dir=figures_dir).show()
+                   name="06_upload_grid", figures_dir=figures_dir).show()
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## The headline numbers
@@ -101,7 +101,7 @@ plots.grid_heatmap(mb_table, title="Uploaded by all clients (MB)", fmt=".1f", co
 # \mathrm{acc}(32, s)$ (same $\alpha$, same clients and batches), and the spread between seeds is
 # the standard deviation $s_d$ of the $d_s$ (`measures.paired_verdicts`). With one seed in `seeds`
 # the $\alpha = 0.5$ cells (or the first $\alpha$'s) also run with the next seed to give it; at
-# $\alpha = 0.5$ these are lesson 04's runs when its parameters agree, read back from the cache.
+# $\alpha = 0.5$ these are lesson 05's runs when its parameters agree, read back from the cache.
 
 # %%
 def spread_lines(point=0.01):

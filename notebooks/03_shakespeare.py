@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# # 08 · Shakespeare: one client per speaking role
+# # 03 · Shakespeare: one client per speaking role
 #
 # McMahan et al.'s most striking table is not on MNIST. They give every speaking role in every
 # Shakespeare play its own client, so that each client's data is that character's lines: naturally
@@ -100,7 +100,7 @@ counts
 # %% slideshow={"slide_type": "subslide"}
 plots.histogram(every_role.assign(split="all roles"), "train_chars", "split", title="Training characters per client",
                 xlabel="training characters (log scale)", ylabel="clients", bins=40, log_x=True,
-                name="08_chars_per_client", figures_dir=figures_dir).show()
+                name="03_chars_per_client", figures_dir=figures_dir).show()
 every_role.sort_values("train_chars", ascending=False).head(5)
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -162,7 +162,7 @@ row_settings = {r.row: dict(algorithm=r.algorithm, local_epochs=int(r.E),
 metrics = sweep(base, {"row": row_settings, "partition": ["iid", "roles"], "seed": seed_list}, root=results_dir,
                 data=data, label=lambda c: f"{c['row']}, {'IID' if c['partition'] == 'iid' else 'non-IID'}")
 plots.accuracy_over_rounds(metrics, hue="label", title="Shakespeare LSTM: FedSGD vs FedAvg",
-                           name="08_accuracy", figures_dir=figures_dir).show()
+                           name="03_accuracy", figures_dir=figures_dir).show()
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Rounds to the target
@@ -245,7 +245,7 @@ live = metrics[metrics.seed == seed_list[0]].assign(label=lambda m: "live slice:
 if ref_curves:
     plots.accuracy_over_rounds(pd.concat(ref_curves + [live]), hue="label",
                                title=f"Shakespeare LSTM: full-scale reference runs and this slice ({K} roles)",
-                               name="08_reference", figures_dir=figures_dir).show()
+                               name="03_reference", figures_dir=figures_dir).show()
     ref_table = pd.DataFrame(ref_rows)
     display(ref_table)
     for r in ref_rows:

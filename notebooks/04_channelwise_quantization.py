@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# # 03 · Channel-wise symmetric quantization
+# # 04 · Channel-wise symmetric quantization
 #
 # Lee & Lee shrink each client's upload by sending every weight as a b-bit integer with one
 # floating-point scale per output channel (after Krishnamoorthi 2018). This lesson computes the
@@ -128,7 +128,7 @@ for what, state in (("initial weights", init), ("trained weights", trained), ("u
                            "quantizer": f"{what}, per {'channel' if per_channel else 'tensor'}"})
 curves = pd.DataFrame(curves)
 plots.lines(curves, "bits", "relative error", "quantizer", title=f"{model}: quantization error of the whole model",
-            log_y=True, name="03_error_vs_bits", figures_dir=figures_dir).show()
+            log_y=True, name="04_error_vs_bits", figures_dir=figures_dir).show()
 table = curves.pivot(index="bits", columns="quantizer", values="relative error")
 table.loc[[b for b in (2, 4, 8, 16) if b in table.index]]
 
@@ -237,7 +237,7 @@ if PAPER_MIB and model == "squeezenet1_0" and num_clients == 10 and data.num_cla
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # ### Exercise 1: quantized weights or a quantized update?
 #
-# A client can send its trained weights $w$ quantized, or its update $\Delta = w - w_t$ quantized (lesson 04's
+# A client can send its trained weights $w$ quantized, or its update $\Delta = w - w_t$ quantized (lesson 05's
 # `upload="delta"`; the server adds it to $w_t$, which it holds). Either way the model the server rebuilds is off
 # by the quantization error of what was sent, $\|\hat{w} - w\|$ or $\|\hat{\Delta} - \Delta\|$, in the same units.
 # **Predict:** at `bits_try` bits, which of the two errors is smaller, and by roughly what factor? Change

@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# # 04 · FedAvg with quantized uploads: the paper's experiment
+# # 05 · FedAvg with quantized uploads: the paper's experiment
 #
 # Lee & Lee train SqueezeNet 1.0 on CIFAR-10 with FedAvg (McMahan et al. 2017): 10 clients with a
 # Dirichlet ($\alpha = 0.5$) label split, 5 local epochs, 300 rounds, every client uploading its model
@@ -92,7 +92,7 @@ metrics = sweep(base, {"seed": seed_list, "bits": bits_list}, label=lambda c: la
 
 # %% slideshow={"slide_type": "subslide"}
 plots.accuracy_over_rounds(metrics, title=f"{base.model}, {Path(dataset).stem}, Dirichlet alpha={alpha:g}",
-                           name="04_accuracy", figures_dir=figures_dir).show()
+                           name="05_accuracy", figures_dir=figures_dir).show()
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Accuracy per uploaded megabyte
@@ -102,7 +102,7 @@ plots.accuracy_over_rounds(metrics, title=f"{base.model}, {Path(dataset).stem}, 
 
 # %% slideshow={"slide_type": "subslide"}
 plots.accuracy_vs_upload(metrics, title="Test accuracy against cumulative upload",
-                         name="04_accuracy_vs_mb", figures_dir=figures_dir).show()
+                         name="05_accuracy_vs_mb", figures_dir=figures_dir).show()
 last = metrics[metrics["round"] == num_rounds]
 per_bits = last.groupby("bits").agg(final_test_acc=("test_acc", "mean"), final_test_acc_std=("test_acc", "std"),
                                     upload_mb_per_round=("upload_bytes", lambda x: x.mean() / 1e6),
@@ -135,7 +135,7 @@ if 32 in acc:
 if diffs:
     diffs = pd.concat(diffs, ignore_index=True)
     plots.lines(diffs, "round", "difference", "label", title="Accuracy difference to FP32 (paired by seed)",
-                ylabel="test accuracy difference", name="04_difference", figures_dir=figures_dir).show()
+                ylabel="test accuracy difference", name="05_difference", figures_dir=figures_dir).show()
     final = diffs[diffs["round"] == diffs["round"].max()]
     summary = pd.DataFrame({
         "mean over rounds": diffs.groupby("label").difference.mean(),
@@ -203,7 +203,7 @@ elif early_table is not None:
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## The same experiment, run longer: reference runs
 #
-# A class cannot wait for long runs, so the project ships finished ones in `reference/lesson04/`
+# A class cannot wait for long runs, so the project ships finished ones in `reference/quantized-fedavg/`
 # (`reference/README.md` gives each one's command, data, rounds and wall time; `python -m fl_lib reference`
 # checks their checksums). They are drawn beside this lesson's runs, labelled as references, and the
 # early-convergence check above is repeated on them, with R a quarter of their rounds.
@@ -211,17 +211,17 @@ elif early_table is not None:
 # %% slideshow={"slide_type": "subslide"}
 from fl_lib.study import reference
 
-ref_metrics = reference.frame("lesson04/")
+ref_metrics = reference.frame("quantized-fedavg/")
 if ref_metrics.empty:
-    print("No reference runs are published in reference/lesson04/.")
+    print("No reference runs are published in reference/quantized-fedavg/.")
 else:
     ref_metrics["label"] = ref_metrics.bits.map(lambda b: "FP32" if b == 32 else f"INT{b}")
     ref_rounds = int(ref_metrics["round"].max())
     both = pd.concat([metrics.assign(label="live: " + metrics.label),
                       ref_metrics.assign(label="reference: " + ref_metrics.label)])
     plots.accuracy_over_rounds(both, title=f"This lesson's runs ({num_rounds} rounds) and the reference runs "
-                               f"({ref_rounds} rounds)", name="04_reference", figures_dir=figures_dir).show()
-    display(reference.table("lesson04/"))
+                               f"({ref_rounds} rounds)", name="05_reference", figures_dir=figures_dir).show()
+    display(reference.table("quantized-fedavg/"))
     ref_R = max(2, ref_rounds // 4)
     if {"FP32", "INT16"} <= set(ref_metrics.label):
         ref_early, _ = early_convergence(ref_metrics, ref_R)
@@ -243,7 +243,7 @@ compared = {f"{label[b]}, {u}": {"bits": b, "upload": u} for b in delta_list for
 uploads = sweep(base, [{"seed": seed_list, "label": compared}, {"seed": seed_list, "label": {"FP32": {"bits": 32}}}],
                 root=results_dir, workers=workers)
 plots.accuracy_over_rounds(uploads, title="Quantized weights vs quantized updates",
-                           name="04_weights_vs_delta", figures_dir=figures_dir).show()
+                           name="05_weights_vs_delta", figures_dir=figures_dir).show()
 pd.DataFrame({"final_test_acc": uploads[uploads["round"] == num_rounds].groupby("label").test_acc.mean(),
               "mean quant_error": uploads.groupby("label").quant_error.mean()}).round(5)
 
