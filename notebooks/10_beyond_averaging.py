@@ -100,6 +100,7 @@ from fl_lib.study import plots
 from fl_lib.study.measures import client_updates, drift_stats, paired_verdicts, stored_model, time_to_target
 from fl_lib.study.sweep import sweep
 from fl_lib.study.widgets import CurveExplorer
+from fl_lib.study import reference
 
 lesson.setup("mcmahan", "hsu", "fedprox", "reddi", "yin", "scaffold", "huber", "fedadp", "sattler", theme=theme)
 data_root = lesson.folder("data_root", data_root)
@@ -349,6 +350,43 @@ summary.round(4)
 # %%
 verdicts = paired_verdicts(per_run, "FedAvg", "final_acc", by="method")
 verdicts.round(4)
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### The same grid, run longer: reference runs
+#
+# A class cannot wait for long runs, so the project ships some in `reference/remedies/` (`reference/README.md`
+# lists their data, rounds, machine and the command that extends them). A reference is used only where it is
+# exactly this lesson's run carried further: the same config key (`reference.find`; every field but
+# `num_rounds`, with an .npz file matched by its content). Where every method and seed has one, the verdict
+# above is repeated on them, with the same rule and `final_rounds`.
+
+# %%
+found = {(m, s): reference.find(base.replace(seed=s, **METHODS[m])) for m in chosen for s in seed_list}
+longer = {k: n for k, n in found.items() if n is not None and reference.read_index()[n]["rounds"] > num_rounds}
+if longer and len(longer) == len(found):
+    ref_runs = pd.concat([reference.load(n).metrics.assign(method=m, seed=s) for (m, s), n in longer.items()],
+                         ignore_index=True)
+    ref_rounds = int(ref_runs["round"].max())
+    plots.lines(ref_runs, "round", "test_acc", "method", title=f"Reference runs: {ref_rounds} rounds, "
+                f"{len(seed_list)} seed(s), the same configs", ylabel="test accuracy", name="10_reference",
+                figures_dir=figures_dir).show()
+    ref_final = pd.DataFrame([{"method": m, "seed": s, "final_acc": g.dropna(subset=["test_acc"]).test_acc
+                               .tail(final_rounds).mean()} for (m, s), g in ref_runs.groupby(["method", "seed"])])
+    ref_verdicts = paired_verdicts(ref_final, "FedAvg", "final_acc", by="method")
+    changed = [m for m in ref_verdicts.index if m in verdicts.index and ref_verdicts.verdict[m] != verdicts.verdict[m]]
+    display(Markdown(f"Over {ref_rounds} rounds: " + "; ".join(
+        f"**{m}** {r['mean']:+.4f}" + ("" if pd.isna(r["std"]) else f" (std {r['std']:.4f})") + f", **{r.verdict}**"
+        for m, r in ref_verdicts.iterrows()) + f". Verdicts that differ from the {num_rounds}-round run above: "
+        + (", ".join(changed) or "none") + "."))
+    ref_text = (f"**Over {ref_rounds} rounds** (reference runs): helps: "
+                + (", ".join(ref_verdicts.index[ref_verdicts.verdict == "helps"]) or "none") + "; hurts: "
+                + (", ".join(ref_verdicts.index[ref_verdicts.verdict == "hurts"]) or "none") + ".")
+    display(ref_verdicts.round(4))
+else:
+    missing = len(found) - len(longer)
+    ref_text = ""
+    print(f"No longer reference run for {missing} of the {len(found)} runs of this grid (method x seed) is "
+          f"published in reference/, so the verdict rests on the {num_rounds}-round runs above.")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## The large-$E$ limit: client drift
@@ -645,6 +683,8 @@ text.append("In this run " + ", ".join(f"{counts.get(v, 0)} method(s) {v}" for v
                                        ("helps", "no difference", "hurts")) + "; "
             + ("no method helped" if counts.get("helps", 0) == 0 else
                "helped: " + ", ".join(verdicts.index[verdicts.verdict == "helps"])) + ".")
+if ref_text:
+    text.append(ref_text)
 def every_step(values, rising=True) -> bool:
     """Whether a sequence rises (or falls) from each entry to the next."""
     steps = np.diff(np.asarray(values, dtype=float))

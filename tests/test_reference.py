@@ -106,3 +106,12 @@ def test_frame_and_table_read_every_run_under_a_prefix(tiny, tmp_path):
     row = reference.table("demo/", root=root).iloc[0]
     assert row["rounds"] == 2 and row["data"] == "synthetic" and row["final acc"] == round(metrics.test_acc.iloc[-1], 4)
     assert reference.frame("none/", root=root).empty
+
+
+def test_find_matches_a_longer_run_of_the_same_config_only(tiny, tmp_path):
+    root = _published_copy(tiny, tmp_path)  # demo/tiny: tiny(num_rounds=2)
+    assert reference.find(tiny(num_rounds=1), root=root) == "demo/tiny"  # the live run is a prefix of it
+    assert reference.find(tiny(num_rounds=2), root=root) == "demo/tiny"
+    assert reference.find(tiny(num_rounds=3), root=root) is None  # shorter than the live run: not a reference
+    assert reference.find(tiny(num_rounds=1, seed=1), root=root) is None  # another experiment
+    assert reference.find(tiny(num_rounds=1, device="cpu", workers=1), root=root) == "demo/tiny"  # not in the key

@@ -140,6 +140,22 @@ def readme(index: dict) -> str:
     return "\n".join(lines)
 
 
+def find(cfg: Config, root: Path = ROOT) -> str | None:
+    """The published run that is `cfg` carried to at least as many rounds (the longest such), or None.
+
+    Matched by the config's key (`Config.key()`, written into every config.json): the key leaves out
+    `num_rounds`, so a lesson's short live run and a longer reference of the same experiment share it,
+    and it hashes an .npz file's content, not its path, so the match holds on any machine.
+    """
+    key, index, found = cfg.key(), read_index(root), None
+    for name, record in index.items():
+        stored = json.loads((Path(root) / name / "config.json").read_text()).get("key")
+        if stored == key and record["rounds"] >= cfg.num_rounds and (
+                found is None or record["rounds"] > index[found]["rounds"]):
+            found = name
+    return found
+
+
 def frame(prefix: str, fields=("bits", "seed"), root: Path = ROOT):
     """The metrics of every published run under `prefix`, one table: a `reference` column (its name) and `fields`
     of its config as columns, so a lesson groups reference runs as it groups its own."""
