@@ -34,7 +34,7 @@ import torch
 
 from .. import __version__
 from . import checkpoint
-from .results import RUNS_ROOT, _csv, _json, _read_json, keep_last_checkpoint, run_lock
+from .results import RUNS_ROOT, _csv, _json, _read_json, keep_last_checkpoint, stored_or_computed
 from ..core.config import Config
 from ..core.errors import FLError
 from ..simulator.clustered import Cluster, ClusteredRun, check_clustered
@@ -71,15 +71,9 @@ def run_clustered(cfg: Config, data=None, num_groups: int = 2, *, subset: str = 
     check_clustered(cfg)
     out = Path(out) if out is not None else clustered_dir(cfg, num_groups, root, subset)
     key = clustered_key(cfg, num_groups, subset)
-    with run_lock(out, log):
-        if (out / "summary.json").exists() and not force:
-            stored = _read_json(out / "summary.json")
-            if stored.get("config_key") != key:
-                raise FLError(f"{out} holds a clustered run of another config (key {stored.get('config_key')}, "
-                              f"this one {key}): choose another folder, or pass force=True to replace it")
-            if stored["rounds"] >= cfg.num_rounds:
-                return load_clustered(out, num_rounds=cfg.num_rounds)
-        return _compute(cfg, data, num_groups, out, key, force, log, on_round)
+    return stored_or_computed(out, key, cfg.num_rounds, force, log, load_clustered,
+                              lambda: _compute(cfg, data, num_groups, out, key, force, log, on_round),
+                              what="clustered run", advice="choose another folder, or pass force=True to replace it")
 
 
 def _compute(cfg, data, num_groups, out, key, force, log, on_round) -> ClusteredRun:

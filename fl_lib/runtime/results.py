@@ -73,15 +73,26 @@ def run(cfg: Config, out=None, *, force: bool = False, progress: bool = True, ro
     check(cfg)  # stages that cannot work together are refused before anything is locked or loaded
     out = Path(out) if out is not None else run_dir(cfg, root)
     key = cfg.key()
+    return stored_or_computed(out, key, cfg.num_rounds, force, log, load_run,
+                              lambda: _compute(cfg, out, key, force, progress, data, log, on_round))
+
+
+def stored_or_computed(out: Path, key: str, num_rounds: int, force: bool, log, load, compute,
+                       what: str = "finished run", advice: str = "choose another --out, or pass --force to replace it"):
+    """Under the folder's lock: the stored run in `out` if it has `num_rounds` rounds, else `compute()`.
+
+    A folder holding a finished run of another config (another `key`) is refused rather than mixed;
+    `compute` extends a shorter stored run from its checkpoints. Shared by every cached kind of run.
+    """
     with run_lock(out, log):
         if (out / "summary.json").exists() and not force:
             stored = _read_json(out / "summary.json")
             if stored.get("config_key") != key:
-                raise FLError(f"{out} holds a finished run of another config (key {stored.get('config_key')}, this "
-                              f"one {key}): choose another --out, or pass --force to replace it")
-            if stored["rounds"] >= cfg.num_rounds:
-                return load_run(out, num_rounds=cfg.num_rounds)
-        return _compute(cfg, out, key, force, progress, data, log, on_round)
+                raise FLError(f"{out} holds a {what} of another config (key {stored.get('config_key')}, this "
+                              f"one {key}): {advice}")
+            if stored["rounds"] >= num_rounds:
+                return load(out, num_rounds=num_rounds)
+        return compute()
 
 
 def _compute(cfg, out, key, force, progress, data, log, on_round) -> Run:
