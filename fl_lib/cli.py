@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "`deploy` on a running SuperLink and its SuperNodes (README: Beyond one machine).")
     fsub = p.add_subparsers(dest="flower_command", required=True, parser_class=_Parser)
     for name, text in (("run", "Flower's Simulation Runtime: one virtual SuperNode per client, on this machine"),
-                       ("deploy", "submit to a SuperLink (flwr run) whose SuperNodes hold partition-id 0..K-1")):
+                       ("deploy", "submit to a SuperLink (flwr run) whose SuperNodes hold partition-id 0..K-1"),
+                       ("local", "start a SuperLink and one SuperNode per client on 127.0.0.1, deploy to them, "
+                                 "stop them all (also on Ctrl-C)")):
         fp = fsub.add_parser(name, help=text, description=text)
         _add_config_flags(fp)
         fp.add_argument("--out", required=True, help="results folder, written on the machine that runs the server")
@@ -74,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "deploy":
             fp.add_argument("--superlink", default=None, metavar="NAME",
                             help="SuperLink connection in Flower's config.toml (default: its default connection)")
+        if name == "local":
+            from .runtime import flower_local
+            flower_local.add_arguments(fp)
+        if name != "run":
             fp.add_argument("--connect-timeout", type=float, default=120.0,
                             help="seconds the server waits for every SuperNode to connect (120)")
     p = sub.add_parser("reference", help="the published reference runs (reference/): checksums verified, "
@@ -170,6 +176,12 @@ def _flower(args) -> int:
         raise ConfigError(f"round_timeout={args.round_timeout} is not allowed: must be float in (0, inf)")
     if args.flower_command == "run":
         flower.run_simulation(cfg, args.out, round_timeout=args.round_timeout)
+        r_dir = Path(args.out)
+    elif args.flower_command == "local":
+        from .runtime import flower_local
+        code = flower_local.run(cfg, args.out, args.port, args.keep_db, args.round_timeout, args.connect_timeout)
+        if code:
+            return code
         r_dir = Path(args.out)
     else:
         return flower.deploy(cfg, args.out, args.superlink, args.round_timeout, args.connect_timeout)
