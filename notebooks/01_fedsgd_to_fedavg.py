@@ -324,6 +324,44 @@ display(Markdown(
     + "\n\nIn the paper FedAvg needs far fewer rounds than FedSGD: for the CNN on IID data 20 rounds "
     "(E=5, B=10) against 626, 31 times fewer; on non-IID data 229 against 483."))
 
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### The same runs, carried further: reference runs
+#
+# A class cannot wait for the CNN to reach its target, so the project ships longer runs in `reference/mnist/`
+# (`reference/README.md` lists their data, rounds, machine and the command that extends them). A reference is
+# drawn only where it is exactly one of the runs above carried further (`reference.find`: the same config key,
+# which leaves out `num_rounds` and matches an .npz file by its content); its rounds to the target are counted
+# as above.
+
+# %%
+from fl_lib.study import reference
+
+ref_rows, ref_curves = [], []
+for g in grid:
+    name = reference.find(config_for(*g))
+    r, partition, seed = g
+    if name is None or reference.read_index()[name]["rounds"] <= (num_rounds if r.model == "2nn" else cnn_rounds):
+        continue
+    ref = reference.load(name).metrics
+    target = target_2nn if r.model == "2nn" else target_cnn
+    reached = rounds_to_target(ref.set_index("round").test_acc, target)
+    split = "IID" if partition == "iid" else "non-IID"
+    paper = r.paper_iid if partition == "iid" else r.paper_non_iid
+    ref_rows.append({"reference": name, "row": r.row, "split": split, "seed": seed, "rounds run": int(ref["round"].max()),
+                     "best acc": round(ref.test_acc.max(), 4), "target": target,
+                     "rounds to target (ours)": round(reached, 1) if reached is not None else f"> {int(ref['round'].max())}",
+                     "rounds to target (paper)": paper})
+    ref_curves.append(ref.assign(label=f"reference: {r.row}, {split}, seed {seed}"))
+if ref_rows:
+    live = metrics[metrics.model == "cnn"].assign(label=lambda m: "live: " + m["label"])
+    plots.accuracy_over_rounds(pd.concat(ref_curves + [live], ignore_index=True), hue="label",
+                               title="MNIST CNN: reference runs beside this lesson's runs",
+                               name="01_reference", figures_dir=figures_dir).show()
+    display(pd.DataFrame(ref_rows))
+else:
+    print(f"No reference run in reference/ carries one of this lesson's {len(grid)} runs further (these data, "
+          f"clients and settings).")
+
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Exercises
