@@ -386,7 +386,8 @@ display(Markdown(f"### In short ({Path(dataset).stem}, {attack_model}, {method},
 # %%
 from fl_lib.study.exercises import answer, holds
 
-low_try, high_try = 2, 12  # change me: the narrowest and the widest bit width (2 to 16)
+low_try = 2  # change me: the narrowest bit width (at least 2)
+high_try = 12  # change me: the widest bit width (at most 16)
 widths = list(range(low_try, high_try + 1))
 errors = pd.DataFrame({"bits": widths, "relative error": [relative_error(upload, leakage.server_view(upload, b)[0])
                                                           for b in widths]})
