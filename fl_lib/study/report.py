@@ -304,6 +304,25 @@ WIDGET_NOTE = ("<p><i>An interactive widget was here: open the lesson in Jupyter
 _MATH = re.compile(r"\$\$(.+?)\$\$|\$([^$\n]+?)\$", re.S)
 
 
+def mathtext_tex(tex: str) -> str:
+    """The lessons' TeX in the subset matplotlib's mathtext draws: the same symbols, other spellings.
+
+    mathtext has no sizing commands (the delimiters are drawn at their natural size), spells
+    \\le and \\ge as \\leq and \\geq, wants braces after \\sqrt and accents, has no \\text,
+    \\dots, \\bmod, \\pmod or \\! and draws one line. What it still cannot draw (`cases`) stays TeX source.
+    """
+    tex = " ".join(tex.split())  # one line
+    tex = re.sub(r"\\(?:big|Big|bigg|Bigg)(?![a-zA-Z])", "", tex)
+    tex = re.sub(r"\\(le|ge)(?![a-zA-Z])", r"\\\1q", tex)
+    tex = re.sub(r"\\text\{([^}]*)\}", lambda m: r"\mathrm{" + m.group(1).replace(" ", r"\ ") + "}", tex)
+    tex = re.sub(r"\\sqrt\s*([A-Za-z0-9])", r"\\sqrt{\1}", tex)
+    tex = re.sub(r"\\(tilde|hat|bar)\\([A-Za-z]+)", r"\\\1{\\\2}", tex)
+    tex = re.sub(r"\\dots(?![a-zA-Z])", r"\\ldots", tex)
+    tex = re.sub(r"\\bmod(?![a-zA-Z])", r"\\ \\mathrm{mod}\\ ", tex)
+    tex = re.sub(r"\\pmod\{([^}]*)\}", r"\\ (\\mathrm{mod}\\ \1)", tex)
+    return tex.replace(r"\!", "")
+
+
 def _tex_image(tex: str, display: bool) -> str:
     """TeX rendered to an inline SVG <img> by matplotlib's mathtext (no MathJax, no network)."""
     from matplotlib import mathtext
@@ -311,7 +330,7 @@ def _tex_image(tex: str, display: bool) -> str:
 
     buf = io.BytesIO()
     try:
-        depth = mathtext.math_to_image(f"${tex.strip()}$", buf, prop=FontProperties(size=15 if display else 12),
+        depth = mathtext.math_to_image(f"${mathtext_tex(tex)}$", buf, prop=FontProperties(size=15 if display else 12),
                                        format="svg")
     except Exception:  # a symbol mathtext lacks: show the TeX source instead
         return html.escape(f"$${tex}$$" if display else f"${tex}$")
