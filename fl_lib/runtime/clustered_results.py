@@ -34,7 +34,7 @@ import torch
 
 from .. import __version__
 from . import checkpoint
-from .results import RUNS_ROOT, _csv, _json, _read_json, keep_last_checkpoint, stored_or_computed
+from .results import RUNS_ROOT, _csv, _json, keep_last_checkpoint, read_finished, stored_or_computed
 from ..core.config import Config
 from ..core.errors import FLError
 from ..simulator.clustered import Cluster, ClusteredRun, check_clustered
@@ -146,16 +146,8 @@ def load_clustered(folder, num_rounds: int | None = None) -> ClusteredRun:
     import pandas as pd
 
     folder = Path(folder)
-    if not (folder / "summary.json").exists():
-        raise FLError(f"{folder} holds no finished clustered run (no summary.json)")
-    summary = _read_json(folder / "summary.json")
-    raw = _read_json(folder / "config.json")
-    raw.pop("key", None)
+    summary, raw, text = read_finished(folder, what="clustered run", rerun="call")
     raw.pop("num_groups", None)
-    text = (folder / "metrics.csv").read_text()
-    if hashlib.sha256(text.encode()).hexdigest() != summary.get("metrics_sha256"):
-        raise FLError(f"{folder}/metrics.csv does not match its summary.json (interrupted while finishing?): "
-                      f"rerun the same call to finish it")
     n = summary["rounds"] if num_rounds is None else num_rounds
     if not 1 <= n <= summary["rounds"]:
         raise FLError(f"num_rounds={num_rounds} is not allowed: must be int in [1, {summary['rounds']}]")

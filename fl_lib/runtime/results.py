@@ -437,6 +437,24 @@ def write_run(out, cfg: Config, rows: list, timings: list, device, extra_summary
     checkpoint.atomic_write(out / "summary.json", _json(summary))  # last: marks the run finished
 
 
+def read_finished(folder: Path, what: str = "run", rerun: str = "command") -> tuple[dict, dict, str]:
+    """(summary, config without its key, metrics.csv text) of a finished run folder, its metrics checked.
+
+    metrics.csv must match the sha256 that summary.json (written last) records, so a folder
+    interrupted while finishing is refused rather than read half-written.
+    """
+    if not (folder / "summary.json").exists():
+        raise FLError(f"{folder} holds no finished {what} (no summary.json)")
+    summary = _read_json(folder / "summary.json")
+    raw = _read_json(folder / "config.json")
+    raw.pop("key", None)
+    text = (folder / "metrics.csv").read_text()
+    if hashlib.sha256(text.encode()).hexdigest() != summary.get("metrics_sha256"):
+        raise FLError(f"{folder}/metrics.csv does not match its summary.json (interrupted while finishing?): "
+                      f"rerun the same {rerun} to finish it")
+    return summary, raw, text
+
+
 def load_run(folder, num_rounds: int | None = None) -> Run:
     """Load a finished run folder: config, metrics (with seconds joined in) and summary.
 
@@ -446,16 +464,8 @@ def load_run(folder, num_rounds: int | None = None) -> Run:
     import pandas as pd
 
     folder = Path(folder)
-    if not (folder / "summary.json").exists():
-        raise FLError(f"{folder} holds no finished run (no summary.json)")
-    summary = _read_json(folder / "summary.json")
-    raw = _read_json(folder / "config.json")
-    raw.pop("key", None)
+    summary, raw, text = read_finished(folder)
     cfg = Config.from_dict(raw)
-    text = (folder / "metrics.csv").read_text()
-    if hashlib.sha256(text.encode()).hexdigest() != summary.get("metrics_sha256"):
-        raise FLError(f"{folder}/metrics.csv does not match its summary.json (interrupted while finishing?): "
-                      f"rerun the same command to finish it")
     metrics = pd.read_csv(io.StringIO(text))
     timings_path = folder / "timings.csv"
     timings = pd.read_csv(timings_path) if timings_path.exists() else None
