@@ -37,6 +37,7 @@ alpha: float = 0.5  # Dirichlet concentration of the label split (the paper: 0.5
 bit_widths: str = "32,16,8,4"  # upload bit widths, comma-separated; 32 means float32 (the paper: 32, 16)
 delta_bit_widths: str = "4"  # bit widths, comma-separated, at which quantized weights and updates are compared
 seeds: str = "0,1,2"  # comma-separated seeds; runs repeat for each (the lesson says which use the first only)
+final_rounds: int = 3  # a reference run's final accuracy: its mean test accuracy over its last final_rounds rounds
 early_rounds: int = 0  # R, the first rounds whose mean accuracy the early-convergence check compares; 0: a quarter of num_rounds (at least 2)
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
@@ -66,6 +67,8 @@ figures_dir = lesson.folder("figures_dir", figures_dir)
 bits_list = parse_list(bit_widths, int)
 delta_list = parse_list(delta_bit_widths, int)
 seed_list = parse_seeds(seeds)
+if final_rounds < 1:
+    raise ConfigError(f"final_rounds={final_rounds} is not allowed: must be 1 or more")
 if not 0 <= early_rounds <= num_rounds:
     raise ConfigError(f"early_rounds={early_rounds} is not allowed: must be between 0 and num_rounds = {num_rounds}")
 base = config.preset(preset, dataset=dataset, data_root=data_root, num_rounds=num_rounds,
@@ -203,30 +206,61 @@ elif early_table is not None:
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## The same experiment, run longer: reference runs
 #
-# A class cannot wait for long runs, so the project ships finished ones in `reference/quantized-fedavg/`
-# (`reference/README.md` gives each one's command, data, rounds and wall time; `python -m fl_lib reference`
-# checks their checksums). They are drawn beside this lesson's runs, labelled as references, and the
-# early-convergence check above is repeated on them, with R a quarter of their rounds.
+# A class cannot wait for long runs, so the project ships finished ones (`reference/README.md` gives each one's
+# command, data, rounds and wall time; `python -m fl_lib reference` checks their checksums):
+#
+# * `reference/quantized-fedavg/`: this lesson's default setting (the quick preset) carried further, drawn
+#   beside this lesson's runs;
+# * `reference/paper-fig1/`: Lee & Lee's own setting (the `paper` preset; each figure's title prints it), FP32
+#   against INT16, on the CIFAR-10 subset, since their full run on every image needs a GPU.
+#
+# On each, both of the paper's claims are checked as above: the final accuracy (mean of the last
+# `final_rounds` rounds, paired by seed) and the early-convergence check with R a quarter of their rounds.
 
 # %% slideshow={"slide_type": "subslide"}
 from fl_lib.study import reference
 
-ref_metrics = reference.frame("quantized-fedavg/")
-if ref_metrics.empty:
-    print("No reference runs are published in reference/quantized-fedavg/.")
-else:
-    ref_metrics["label"] = ref_metrics.bits.map(lambda b: "FP32" if b == 32 else f"INT{b}")
-    ref_rounds = int(ref_metrics["round"].max())
-    both = pd.concat([metrics.assign(label="live: " + metrics.label),
-                      ref_metrics.assign(label="reference: " + ref_metrics.label)])
-    plots.accuracy_over_rounds(both, title=f"This lesson's runs ({num_rounds} rounds) and the reference runs "
-                               f"({ref_rounds} rounds)", name="05_reference", figures_dir=figures_dir).show()
-    display(reference.table("quantized-fedavg/"))
-    ref_R = max(2, ref_rounds // 4)
-    if {"FP32", "INT16"} <= set(ref_metrics.label):
-        ref_early, _ = early_convergence(ref_metrics, ref_R)
-        display(ref_early.round(4))
-        display(Markdown("On the reference runs: " + early_verdict(ref_early, ref_R)))
+
+def reference_claims(prefix, live=None, name="05_reference"):
+    """Draw the reference runs under `prefix` (beside `live` runs, if given), table them, check both claims on them.
+    Returns the verdict sentences, or None where no FP32 and INT16 reference is published."""
+    ref = reference.frame(prefix)
+    if ref.empty:
+        print(f"No reference runs are published in reference/{prefix}.")
+        return None
+    ref["label"] = ref.bits.map(lambda b: "FP32" if b == 32 else f"INT{b}")
+    rounds = int(ref["round"].max())
+    cfg = reference.load(reference.names(prefix=prefix)[0]).config
+    setting = (f"{cfg.model}, {cfg.num_clients} clients, Dirichlet {cfg.alpha:g}, E = {cfg.local_epochs}, "
+               f"B = {cfg.batch_size}, {rounds} rounds")
+    drawn = ref if live is None else pd.concat([live.assign(label="live: " + live.label),
+                                                ref.assign(label="reference: " + ref.label)])
+    plots.accuracy_over_rounds(drawn, title=f"Reference runs ({setting})" if live is None else
+                               f"This lesson's runs ({num_rounds} rounds) and the reference runs ({setting})",
+                               name=name, figures_dir=figures_dir).show()
+    display(reference.table(prefix))
+    if not {"FP32", "INT16"} <= set(ref.label):
+        print("the claims need FP32 and INT16 reference runs")
+        return None
+    tail = ref.dropna(subset=["test_acc"]).groupby(["label", "seed"], sort=False).tail(final_rounds)
+    final = tail.groupby(["label", "seed"], sort=False).test_acc.mean().reset_index()
+    v = paired_verdicts(final, "FP32", "test_acc").loc["INT16"]
+    accurate = (f"**INT16 is as accurate as FP32** ({setting}; final accuracy, mean of the last {final_rounds} "
+                f"rounds): INT16 minus FP32 {v['mean']:+.4f}" + ("" if pd.isna(v["std"]) else f" (std {v['std']:.4f})")
+                + f" over {v.seeds} seed(s) (verdict: {v.verdict}): **{'holds' if v.verdict != 'hurts' else 'does not hold'}** "
+                "on these reference runs.")
+    ref_R = max(2, rounds // 4)
+    ref_early, _ = early_convergence(ref, ref_R)
+    display(ref_early.round(4))
+    verdicts = [accurate, f"On the reference runs ({setting}): " + early_verdict(ref_early, ref_R)]
+    display(Markdown("\n\n".join(verdicts)))
+    return verdicts
+
+
+ref_verdicts = reference_claims("quantized-fedavg/", live=metrics)
+
+# %% slideshow={"slide_type": "subslide"}
+paper_verdicts = reference_claims("paper-fig1/", name="05_reference_paper")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Quantized weights or quantized updates?
@@ -277,6 +311,8 @@ for b in bits_list:
         f"(std {d['final round: std over seeds']:.4f} over {len(seed_list)} seed(s)); averaged over the seeds "
         f"it was above FP32 in {d['rounds above FP32 (%)']:.0f}% of the rounds and below in "
         f"{d['rounds below FP32 (%)']:.0f}%.")
+for found in (ref_verdicts, paper_verdicts):  # the claims on the reference runs, where published
+    lines_out += [f"* {v}" for v in found or []]
 display(Markdown(f"### In short ({base.model}, {Path(dataset).stem}, {num_rounds} rounds, {len(seed_list)} seed(s))\n\n"
                  + "\n".join(lines_out)))
 

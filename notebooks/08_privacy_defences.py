@@ -63,6 +63,7 @@ from fl_lib.privacy import dp
 from fl_lib.privacy import dp_quant
 from fl_lib.study import lesson
 from fl_lib.study import plots
+from fl_lib.study import reference
 from fl_lib.privacy import secagg
 from fl_lib.core.codec import encode
 from fl_lib.core.config import parse_list, parse_seeds
@@ -226,15 +227,48 @@ if len(with_eps):
 # the run without DP of the same seed, so the difference below is the cost of the defence alone.
 
 # %%
-last = dp_metrics[dp_metrics["round"] == num_rounds]
-free = last[last.label == "no DP"].set_index("seed").test_acc
-dp_table = pd.DataFrame({
-    "final_test_acc": last.groupby("label", sort=False).test_acc.mean(),
-    "std over seeds": last.groupby("label", sort=False).test_acc.std(),
-    "paired difference to no DP": last.assign(d=last.test_acc - last.seed.map(free)).groupby("label", sort=False).d.mean(),
-    "epsilon": last.groupby("label", sort=False).epsilon.first(),
-    "clients left out (non-finite)": dp_metrics.groupby("label", sort=False).dropped_clients.sum()})
+def dp_summary(runs, rounds):
+    """Per label at round `rounds`: mean test accuracy, its std over seeds, the difference to no DP paired by seed,
+    epsilon spent so far, and the client-rounds left out as non-finite."""
+    last = runs[runs["round"] == rounds]
+    free = last[last.label == "no DP"].set_index("seed").test_acc
+    by = last.groupby("label", sort=False)
+    return pd.DataFrame({
+        "final_test_acc": by.test_acc.mean(), "std over seeds": by.test_acc.std(),
+        "paired difference to no DP": last.assign(d=last.test_acc - last.seed.map(free)).groupby("label", sort=False).d.mean(),
+        "epsilon": by.epsilon.first(),
+        "clients left out (non-finite)": runs.groupby("label", sort=False).dropped_clients.sum()})
+
+
+dp_table = dp_summary(dp_metrics, num_rounds)
 dp_table.round(4)
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### The same runs, longer: reference runs
+#
+# A few rounds say little about what the noise costs once the model has learned something, and epsilon keeps
+# growing with every round. The project ships this grid carried further in `reference/privacy-defences/`
+# (`reference/README.md` gives its data, rounds, machine and the command that extends it). A reference is drawn
+# only where it is exactly one of the runs above continued: the same config key (`reference.find`; every field
+# but `num_rounds`, with an .npz file matched by its content). The table is the one above, at the reference's
+# last round.
+
+# %%
+ref_found = reference.longer({(lab, s): base.replace(seed=s, **changes) for lab, changes in dp_levels.items()
+                              for s in seed_list})
+ref_labels = [lab for lab in dp_levels if all((lab, s) in ref_found for s in seed_list)]  # every seed, to pair
+ref_dp_table = None
+if "no DP" in ref_labels and len(ref_labels) > 1:
+    ref_dp = reference.stacked({(lab, s): ref_found[lab, s] for lab in ref_labels for s in seed_list},
+                               ("label", "seed"))
+    ref_rounds = int(ref_dp["round"].max())
+    plots.accuracy_over_rounds(ref_dp, title=f"Reference runs: DP-FedAvg over {ref_rounds} rounds, "
+                               f"{len(seed_list)} seed(s)", name="08_dp_reference", figures_dir=figures_dir).show()
+    ref_dp_table = dp_summary(ref_dp, ref_rounds)
+    display(ref_dp_table.round(4))
+else:
+    print(f"No longer reference runs of 'no DP' and a noise level of this grid, on every seed, are published in "
+          f"reference/ ({len(ref_found)} of the {len(dp_levels) * len(seed_list)} runs have one).")
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # What DP-FedAvg does **not** protect: the guarantee is about the released model (and everyone who
@@ -463,6 +497,11 @@ if bits in dpsa.index:
     else:
         text += f"refused: {r['refused']}"
     answers.append(text)
+if ref_dp_table is not None:
+    answers.insert(len(dp_table) - 1, f"* **The same DP runs over {ref_rounds} rounds** (reference runs): " + "; ".join(
+        f"{lab_}: final accuracy {r.final_test_acc:.4f}" + ("" if lab_ == "no DP" else
+        f" (paired difference {r['paired difference to no DP']:+.4f}"
+        + (f", epsilon {r.epsilon:.3g})" if pd.notna(r.epsilon) else ")")) for lab_, r in ref_dp_table.iterrows()) + ".")
 display(Markdown(f"### In short ({Path(dataset).stem}, {base.model}, {num_rounds} rounds, {len(seed_list)} seed(s))"
                  "\n\n" + "\n".join(answers)))
 

@@ -64,6 +64,7 @@ from fl_lib.study import lesson
 from fl_lib.core import links
 from fl_lib.privacy import secagg
 from fl_lib.study import plots
+from fl_lib.study import reference
 from fl_lib.core.config import parse_list, parse_seeds
 from fl_lib.core.data import load_dataset
 from fl_lib.simulator.federation import Federation, replay_clock
@@ -337,11 +338,15 @@ per_policy.round(4)
 # Mean and standard deviation are over the seeds that reached the target; "reached" says how many did.
 
 # %%
-rows = []
-for (lab, seed), m in metrics.groupby(["label", "seed"], sort=False):
-    rows.append({"label": lab, "seed": seed, "rounds": time_to_target(m, target, x="round"),
-                 unit: time_to_target(m, target, x="sim_time"), "MB": time_to_target(m, target, x="cum_upload_mb")})
-reach = pd.DataFrame(rows).astype({"rounds": float, unit: float, "MB": float})
+def reach_of(runs):
+    """One row per run (label, seed): rounds, simulated time and upload to `target`; NaN where not reached."""
+    rows = [{"label": lab, "seed": seed, "rounds": time_to_target(m, target, x="round"),
+             unit: time_to_target(m, target, x="sim_time"), "MB": time_to_target(m, target, x="cum_upload_mb")}
+            for (lab, seed), m in runs.groupby(["label", "seed"], sort=False)]
+    return pd.DataFrame(rows).astype({"rounds": float, unit: float, "MB": float})
+
+
+reach = reach_of(metrics)
 to_target = reach.groupby("label", sort=False).agg(
     reached=("rounds", lambda x: f"{x.notna().sum()} of {len(x)}"),
     rounds_mean=("rounds", "mean"), rounds_std=("rounds", "std"), **{f"{unit}_mean": (unit, "mean"),
@@ -383,25 +388,63 @@ for lab in ("adaptive", "INT16"):
                  f"MB to {target:g}": spread(t.MB), "MB in total": spread(r.total_upload_mb),
                  "mean bits": spread(r.mean_bits), "mean round (s)": spread(r.mean_round_s)}
 versus16 = pd.DataFrame(head)
-n_reached = {lab: int(reach[reach.label == lab][unit].notna().sum()) for lab in ("adaptive", "INT16")}
-both = wide[["adaptive", "INT16"]].dropna()
-gain = both["adaptive"] - both["INT16"]  # paired by seed; negative: adaptive reached the target sooner
-claim = f"adaptive bits beat INT16 in time to {target:g}"
-if both.empty:
-    verdict16 = (f"{claim}: **cannot be judged in this run**, no seed reached {target:g} under both (adaptive in "
-                 f"{n_reached['adaptive']}, INT16 in {n_reached['INT16']} of {len(seed_list)} seed(s))")
-else:
+def versus_int16(reach_, where="this run"):
+    """The claim 'adaptive bits beat INT16 in time to target', paired by seed over `reach_`: a sentence."""
+    n_reached = {lab: int(reach_[reach_.label == lab][unit].notna().sum()) for lab in ("adaptive", "INT16")}
+    both = reach_.pivot(index="seed", columns="label", values=unit)[["adaptive", "INT16"]].dropna()
+    gain = both["adaptive"] - both["INT16"]  # paired by seed; negative: adaptive reached the target sooner
+    claim = f"adaptive bits beat INT16 in time to {target:g}"
+    n_seeds = reach_.seed.nunique()
+    if both.empty:
+        return (f"{claim}: **cannot be judged in {where}**, no seed reached {target:g} under both (adaptive in "
+                f"{n_reached['adaptive']}, INT16 in {n_reached['INT16']} of {n_seeds} seed(s))")
     holds = gain.mean() < 0 and n_reached["adaptive"] >= n_reached["INT16"]
-    verdict16 = (f"{claim}: **{'holds' if holds else 'does not hold'} in this run**: {both['adaptive'].mean():.3g} "
-                 f"against {both['INT16'].mean():.3g} simulated {unit}, paired difference {gain.mean():+.3g}"
-                 + (f" ± {gain.std():.2g}" if len(gain) > 1 else "")
-                 + f" {unit} over {len(gain)} seed(s) (per seed: {', '.join(f'{g:+.3g}' for g in gain)}); the "
-                 f"target was reached in {n_reached['adaptive']} (adaptive) and {n_reached['INT16']} (INT16) of "
-                 f"{len(seed_list)} seed(s)")
+    verdict = (f"{claim}: **{'holds' if holds else 'does not hold'} in {where}**: {both['adaptive'].mean():.3g} "
+               f"against {both['INT16'].mean():.3g} simulated {unit}, paired difference {gain.mean():+.3g}"
+               + (f" ± {gain.std():.2g}" if len(gain) > 1 else "")
+               + f" {unit} over {len(gain)} seed(s) (per seed: {', '.join(f'{g:+.3g}' for g in gain)}); the "
+               f"target was reached in {n_reached['adaptive']} (adaptive) and {n_reached['INT16']} (INT16) of "
+               f"{n_seeds} seed(s)")
     if len(gain) > 1 and abs(gain.mean()) < gain.std():
-        verdict16 += "; the difference is smaller than its spread over the seeds"
+        verdict += "; the difference is smaller than its spread over the seeds"
+    return verdict
+
+
+verdict16 = versus_int16(reach)
 display(Markdown(verdict16[0].upper() + verdict16[1:] + "."))
 versus16
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# ### The same runs, longer: reference runs
+#
+# In a short run the slower policies may not reach `target` at all. The project ships this grid carried
+# further in `reference/links-adaptive-bits/` (`reference/README.md` gives its data, rounds, machine and the
+# command that extends it). A reference is drawn only where it is exactly one of the runs above continued: the
+# same config key (`reference.find`; every field but `num_rounds`, with an .npz file matched by its content).
+# Below, the same time-to-target table and the same paired verdict on them.
+
+# %%
+ref_found = reference.longer({(lab, s): base.replace(seed=s, **changes) for lab, changes in policy.items()
+                              for s in seed_list})
+ref_labels = [lab for lab in policy if all((lab, s) in ref_found for s in seed_list)]  # every seed, to pair
+ref_text = ""
+if {"adaptive", "INT16"} <= set(ref_labels):
+    ref_runs = reference.stacked({(lab, s): ref_found[lab, s] for lab in ref_labels for s in seed_list},
+                                 ("label", "seed"))
+    ref_runs["sim_time"], ref_runs["cum_upload_mb"] = ref_runs.cum_sim_seconds / per, ref_runs.cum_upload_bytes / 1e6
+    ref_rounds = int(ref_runs["round"].max())
+    plots.lines(plots.common_grid(ref_runs, "sim_time", "test_acc", "label"), "sim_time", "test_acc", "label",
+                title=f"Reference runs: {ref_rounds} rounds on {link}, {len(seed_list)} seed(s)",
+                xlabel=f"simulated {unit}", ylabel="test accuracy", name="09_reference", figures_dir=figures_dir).show()
+    ref_reach = reach_of(ref_runs)
+    ref_text = versus_int16(ref_reach, where=f"the {ref_rounds}-round reference runs")
+    display(Markdown(ref_text[0].upper() + ref_text[1:] + "."))
+    display(ref_reach.groupby("label", sort=False).agg(
+        reached=("rounds", lambda x: f"{x.notna().sum()} of {len(x)}"), rounds_mean=("rounds", "mean"),
+        **{f"{unit}_mean": (unit, "mean")}, MB_mean=("MB", "mean")).round(4))
+else:
+    print(f"No longer reference runs of the adaptive policy and INT16, on every seed, are published in reference/ "
+          f"({len(ref_found)} of the {len(policy) * len(seed_list)} runs of this grid have one).")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Synchronous against asynchronous
@@ -596,6 +639,8 @@ else:
         verdict += f" The fastest fixed width was {best}: " + against(best) + "."
 text.append(verdict)
 text.append(f"**Adaptive against INT16.** {verdict16[0].upper() + verdict16[1:]}.")
+if ref_text:
+    text.append(f"**The same over the reference runs.** {ref_text[0].upper() + ref_text[1:]}.")
 dl = deadline_table
 text.append(f"**Deadline.** At {label[ref_bits]} with seed {seed0}, a {d:g} s deadline dropped "
             f"{int(dl['dropped client-rounds'].max())} client-rounds ({dl['share dropped'].max():.0%}); final accuracy "

@@ -361,13 +361,12 @@ verdicts.round(4)
 # above is repeated on them, with the same rule and `final_rounds`.
 
 # %%
-found = {(m, s): reference.find(base.replace(seed=s, **METHODS[m])) for m in chosen for s in seed_list}
-longer = {k: n for k, n in found.items() if n is not None and reference.read_index()[n]["rounds"] > num_rounds}
+wanted = {(m, s): base.replace(seed=s, **METHODS[m]) for m in chosen for s in seed_list}
+longer = reference.longer(wanted)
 with_ref = [m for m in chosen if all((m, s) in longer for s in seed_list)]  # a verdict needs every seed
 without_ref = [m for m in chosen if m not in with_ref]
 if "FedAvg" in with_ref and len(with_ref) > 1:
-    ref_runs = pd.concat([reference.load(longer[m, s]).metrics.assign(method=m, seed=s)
-                          for m in with_ref for s in seed_list], ignore_index=True)
+    ref_runs = reference.stacked({(m, s): longer[m, s] for m in with_ref for s in seed_list}, ("method", "seed"))
     ref_rounds = int(ref_runs["round"].max())
     plots.lines(ref_runs, "round", "test_acc", "method", title=f"Reference runs: {ref_rounds} rounds, "
                 f"{len(seed_list)} seed(s), the same configs", ylabel="test accuracy", name="10_reference",
@@ -388,7 +387,7 @@ if "FedAvg" in with_ref and len(with_ref) > 1:
 else:
     ref_text = ""
     print(f"No longer reference runs of FedAvg and another method of this grid, on every seed, are published in "
-          f"reference/ ({len(longer)} of the {len(found)} runs have one), so the verdict rests on the {num_rounds}-round "
+          f"reference/ ({len(longer)} of the {len(wanted)} runs have one), so the verdict rests on the {num_rounds}-round "
           f"runs above.")
 
 # %% [markdown] slideshow={"slide_type": "slide"}

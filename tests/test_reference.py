@@ -115,3 +115,14 @@ def test_find_matches_a_longer_run_of_the_same_config_only(tiny, tmp_path):
     assert reference.find(tiny(num_rounds=3), root=root) is None  # shorter than the live run: not a reference
     assert reference.find(tiny(num_rounds=1, seed=1), root=root) is None  # another experiment
     assert reference.find(tiny(num_rounds=1, device="cpu", workers=1), root=root) == "demo/tiny"  # not in the key
+
+
+def test_longer_keeps_only_runs_carried_past_the_live_rounds_and_stacked_labels_them(tiny, tmp_path):
+    root = _published_copy(tiny, tmp_path)  # demo/tiny: tiny(num_rounds=2)
+    wanted = {("a", 0): tiny(num_rounds=1), ("b", 0): tiny(num_rounds=2), ("c", 1): tiny(num_rounds=1, seed=1)}
+    found = reference.longer(wanted, root=root)
+    assert found == {("a", 0): "demo/tiny"}  # b: as long as the live run, so nothing more to show; c: none
+    table = reference.stacked(found, ("label", "seed"), root=root)
+    assert list(table.label.unique()) == ["a"] and (table.seed == 0).all() and len(table) == 2
+    assert table.drop(columns=["label", "seed"]).equals(reference.load("demo/tiny", root=root).metrics)
+    assert list(reference.stacked({}, ("label", "seed"), root=root).columns) == ["label", "seed"]

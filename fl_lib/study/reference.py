@@ -156,6 +156,24 @@ def find(cfg: Config, root: Path = ROOT) -> str | None:
     return found
 
 
+def longer(cfgs: dict, root: Path = ROOT) -> dict:
+    """{key: reference name} for each of `cfgs` ({key: Config}, e.g. keyed by (label, seed)) that a published run
+    carries past the config's own `num_rounds` (`find`); configs without one are left out."""
+    index = read_index(root)
+    found = {k: find(cfg, root) for k, cfg in cfgs.items()}
+    return {k: n for k, n in found.items() if n is not None and index[n]["rounds"] > cfgs[k].num_rounds}
+
+
+def stacked(found: dict, columns: tuple[str, ...], root: Path = ROOT):
+    """The metrics of the runs in `found` ({key: name}, as `longer` gives) in one table, with each key's parts as
+    `columns` (e.g. ("label", "seed")), so a lesson handles reference runs like its own sweep's table."""
+    import pandas as pd
+
+    frames = [load(name, root).metrics.assign(**dict(zip(columns, k if isinstance(k, tuple) else (k,))))
+              for k, name in found.items()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns))
+
+
 def frame(prefix: str, fields=("bits", "seed"), root: Path = ROOT):
     """The metrics of every published run under `prefix`, one table: a `reference` column (its name) and `fields`
     of its config as columns, so a lesson groups reference runs as it groups its own."""
