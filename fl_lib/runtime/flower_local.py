@@ -136,8 +136,9 @@ class LocalFederation:
         self.env = {**os.environ, "FLWR_HOME": str(self.home),
                     "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
-    def start(self, num_nodes: int) -> None:
-        """The SuperLink, then the SuperNodes; returns once every one of them listens on its port."""
+    def start(self, num_nodes: int, node_env: dict[int, dict[str, str]] | None = None) -> None:
+        """The SuperLink, then the SuperNodes; returns once every one of them listens on its port.
+        `node_env`: {k: variables} added to SuperNode k's environment (and so to its ClientApps')."""
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.logs / "pids").write_text("")
         self.port = self.port or _free_port()
@@ -155,17 +156,17 @@ class LocalFederation:
             proc = self._start(f"supernode{k}", [
                 _command("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
                 "--host", "127.0.0.1", "--port", str(port),
-                "--node-config", f"partition-id={k} num-partitions={num_nodes}"])
+                "--node-config", f"partition-id={k} num-partitions={num_nodes}"], (node_env or {}).get(k))
             nodes.append((f"supernode{k}", proc, port))
         for name, proc, port in nodes:
             self._wait(proc, name, port)
 
-    def _start(self, name: str, cmd: list) -> subprocess.Popen:
+    def _start(self, name: str, cmd: list, env: dict[str, str] | None = None) -> subprocess.Popen:
         self.signals.hold()  # recorded before a signal can unwind past it
         try:
             with open(self.logs / f"{name}.log", "w") as log:
-                proc = subprocess.Popen(cmd, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(cmd, env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             self.procs.append((name, proc))
             with open(self.logs / "pids", "a") as f:
                 f.write(f"{name} {proc.pid}\n")
@@ -184,6 +185,18 @@ class LocalFederation:
             time.sleep(0.2)
         raise FLError(f"the {name} did not listen on 127.0.0.1:{port} within {seconds:.0f} s: "
                       f"see {self.logs / name}.log")
+
+    def kill_node(self, k: int) -> list[int]:
+        """SIGKILL SuperNode k and all it started (its ClientApps), as a machine that dies would; returns the PIDs."""
+        proc = dict(self.procs)[f"supernode{k}"]
+        if proc.poll() is not None:  # reaped: its PID may be another process's by now
+            raise FLError(f"supernode{k} is not running (exit status {proc.returncode}): see {self.logs}")
+        below = _descendants([proc.pid])
+        _signal_all([proc.pid], below, signal.SIGKILL)
+        proc.wait()
+        with open(self.logs / "pids", "a") as f:
+            f.writelines(f"child {pid}\n" for pid, _ in below)
+        return [proc.pid] + [pid for pid, _ in below]
 
     def stop(self) -> None:
         """SIGTERM every process started and all they started (Flower detaches its executors into sessions of
