@@ -252,7 +252,7 @@ def reference_claims(prefix, live=None, name="05_reference"):
     ref_R = max(2, rounds // 4)
     ref_early, _ = early_convergence(ref, ref_R)
     display(ref_early.round(4))
-    verdicts = [accurate, f"On the reference runs ({setting}): " + early_verdict(ref_early, ref_R)]
+    verdicts = [accurate, early_verdict(ref_early, ref_R, where=f"these reference runs ({setting})")]
     display(Markdown("\n\n".join(verdicts)))
     return verdicts
 

@@ -271,14 +271,15 @@ def early_convergence(metrics, rounds: int, fractions=EARLY_FRACTIONS):
     return table, targets
 
 
-def early_verdict(table, rounds: int, width: str = "INT16") -> str:
-    """The paper's claim checked on `early_convergence`'s table: holds / does not hold, with the numbers behind it."""
+def early_verdict(table, rounds: int, width: str = "INT16", where: str = "this run") -> str:
+    """The paper's claim checked on `early_convergence`'s table: holds / does not hold in `where`, with the numbers
+    behind it."""
     rows = table.xs(width, level="label")
     area = rows.loc[f"early area, R = {rounds}"]
     gains = rows[rows.index.str.startswith("gain")]
     return (f"**{width} rises faster than FP32 in the first {rounds} rounds** (mean accuracy over them, {width} "
             f"minus FP32, paired over {area.seeds} seed(s): {area['mean']:+.4f}, std {area['std']:.4f}): "
-            + (f"**{'holds' if area.verdict == 'faster' else 'does not hold'}** in this run ({area.verdict})"
+            + (f"**{'holds' if area.verdict == 'faster' else 'does not hold'}** in {where} ({area.verdict})"
                if area.seeds > 1 else "cannot be judged with one seed (no spread)")
             + ". Rounds gained to the targets: "
             + "; ".join(f"{m[len('gain to '):]}: {r['mean']:+.2f} ("
