@@ -140,7 +140,12 @@ def readme(index: dict) -> str:
     return "\n".join(lines)
 
 
-def find(cfg: Config, root: Path = ROOT) -> str | None:
+def _stored_keys(root: Path) -> dict[str, str | None]:
+    """{name: the config key written into its config.json} of every published run."""
+    return {name: json.loads((Path(root) / name / "config.json").read_text()).get("key") for name in read_index(root)}
+
+
+def find(cfg: Config, root: Path = ROOT, _keys: dict | None = None) -> str | None:
     """The published run that is `cfg` carried to at least as many rounds (the longest such), or None.
 
     Matched by the config's key (`Config.key()`, written into every config.json): the key leaves out
@@ -148,8 +153,8 @@ def find(cfg: Config, root: Path = ROOT) -> str | None:
     and it hashes an .npz file's content, not its path, so the match holds on any machine.
     """
     key, index, found = cfg.key(), read_index(root), None
-    for name, record in index.items():
-        stored = json.loads((Path(root) / name / "config.json").read_text()).get("key")
+    for name, stored in (_stored_keys(root) if _keys is None else _keys).items():
+        record = index[name]
         if stored == key and record["rounds"] >= cfg.num_rounds and (
                 found is None or record["rounds"] > index[found]["rounds"]):
             found = name
@@ -159,8 +164,8 @@ def find(cfg: Config, root: Path = ROOT) -> str | None:
 def longer(cfgs: dict, root: Path = ROOT) -> dict:
     """{key: reference name} for each of `cfgs` ({key: Config}, e.g. keyed by (label, seed)) that a published run
     carries past the config's own `num_rounds` (`find`); configs without one are left out."""
-    index = read_index(root)
-    found = {k: find(cfg, root) for k, cfg in cfgs.items()}
+    index, keys = read_index(root), _stored_keys(root)  # each config.json read once, not once per config
+    found = {k: find(cfg, root, keys) for k, cfg in cfgs.items()}
     return {k: n for k, n in found.items() if n is not None and index[n]["rounds"] > cfgs[k].num_rounds}
 
 
