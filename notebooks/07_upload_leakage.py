@@ -37,6 +37,7 @@ attack_bit_widths: str = "32,16,8,4"  # upload bit widths attacked at batch size
 batch_sizes: str = "1,4,8"  # victim batch sizes attacked at FP32
 attack_noises: str = "0.01"  # std of Gaussian noise a client adds to its upload, attacked at FP32 (comma-separated)
 seeds: str = "0,1"  # comma-separated seeds; runs repeat for each (the lesson says which use the first only)
+workers: int = 0  # processes that compute this lesson's runs side by side; 0: one per core
 results_dir: str = ""  # cached runs and attacks, shared by all lessons; empty: the project's data/runs/
 figures_dir: str = ""  # where static PNGs are written; empty: the project's figures/
 theme: str = "screen"  # figures for a laptop screen, or a projector (larger fonts, thicker lines): screen or projector
@@ -149,20 +150,21 @@ pd.DataFrame(view).set_index("bits")
 # show beside each PSNR the final matching loss ($D$, or $1 - \cos$), the steps it ran and why it
 # stopped.
 #
-# Every attack of this lesson runs once, in grids of settings (`attacks.attack_grid`, which calls
+# Every attack of this lesson runs once, in grids of settings (`attacks.attack_grids`, which calls
 # `leakage.run_grid`), and is stored in the results cache under `results_dir/leakage/`, keyed by its
 # data, its settings and `leakage.defaults()` (so a changed attack never reads back old results): a
-# rerun reads it back.
+# rerun reads it back. The grids still missing run side by side, one process per core (`workers`);
+# each attack runs on one thread, so its numbers are the same however many run at once.
 
 # %%
-cached = dict(model=attack_model, steps=attack_cap, seed=seed, data=ds, root=results_dir)
-grids = [attacks.attack_grid(dataset, [1], attack_bits, [0.0], **cached)]
 larger = [b for b in batch_list if b != 1 or 32 not in attack_bits]
-if larger:
-    grids.append(attacks.attack_grid(dataset, larger, [32], [0.0], **cached))
-if noise_list:
-    grids.append(attacks.attack_grid(dataset, [1], [32], noise_list, **cached))
-attacked = attacks.Attacks.load(*grids)  # every attack's row, reconstruction and loss per step
+own = ([([1], attack_bits, [0.0], seed)] + [([b], [32], [0.0], seed) for b in larger]  # one grid per batch size
+       + ([([1], [32], noise_list, seed)] if noise_list else []))
+others = [([1], attack_bits, [0.0], s) for s in seed_list[1:]]  # the other seeds' bit-width grids (used below)
+grids = attacks.attack_grids(dataset, own + others, model=attack_model, steps=attack_cap, data_root=data_root,
+                             data=ds, root=results_dir, workers=workers)
+attacked = attacks.Attacks.load(*grids[:len(own)])  # every attack's row, reconstruction and loss per step
+bits_grid = dict(zip(seed_list, grids[:1] + grids[len(own):]))  # seed -> its bit-width grid at B = 1
 attack_rows, attack_images = attacked.rows, attacked.images
 gray = leakage.psnr(torch.full_like(x, 0.5), x)
 attack_rows[["model", "method", "inputs", "batch_size", "bits", "noise", "psnr", "psnr_min", "match_loss", "steps_run",
@@ -298,8 +300,8 @@ display(Markdown(f"Same leak: PSNRs within {same_db:g} dB (MSE within {10 ** (sa
 
 # %%
 psnr_by_seed = []
-for s in seed_list:  # the first seed's grid is the one above, read back from the cache
-    rows_s = attacks.Attacks.load(attacks.attack_grid(dataset, [1], attack_bits, [0.0], **(cached | {"seed": s}))).rows
+for s in seed_list:  # the bit-width grid of each seed, computed above
+    rows_s = attacks.Attacks.load(bits_grid[s]).rows
     rows_s = rows_s[(rows_s.noise == 0) & (rows_s.batch_size == 1)]
     psnr_by_seed.append(rows_s.assign(seed=s, width=rows_s.bits.map(width_label)))
 psnr_by_seed = pd.concat(psnr_by_seed, ignore_index=True)

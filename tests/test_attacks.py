@@ -84,3 +84,37 @@ def test_stored_looks_up_one_setting(npz, tmp_path):
     assert grids.stored(1, 32, 0.5)[1].noise == 0.5
     assert grids.stored(2, 32, 0.0) == (None, None) and grids.stored(1, 8, 0.0) == (None, None)
     assert set(grids.histories) == {"lenet_B1_bits32_noise0", "lenet_B1_bits4_noise0", "lenet_B1_bits32_noise0.5"}
+
+
+SPECS = [([1], [32, 4], [0.0], 0), ([2], [32], [0.0], 0), ([1], [32, 4], [0.0], 1)]
+
+
+def _same_grids(a, b):
+    for x, y in zip(a, b):
+        left, right = attacks.Attacks.load(x), attacks.Attacks.load(y)
+        pd.testing.assert_frame_equal(left.rows.drop(columns="seconds"), right.rows.drop(columns="seconds"))
+        assert left.histories == right.histories
+        assert all(np.array_equal(left.images[k], right.images[k]) for k in left.images)
+
+
+@pytest.mark.slow
+def test_grids_side_by_side_equal_grids_in_turn_and_are_read_back(npz, tmp_path, calls):
+    """Two processes give the numbers one loop gives (every attack on one thread), in the order asked; a rerun
+    computes nothing, and only the missing grids of a list go to the processes."""
+    kwargs = dict(model="lenet", steps=3)
+    in_turn = attacks.attack_grids(npz, SPECS, root=tmp_path / "a", workers=1, log=lambda m: None, **kwargs)
+    assert len(calls) == 3
+    side = attacks.attack_grids(npz, SPECS, root=tmp_path / "b", workers=2, log=lambda m: None, **kwargs)
+    assert len(calls) == 3  # computed in the workers, not here
+    _same_grids(in_turn, side)
+    assert [attacks.Attacks.load(f).rows.seed.iloc[0] for f in side] == [0, 0, 1]
+    assert attacks.attack_grids(npz, SPECS, root=tmp_path / "b", workers=2, **kwargs) == side
+    assert len(calls) == 3
+
+
+def test_one_missing_grid_runs_here_and_a_duplicate_spec_runs_once(npz, tmp_path, calls):
+    kwargs = dict(model="lenet", steps=1, root=tmp_path, log=lambda m: None)
+    attacks.attack_grids(npz, SPECS[:1], workers=2, **kwargs)
+    assert len(calls) == 1  # one grid to compute: no process is started for it
+    folders = attacks.attack_grids(npz, [SPECS[1], SPECS[1]], workers=1, **kwargs)
+    assert len(calls) == 2 and folders[0] == folders[1]

@@ -250,3 +250,20 @@ def test_cli_bad_values_raise_config_error(npz, tmp_path, argv, flag):
         return
     with pytest.raises(ConfigError, match="^" + flag.replace(".", r"\.") + " is not allowed"):
         _cli(["--dataset", npz, "--out", str(tmp_path), *argv])
+
+
+def test_an_attack_runs_on_one_thread_and_gives_the_callers_threads_back(monkeypatch):
+    seen, real = [], leakage._dlg
+
+    def watched(*args):
+        seen.append(torch.get_num_threads())
+        return real(*args)
+
+    monkeypatch.setattr(leakage, "_dlg", watched)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        leakage.attack(smooth_image(0), torch.tensor([3]), steps=2)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -38,7 +38,12 @@ def test_publish_then_load_round_trips(tiny, tmp_path):
     root = _published_copy(tiny, tmp_path)
     loaded = reference.load("demo/tiny", root=root)
     assert loaded.metrics.equals(results.load_run(tmp_path / "run").metrics)
-    assert "demo/tiny" in (root / "README.md").read_text()
+    best, final = loaded.metrics.test_acc.max(), loaded.metrics.test_acc.dropna().iloc[-1]
+    assert f"| demo/tiny | 2 | {best:.4f} | {final:.4f} |" in (root / "README.md").read_text()
+
+
+def test_the_shipped_readme_is_the_one_the_index_writes():
+    assert (reference.ROOT / "README.md").read_text() == reference.readme(reference.read_index())
 
 
 def test_a_changed_file_is_refused_naming_the_file(tiny, tmp_path):

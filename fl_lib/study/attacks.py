@@ -7,6 +7,10 @@ the attack's own constants and version, so a changed attack never reads back old
 folder is <root>/leakage/<key> in the runs' cache, locked while it is computed (two kernels asking
 for it take turns), and it counts as stored only once complete: the files are written aside and
 moved in with reconstructions.npz last, so an interrupted grid is computed again.
+
+Every attack runs on one torch thread (`leakage.attack`), so a grid's numbers do not depend on how
+many grids `attack_grids` runs side by side: the missing grids of a lesson go to one process per
+core, as `run_many` does with runs.
 """
 from __future__ import annotations
 
@@ -46,8 +50,7 @@ def attack_grid(dataset: str, batch_sizes, bit_widths, noises, *, model: str, st
     if the caller has it. `steps` is each attack's cap, part of the key. The folder is
     <root>/leakage/<grid_key>, with root the runs' cache (results.RUNS_ROOT) if None.
     """
-    key = grid_key(dataset, batch_sizes, bit_widths, noises, model, steps, seed)
-    folder = Path(root if root is not None else results.RUNS_ROOT) / "leakage" / key
+    folder = grid_folder(dataset, batch_sizes, bit_widths, noises, model, steps, seed, root)
     if (folder / DONE).exists():
         return folder
     with results.run_lock(folder):
@@ -60,6 +63,70 @@ def attack_grid(dataset: str, batch_sizes, bit_widths, noises, *, model: str, st
                 os.replace(aside / name, folder / name)
             aside.rmdir()
     return folder
+
+
+def grid_folder(dataset: str, batch_sizes, bit_widths, noises, model: str, steps: int, seed: int, root=None) -> Path:
+    """Where `attack_grid` stores these settings' grid (stored once it holds DONE)."""
+    key = grid_key(dataset, batch_sizes, bit_widths, noises, model, steps, seed)
+    return Path(root if root is not None else results.RUNS_ROOT) / "leakage" / key
+
+
+def attack_grids(dataset: str, specs, *, model: str, steps: int, data_root=None, data=None, root=None,
+                 workers: int = 0, log=print) -> list[Path]:
+    """`attack_grid` for each spec (batch_sizes, bit_widths, noises, seed), the folders in order.
+
+    The grids not stored yet are computed side by side on `workers` processes (0: one per usable
+    core, never more than the grids to compute), each loading `dataset` from `data_root` itself;
+    with one grid to compute, or workers=1, they run here on `data` (loaded if None). Each
+    grid is locked and stored as `attack_grid` does, so a rerun reads them all back.
+    """
+    from ..simulator.pool import usable_cores
+
+    specs = [(tuple(b), tuple(w), tuple(n), int(s)) for b, w, n, s in specs]
+    todo = [spec for spec in dict.fromkeys(specs)
+            if not (grid_folder(dataset, *spec[:3], model, steps, spec[3], root) / DONE).exists()]
+    workers = min(workers or usable_cores(), len(todo))
+    if todo and workers > 1:
+        log(f"{len(todo)} attack grids to compute, {workers} at a time (one process and one thread each)")
+        _grids_in_processes(dataset, todo, workers, model=model, steps=steps, data_root=data_root, root=root, log=log)
+    elif todo:
+        from ..core.data import load_dataset
+
+        data = data if data is not None else load_dataset(dataset, data_root)
+        for spec in todo:
+            attack_grid(dataset, *spec[:3], model=model, steps=steps, seed=spec[3], data=data, root=root)
+            log(f"attack grid done: {_describe(spec)}")
+    return [grid_folder(dataset, *spec[:3], model, steps, spec[3], root) for spec in specs]
+
+
+def _describe(spec) -> str:
+    b, w, n, s = spec
+    return f"B = {', '.join(map(str, b))}; bits {', '.join(map(str, w))}; noise {', '.join(f'{x:g}' for x in n)}; seed {s}"
+
+
+def _grid_process(dataset, spec, model, steps, data_root, root) -> str:
+    """One grid in a worker process: the dataset is loaded here, not sent over a pipe."""
+    from ..core.data import load_dataset
+
+    data = load_dataset(dataset, data_root)
+    return str(attack_grid(dataset, *spec[:3], model=model, steps=steps, seed=spec[3], data=data, root=root))
+
+
+def _grids_in_processes(dataset, todo, workers, *, model, steps, data_root, root, log) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from ..simulator.pool import _main_hidden
+
+    root = str(root if root is not None else results.RUNS_ROOT)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as executor:
+        with _main_hidden():  # a notebook's __main__ is not importable in a spawned process
+            spec_of = {executor.submit(_grid_process, dataset, spec, model, steps, data_root, root): spec
+                       for spec in todo}
+        for future in as_completed(spec_of):
+            future.result()  # a failed attack raises here, once the others are done or cancelled
+            log(f"attack grid done: {_describe(spec_of[future])}")
 
 
 @dataclass

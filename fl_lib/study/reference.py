@@ -93,7 +93,7 @@ def publish(run_folder, name: str, *, command: str, data: str, root: Path = ROOT
                        machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
                        wall_seconds=round(float(run.metrics.seconds.sum()), 1))
     checkpoint.atomic_write(Path(root) / "index.json", json.dumps(index, indent=1, sort_keys=True) + "\n")
-    checkpoint.atomic_write(Path(root) / "README.md", readme(index))
+    checkpoint.atomic_write(Path(root) / "README.md", readme(index, root))
     return index[name]
 
 
@@ -127,11 +127,25 @@ def extend(name: str, rounds: int | None = None, *, runs=None, root: Path = ROOT
     return publish(run.dir, name, command=extend_command(name), data=record["data"], root=root)
 
 
-def readme(index: dict) -> str:
-    """reference/README.md: what each run is, how to regenerate it, and what it cost."""
+def _accuracies(folder: Path) -> tuple[float, float]:
+    """(best, final) test accuracy of a published run folder: the final one is its last evaluated round."""
+    import pandas as pd
+
+    acc = pd.read_csv(folder / "metrics.csv").test_acc.dropna()
+    return float(acc.max()), float(acc.iloc[-1])
+
+
+def readme(index: dict, root: Path = ROOT) -> str:
+    """reference/README.md: a table of every run's accuracy and cost, then what each run is and how to regenerate it."""
     lines = ["# Reference runs", "",
              "Finished long runs shipped with the project (written by `fl_lib.study.reference.publish`;",
-             "do not edit by hand: `index.json` holds each file's sha256, checked on every load).", ""]
+             "do not edit by hand: `index.json` holds each file's sha256, checked on every load).", "",
+             "| run | rounds | best test acc | final test acc | wall h | data |", "|---|---|---|---|---|---|"]
+    for name, r in sorted(index.items()):
+        best, final = _accuracies(Path(root) / name)
+        lines.append(f"| {name} | {r['rounds']} | {best:.4f} | {final:.4f} | {r['wall_seconds'] / 3600:.2f} "
+                     f"| {r['data']} |")
+    lines.append("")
     for name, r in sorted(index.items()):
         lines += [f"## {name}", "",
                   f"- rounds: {r['rounds']}; data: {r['data']}",
