@@ -83,8 +83,8 @@ def attack_grids(dataset: str, specs, *, model: str, steps: int, data_root=None,
     from ..simulator.pool import usable_cores
 
     specs = [(tuple(b), tuple(w), tuple(n), int(s)) for b, w, n, s in specs]
-    todo = [spec for spec in dict.fromkeys(specs)
-            if not (grid_folder(dataset, *spec[:3], model, steps, spec[3], root) / DONE).exists()]
+    folders = {spec: grid_folder(dataset, *spec[:3], model, steps, spec[3], root) for spec in specs}
+    todo = [spec for spec, folder in folders.items() if not (folder / DONE).exists()]
     workers = min(workers or usable_cores(), len(todo))
     if todo and workers > 1:
         log(f"{len(todo)} attack grids to compute, {workers} at a time (one process and one thread each)")
@@ -96,7 +96,7 @@ def attack_grids(dataset: str, specs, *, model: str, steps: int, data_root=None,
         for spec in todo:
             attack_grid(dataset, *spec[:3], model=model, steps=steps, seed=spec[3], data=data, root=root)
             log(f"attack grid done: {_describe(spec)}")
-    return [grid_folder(dataset, *spec[:3], model, steps, spec[3], root) for spec in specs]
+    return [folders[spec] for spec in specs]
 
 
 def _describe(spec) -> str:

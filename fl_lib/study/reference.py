@@ -212,10 +212,10 @@ def table(prefix: str = "", root: Path = ROOT):
     index = read_index(root)
     rows = []
     for name in names(root, prefix):
-        acc = load(name, root).metrics.test_acc.dropna()
+        best, final = _accuracies(verify(name, root))
         r = index[name]
-        rows.append({"reference": name, "data": r["data"], "rounds": r["rounds"], "best acc": round(acc.max(), 4),
-                     "final acc": round(acc.iloc[-1], 4), "wall hours": round(r["wall_seconds"] / 3600, 2),
+        rows.append({"reference": name, "data": r["data"], "rounds": r["rounds"], "best acc": round(best, 4),
+                     "final acc": round(final, 4), "wall hours": round(r["wall_seconds"] / 3600, 2),
                      "machine": r["machine"], "fl_lib": r["fl_lib"]})
     return pd.DataFrame(rows)
 
