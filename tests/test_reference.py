@@ -88,6 +88,18 @@ def test_extend_replays_the_published_config_through_its_checkpoints(tiny, tmp_p
     assert longer.metrics.drop(columns="seconds").equals(once.drop(columns="seconds"))  # as 4 rounds in one go
 
 
+def test_a_run_carried_on_to_another_machine_names_both_with_their_rounds(tiny, tmp_path):
+    """Rounds computed elsewhere (a lent GPU) keep their machine in the index when the run is extended here."""
+    run = results.run(tiny(num_rounds=2), out=tmp_path / "run", progress=False)
+    root = tmp_path / "reference"
+    gpu = "Linux x86_64, 2 CPU cores; rounds 2-2 on one NVIDIA H100 80GB HBM3"
+    assert reference.publish(run.dir, "demo/tiny", command="c", data="synthetic", root=root, machine=gpu)["machine"] == gpu
+    assert f"fl_lib {reference.__version__} on {gpu};" in (root / "README.md").read_text()
+    record = reference.extend("demo/tiny", 3, runs=tmp_path / "runs", root=root, progress=False, log=lambda m: None)
+    assert record["machine"] == f"{gpu}; rounds 3-3 on {reference.this_machine()}"
+    assert reference.machines("A", 5, 5, now="B") == "A" and reference.machines("A", 5, 9, now="A") == "A"
+
+
 def test_extend_refuses_to_shorten_or_an_unknown_name(tiny, tmp_path):
     root = _published_copy(tiny, tmp_path)
     with pytest.raises(ConfigError, match="rounds=1 would shorten reference demo/tiny: it has 2"):

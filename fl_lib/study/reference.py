@@ -73,12 +73,28 @@ def load(name: str, root: Path = ROOT) -> Run:
     return load_run(verify(name, root))
 
 
-def publish(run_folder, name: str, *, command: str, data: str, root: Path = ROOT) -> dict:
+def this_machine() -> str:
+    """The machine a reference run is computed on, as the index records it."""
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
+
+
+def machines(before: str, rounds_before: int, rounds: int, now: str | None = None) -> str:
+    """The index's `machine` of a run carried from `rounds_before` to `rounds` rounds on `now` (default: this
+    machine), when its first rounds ran on `before`: unchanged if it is the same machine, else both named."""
+    now = this_machine() if now is None else now
+    if now == before or rounds <= rounds_before:
+        return before
+    return f"{before}; rounds {rounds_before + 1}-{rounds} on {now}"
+
+
+def publish(run_folder, name: str, *, command: str, data: str, root: Path = ROOT, machine: str | None = None) -> dict:
     """Copy a finished run folder's four files into reference/`name` and record them in the index.
 
-    The run is loaded first (a folder that does not load is never published); the
-    index and README are replaced atomically, so an interrupted publish leaves the
-    previous state readable.
+    `machine` says where the rounds were computed (default: this machine); a run whose
+    rounds ran on several machines names each with its rounds (`machines`). The run is
+    loaded first (a folder that does not load is never published); the index and
+    README are replaced atomically, so an interrupted publish leaves the previous
+    state readable.
     """
     run = load_run(run_folder)
     folder = Path(root) / name
@@ -90,7 +106,7 @@ def publish(run_folder, name: str, *, command: str, data: str, root: Path = ROOT
     index = read_index(root)
     index[name] = dict(files={f: _sha256(folder / f) for f in FILES}, command=command, data=data,
                        rounds=int(run.summary["rounds"]), fl_lib=run.summary.get("fl_lib_version", __version__),
-                       machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
+                       machine=this_machine() if machine is None else machine,
                        wall_seconds=round(float(run.metrics.seconds.sum()), 1))
     checkpoint.atomic_write(Path(root) / "index.json", json.dumps(index, indent=1, sort_keys=True) + "\n")
     checkpoint.atomic_write(Path(root) / "README.md", readme(index, root))
@@ -124,7 +140,8 @@ def extend(name: str, rounds: int | None = None, *, runs=None, root: Path = ROOT
     cfg = Config.from_dict(raw).replace(num_rounds=rounds, data_root=str(PROJECT / "data"))
     folder = Path(runs if runs is not None else RUNS) / name
     run = results.run(cfg, out=folder, progress=progress, log=log)
-    return publish(run.dir, name, command=extend_command(name), data=record["data"], root=root)
+    return publish(run.dir, name, command=extend_command(name), data=record["data"], root=root,
+                   machine=machines(record["machine"], record["rounds"], rounds))
 
 
 def _accuracies(folder: Path) -> tuple[float, float]:
