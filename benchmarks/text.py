@@ -12,11 +12,12 @@ machine's arithmetic limit, so the benchmark measures, side by side in one run:
   2. sequential FLOP/s of the engine's own client step (`Trainer.train` over one
                 client's batches of B = 10): the forward and backward of the
                 CharLSTM through PyTorch's fused LSTM kernel;
-  3. stacked    FLOP/s of the issue's design: w clients' LSTMs stacked, each time
-                step one `baddbmm` over clients, autograd through the unrolled
-                80 steps; w = the mean number of clients still training at a step
-                of a C = 0.1 round (about 15 of 115; clients hold 1 to 619
-                sequences, so a round's last steps belong to a few large roles);
+  3. stacked    FLOP/s of the issue's design as the engine runs it (engine=batched,
+                `batched.train_clients`) over the same clients: their LSTMs stacked,
+                each time step one `baddbmm` over clients, autograd through the
+                unrolled 80 steps. A C = 0.1 round stacks fewer at a time than it
+                samples (the mean width printed: clients hold 1 to 619 sequences,
+                so a round's last steps belong to a few large roles);
   4. evaluation the 954,040 test characters as a share of an E = 1 round.
 
 Each figure is the median of `--repeats` (>= 3) alternating measurements. The
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from fl_lib.core.config import preset
 from fl_lib.core.models import CharLSTM
 from fl_lib.core.shakespeare import SEQ_LEN, VOCAB
+from fl_lib.simulator import batched
 from fl_lib.simulator.federation import Federation
 
 GOAL = 5.0  # the issue's per-round throughput goal of the stacked engine over the sequential one
@@ -71,54 +73,14 @@ def sequential_rate(fed: Federation, clients: list[int], flops_seq: float) -> fl
     return n * flops_seq / (time.perf_counter() - start)
 
 
-def _stacked_layer(x, w_ih, w_hh, bias):
-    """One LSTM layer of w stacked clients: x (w, B, L, in) -> hidden states (w, B, L, H)."""
-    w, b, length, _ = x.shape
-    hidden = w_hh.shape[-1]
-    gates_x = torch.baddbmm(bias.unsqueeze(1), x.reshape(w, b * length, -1), w_ih.transpose(1, 2))
-    gates_x = gates_x.view(w, b, length, 4 * hidden)
-    h = x.new_zeros(w, b, hidden)
-    c = x.new_zeros(w, b, hidden)
-    w_hh_t = w_hh.transpose(1, 2).contiguous()
-    out = []
-    for t in range(length):
-        i, f, g, o = torch.baddbmm(gates_x[:, :, t], h, w_hh_t).chunk(4, -1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        out.append(h)
-    return torch.stack(out, 2)
-
-
-def stacked_rate(width: int, flops_seq: float, reps: int = 3) -> float:
-    """FLOP/s of one SGD step of `width` stacked CharLSTM clients (the issue's design), autograd backward."""
-    torch.manual_seed(0)
-    model = CharLSTM(len(VOCAB))
-    p = {k: v.detach().unsqueeze(0).repeat((width,) + (1,) * v.dim()).requires_grad_()
-         for k, v in model.named_parameters()}
-    v = len(VOCAB)
-    x = torch.randint(0, v, (width, B, SEQ_LEN))
-    y = torch.randint(0, v, (width * B * SEQ_LEN,))
-    offsets = (torch.arange(width) * v).view(width, 1, 1)
-
-    def step():
-        e = p["embed.weight"].reshape(width * v, -1)[x + offsets]
-        h = _stacked_layer(e, p["lstm.weight_ih_l0"], p["lstm.weight_hh_l0"],
-                           p["lstm.bias_ih_l0"] + p["lstm.bias_hh_l0"])
-        h = _stacked_layer(h, p["lstm.weight_ih_l1"], p["lstm.weight_hh_l1"],
-                           p["lstm.bias_ih_l1"] + p["lstm.bias_hh_l1"])
-        logits = torch.baddbmm(p["out.bias"].unsqueeze(1), h.reshape(width, B * SEQ_LEN, -1),
-                               p["out.weight"].transpose(1, 2))
-        loss = F.cross_entropy(logits.reshape(-1, v), y)
-        grads = torch.autograd.grad(loss, list(p.values()))
-        with torch.no_grad():
-            for t, g in zip(p.values(), grads):
-                t.sub_(g)
-
-    step()
+def stacked_rate(fed: Federation, clients: list[int], flops_seq: float) -> float:
+    """FLOP/s of the batched engine's stacked text clients (`batched.train_clients`, engine=batched) over the
+    same `clients` as `sequential_rate`: the issue's design, as the engine runs it."""
+    tr = fed.trainer
     start = time.perf_counter()
-    for _ in range(reps):
-        step()
-    return width * B * flops_seq * reps / (time.perf_counter() - start)
+    batched.train_clients(tr, clients, 1, fed.global_state)
+    n = sum(len(tr.clients[k]) for k in clients) * fed.cfg.local_epochs
+    return n * flops_seq / (time.perf_counter() - start)
 
 
 def mean_width(sizes: list[int], fraction: float, epochs: int, rounds: int = 50) -> float:
@@ -158,23 +120,22 @@ def main(argv=None) -> int:
     print(f"threads {torch.get_num_threads()}, {flops_seq / 1e6:.1f} MFLOP per training sequence of "
           f"{SEQ_LEN} characters, mean stacked width of a C = {cfg.client_fraction} round: {width:.1f} clients")
     peak, seq, stacked, evals = [], [], [], []
-    w = max(1, round(width))
     for r in range(args.repeats):
         peak.append(matmul_peak())
         seq.append(sequential_rate(fed, clients, flops_seq))
-        stacked.append(stacked_rate(w, flops_seq))
+        stacked.append(stacked_rate(fed, clients, flops_seq))
         start = time.perf_counter()
         tr.evaluate(fed.global_state)
         evals.append(time.perf_counter() - start)
         print(f"  repeat {r + 1}: peak {peak[-1] / 1e9:.0f}, sequential {seq[-1] / 1e9:.0f}, "
-              f"stacked (w={w}) {stacked[-1] / 1e9:.0f} GFLOP/s, evaluation {evals[-1]:.1f} s", flush=True)
+              f"stacked ({len(clients)} clients) {stacked[-1] / 1e9:.0f} GFLOP/s, evaluation {evals[-1]:.1f} s", flush=True)
     peak_m, seq_m, st_m, ev_m = (statistics.median(v) for v in (peak, seq, stacked, evals))
     round_flops = sum(sequences) * cfg.client_fraction * cfg.local_epochs * flops_seq
     round_s = round_flops / seq_m
     print(f"\nsequential client steps: {seq_m / 1e9:.0f} GFLOP/s = {seq_m / peak_m:.0%} of the matmul peak "
           f"({peak_m / 1e9:.0f} GFLOP/s)")
-    print(f"stacked clients (the issue's design, w = {w}): {st_m / 1e9:.0f} GFLOP/s = {st_m / seq_m:.2f}x the "
-          f"sequential steps")
+    print(f"stacked clients (engine=batched, the issue's design, {len(clients)} clients): {st_m / 1e9:.0f} GFLOP/s = "
+          f"{st_m / seq_m:.2f}x the sequential steps (a C = {cfg.client_fraction} round stacks about {width:.0f} at a time)")
     ceiling = peak_m / seq_m
     print(f"evaluation of the test set: {ev_m:.1f} s against an E = 1 round's training of about {round_s:.1f} s "
           f"({ev_m / (ev_m + round_s):.0%} of a round with evaluation)")

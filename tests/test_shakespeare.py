@@ -196,3 +196,53 @@ def test_engine_auto_trains_text_sequentially_on_every_device(device):
     pretend = SimpleNamespace(cfg=fed.cfg, client_side=fed.client_side, pipeline=fed.pipeline, data=fed.data,
                               device=torch.device(device), sizes=fed.sizes)  # the backend choice reads only these
     assert isinstance(build_backend(pretend), Sequential)
+
+
+def _text_in_float64(fed: Federation) -> Federation:
+    """The federation's weights and optimizer in float64 (the character ids stay integers)."""
+    fed.model.double()
+    fed.global_state = {n: v.double() for n, v in fed.global_state.items()}
+    fed.opt = torch.optim.SGD(fed.model.parameters(), lr=fed.cfg.lr, momentum=fed.cfg.momentum,
+                              weight_decay=fed.cfg.weight_decay)
+    return fed
+
+
+def test_stacked_text_clients_equal_sequential_ones():
+    """engine=batched on text: 3 roles of unequal length, E = 2, short last batches, padded characters,
+    momentum and weight decay: each client's weights and loss equal the fused LSTM's, one client at a time."""
+    from fl_lib.simulator import batched
+
+    data = Dataset(**sh.from_arrays(excerpt_arrays(times=40)))
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-3)):
+        fed = Federation(tiny(local_epochs=2, batch_size=3, momentum=0.9, weight_decay=5e-4, engine="batched"),
+                         data=data)
+        if dtype == torch.float64:
+            fed = _text_in_float64(fed)
+        chosen = fed.sample_clients(1)
+        steps = sorted(-(-len(fed.clients[k]) // 3) for k in chosen)
+        assert len(chosen) == 3 and steps[0] < steps[-1]  # some roles run out of batches before others
+        out = batched.train_clients(fed.trainer, chosen, 1, fed.global_state)
+        for k in chosen:
+            loss = fed.train_client(k, 1)
+            state = fed.model.state_dict()
+            assert list(out[k][0]) == list(state)
+            gap = max(((state[n] - out[k][0][n]).abs().max() / (state[n] - fed.global_state[n]).abs().max()
+                       .clamp_min(1e-12)).item() for n in state)
+            assert gap < tol, (dtype, k, gap)
+            torch.testing.assert_close(out[k][1].to(loss.dtype), loss, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batched_text_round_equals_a_sequential_one():
+    """Through Federation.round: the same uploads, aggregate and metrics as the sequential engine."""
+    data = Dataset(**sh.from_arrays(excerpt_arrays(times=20)))
+    rows, states = {}, {}
+    for engine in ("sequential", "batched"):
+        fed = Federation(tiny(engine=engine), data=data)
+        start = {n: v.clone() for n, v in fed.global_state.items()}
+        rows[engine] = fed.round(1)
+        states[engine] = fed.global_state
+    for n in start:
+        torch.testing.assert_close(states["batched"][n], states["sequential"][n], rtol=1e-4, atol=1e-5)
+    assert rows["batched"]["upload_bytes"] == rows["sequential"]["upload_bytes"]
+    for key in ("train_loss", "test_acc", "test_loss"):
+        assert rows["batched"][key] == pytest.approx(rows["sequential"][key], rel=1e-4, abs=1e-5)

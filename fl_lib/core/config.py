@@ -113,9 +113,9 @@ class Config:
     augment: bool = _field(True, "random crop + flip on 3-channel 32x32 training batches")
     seed: int = _field(0, "fixes init, partition, sampling, batch order")
     device: str = _field("auto", "auto = cuda, then mps, then cpu")
-    engine: str = _field("sequential", "the backend that trains a round's clients: sequential, batched (vmap), "
-                                       "pool (worker processes), or auto (batched on CUDA; on a CPU the pool "
-                                       "if a timed first round shows it pays)")
+    engine: str = _field("sequential", "the backend that trains a round's clients: sequential, batched (vmap; "
+                                       "text: stacked LSTMs), pool (worker processes), or auto (batched for "
+                                       "images on CUDA; on a CPU the pool if a timed first round shows it pays)")
     workers: int = _field(0, "worker processes of engine=pool (0 or auto = one per core)")
     channels_last: str = _field("auto", "memory format of conv models: auto, on, off")
     precision: str = _field("fp32", "fp32, or bf16 autocast (GPU)")
@@ -211,9 +211,6 @@ class Config:
         if text and self.link != "none":
             raise ConfigError(f"link={self.link!r}: the clock counts FLOPs of image models; "
                               f"model=char_lstm runs without a link")
-        if text and self.engine == "batched":
-            raise ConfigError(f"engine={self.engine!r}: the batched engine trains image models; "
-                              f"model=char_lstm runs engine=sequential or pool")
         if self.engine == "pool" and self.algorithm == "fedbuff":
             raise ConfigError("engine='pool' trains synchronous rounds; algorithm='fedbuff' runs engine=sequential")
         if text and self.partition not in ("roles", "iid"):

@@ -158,8 +158,9 @@ def build_backend(fed) -> object:
     if cfg.engine == "batched" and batchable:
         return Batched(client_side)
     if cfg.engine == "auto":
-        # Text (the LSTM) stays sequential everywhere: batched.py vmaps image models only, and on a CPU its
-        # client steps already run at 76% of the matmul peak (benchmarks/text.py), so stacking cannot pay
+        # Text (the LSTM) stays sequential everywhere: its client steps already run at two thirds of a CPU's
+        # matmul peak, and batched.py's stacked LSTMs (engine=batched) measured 0.19x of them there
+        # (benchmarks/text.py); on a GPU they have not been timed yet
         if fed.device.type == "cuda":
             return Batched(client_side) if batchable and not fed.data.is_text else sequential
         if fed.device.type == "cpu" and not fed.data.is_text:

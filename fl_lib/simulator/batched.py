@@ -17,6 +17,15 @@ whose data is exhausted takes no step); a short last batch is padded and its
 padding weighted 0 in the loss. Without dropout the result equals sequential
 training up to float rounding (vmap's grouped convolutions sum in another order);
 with dropout (SqueezeNet) the masks are drawn differently, so the runs differ.
+
+Text (the CharLSTM) is stacked by hand rather than through vmap, which has no batching rule for
+PyTorch's fused LSTM and would loop over the clients: each time step of each layer is one `baddbmm`
+over the clients (gates in PyTorch's order i, f, g, o), autograd runs through the unrolled sequence,
+and padded sequences and characters carry the target -100 that the loss ignores. It equals the
+fused LSTM's training up to float rounding. On a 2-core CPU it is about 5x slower than training
+the clients one after another (benchmarks/text.py: 0.19x; the fused kernel already runs at two
+thirds of the matmul peak), and it has not been timed on a GPU, so engine=auto never picks it;
+engine=batched asks for it.
 """
 from __future__ import annotations
 
@@ -26,9 +35,11 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..core.client import autocast, client_batches, num_steps
 from ..core.errors import ConfigError
+from ..core.models import CharLSTM
 from ..core.fedprox import add_proximal_
 from ..core.scaffold import stacked_corrections
 from ..core.rng import SERVER, Stream, stream_seed, torch_generator
+from ..core.shakespeare import IGNORE
 
 
 def train_clients(trainer, chosen: list[int], t: int, global_state: dict) -> dict[int, tuple[dict, torch.Tensor]]:
@@ -38,10 +49,13 @@ def train_clients(trainer, chosen: list[int], t: int, global_state: dict) -> dic
     pair `Trainer.weights` returns.
     """
     cfg, model = trainer.cfg, trainer.model
+    text = trainer.data.is_text
+    if text and not isinstance(model, CharLSTM):
+        raise ConfigError(f"engine=batched stacks text clients of model=char_lstm only, not {cfg.model}")
     if any(True for _ in model.buffers()):
         raise ConfigError(f"engine=batched does not support model={cfg.model}: it has buffers; use engine=sequential")
     epochs, batch = trainer.epochs(t), trainer.batch_size(t)  # E_t and B_t: the config's, or the schedules'
-    steps = {k: num_steps(trainer.sizes[k], batch, epochs) for k in chosen}
+    steps = {k: num_steps(len(trainer.clients[k]), batch, epochs) for k in chosen}  # samples (text: sequences)
     order = sorted(chosen, key=lambda k: -steps[k])  # active clients of any slot form a prefix
     m = len(order)
     names = [name for name, _ in model.named_parameters()]
@@ -61,10 +75,19 @@ def train_clients(trainer, chosen: list[int], t: int, global_state: dict) -> dic
             ce = F.cross_entropy(functional_call(model, p, (x,)), y, reduction="none")
         return (ce * mask).sum() / count
 
-    step = vmap(grad_and_value(loss_fn), randomness="different")
+    def text_step(p, x, y, mask, count):  # the same (grads, losses) as the vmapped step, for stacked LSTMs
+        leaves = {n: v.detach().requires_grad_() for n, v in p.items()}
+        with autocast(cfg.precision, trainer.device):
+            logits = stacked_char_lstm(leaves, x)
+        ce = F.cross_entropy(logits.flatten(0, 2), y.flatten(), reduction="none").view(len(y), -1)
+        losses = ce.sum(1) / count  # each client's mean over its own characters, as the fused trainer's loss
+        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))  # client k's loss sees only its weights
+        return dict(zip(leaves, grads)), losses.detach()
+
+    step = text_step if text else vmap(grad_and_value(loss_fn), randomness="different")
     for s in range(steps[order[0]]):
         a = sum(1 for k in order if steps[k] > s)  # clients still holding data: order[:a]
-        x, y, mask, count = _stack([next(batches[i]) for i in range(a)])
+        x, y, mask, count = _stack([next(batches[i]) for i in range(a)], text)
         grads, losses = step({n: p[:a] for n, p in params.items()}, x, y, mask, count)
         with torch.no_grad():
             total[:a] += losses.detach() * count
@@ -94,16 +117,53 @@ def _sgd(p, grad, buf, a, cfg):
     p.add_(d, alpha=-cfg.lr)
 
 
-def _stack(pairs):
-    """One slot's batches as (a, B_max, ...) tensors; short batches padded, their padding masked out."""
+def _stack(pairs, text: bool = False):
+    """One slot's batches as (a, B_max, ...) tensors; short batches padded, their padding masked out.
+
+    Text: padded sequences get the target -100 (ignored by the loss), and `count` is each client's
+    number of real target characters, the denominator of its mean loss.
+    """
     size = max(len(y) for _, y in pairs)
     x0, y0 = pairs[0]
     x = x0.new_zeros((len(pairs), size) + tuple(x0.shape[1:]))
-    y = y0.new_zeros((len(pairs), size))
+    y = y0.new_full((len(pairs), size) + tuple(y0.shape[1:]), IGNORE if text else 0)
     mask = torch.zeros(len(pairs), size, device=x0.device)
     for i, (xi, yi) in enumerate(pairs):
         x[i, :len(yi)] = xi
         y[i, :len(yi)] = yi
         mask[i, :len(yi)] = 1
-    count = mask.sum(1)
+    count = (y != IGNORE).flatten(1).sum(1).to(mask.dtype) if text else mask.sum(1)
     return x, y, mask, count
+
+
+def stacked_char_lstm(p: dict, x: torch.Tensor) -> torch.Tensor:
+    """Logits (a, B, L, V) of `a` stacked CharLSTMs (`p`: their parameters, each with a leading client dim)
+    on character ids x (a, B, L): CharLSTM's forward, one batched matrix product per client step."""
+    a, b, length = x.shape
+    embed = p["embed.weight"]  # (a, V, E)
+    h = embed[torch.arange(a, device=x.device)[:, None, None], x]  # (a, B, L, E): each client its own table
+    layer = 0
+    while f"lstm.weight_ih_l{layer}" in p:
+        h = _stacked_lstm_layer(h, p[f"lstm.weight_ih_l{layer}"], p[f"lstm.weight_hh_l{layer}"],
+                                p[f"lstm.bias_ih_l{layer}"] + p[f"lstm.bias_hh_l{layer}"])
+        layer += 1
+    out = torch.baddbmm(p["out.bias"].unsqueeze(1), h.reshape(a, b * length, -1), p["out.weight"].transpose(1, 2))
+    return out.view(a, b, length, -1)
+
+
+def _stacked_lstm_layer(x, w_ih, w_hh, bias):
+    """One LSTM layer of `a` stacked clients, zero initial state: x (a, B, L, in) -> hidden states (a, B, L, H)."""
+    a, b, length, _ = x.shape
+    hidden = w_hh.shape[-1]
+    gates_x = torch.baddbmm(bias.unsqueeze(1), x.reshape(a, b * length, -1), w_ih.transpose(1, 2))
+    gates_x = gates_x.view(a, b, length, 4 * hidden)
+    h = x.new_zeros(a, b, hidden)
+    c = x.new_zeros(a, b, hidden)
+    w_hh_t = w_hh.transpose(1, 2)
+    out = []
+    for t in range(length):
+        i, f, g, o = torch.baddbmm(gates_x[:, :, t], h, w_hh_t).chunk(4, -1)  # PyTorch's gate order
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        out.append(h)
+    return torch.stack(out, 2)
