@@ -246,3 +246,16 @@ def test_a_batched_text_round_equals_a_sequential_one():
     assert rows["batched"]["upload_bytes"] == rows["sequential"]["upload_bytes"]
     for key in ("train_loss", "test_acc", "test_loss"):
         assert rows["batched"][key] == pytest.approx(rows["sequential"][key], rel=1e-4, abs=1e-5)
+
+
+def test_evaluation_in_batches_equals_one_pass(monkeypatch):
+    """The test characters scored 2 sequences at a time give the accuracy and loss of one pass over all."""
+    import fl_lib.core.trainer as trainer
+
+    fed = Federation(tiny(), data=Dataset(**sh.from_arrays(excerpt_arrays(times=10))))
+    assert len(fed.data.y_test) > 2
+    monkeypatch.setattr(trainer, "EVAL_BATCH", len(fed.data.y_test))
+    whole = fed.evaluate()
+    monkeypatch.setattr(trainer, "EVAL_BATCH", 2)
+    acc, loss = fed.evaluate()
+    assert acc == whole[0] and loss == pytest.approx(whole[1], rel=1e-6)
