@@ -207,12 +207,21 @@ def _text_in_float64(fed: Federation) -> Federation:
     return fed
 
 
-def test_stacked_text_clients_equal_sequential_ones():
+@pytest.fixture
+def one_torch_thread():
+    """Both engines on one thread: the stacked LSTM's many small steps crawl when two threads share busy cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_stacked_text_clients_equal_sequential_ones(one_torch_thread):
     """engine=batched on text: 3 roles of unequal length, E = 2, short last batches, padded characters,
     momentum and weight decay: each client's weights and loss equal the fused LSTM's, one client at a time."""
     from fl_lib.simulator import batched
 
-    data = Dataset(**sh.from_arrays(excerpt_arrays(times=40)))
+    data = Dataset(**sh.from_arrays(excerpt_arrays(times=16)))
     for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-3)):
         fed = Federation(tiny(local_epochs=2, batch_size=3, momentum=0.9, weight_decay=5e-4, engine="batched"),
                          data=data)
@@ -232,9 +241,9 @@ def test_stacked_text_clients_equal_sequential_ones():
             torch.testing.assert_close(out[k][1].to(loss.dtype), loss, rtol=1e-5, atol=1e-6)
 
 
-def test_a_batched_text_round_equals_a_sequential_one():
+def test_a_batched_text_round_equals_a_sequential_one(one_torch_thread):
     """Through Federation.round: the same uploads, aggregate and metrics as the sequential engine."""
-    data = Dataset(**sh.from_arrays(excerpt_arrays(times=20)))
+    data = Dataset(**sh.from_arrays(excerpt_arrays(times=16)))
     rows, states = {}, {}
     for engine in ("sequential", "batched"):
         fed = Federation(tiny(engine=engine), data=data)

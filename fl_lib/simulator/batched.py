@@ -87,7 +87,7 @@ def train_clients(trainer, chosen: list[int], t: int, global_state: dict) -> dic
     step = text_step if text else vmap(grad_and_value(loss_fn), randomness="different")
     for s in range(steps[order[0]]):
         a = sum(1 for k in order if steps[k] > s)  # clients still holding data: order[:a]
-        x, y, mask, count = _stack([next(batches[i]) for i in range(a)], text)
+        x, y, mask, count = (_stack_text if text else _stack)([next(batches[i]) for i in range(a)])
         grads, losses = step({n: p[:a] for n, p in params.items()}, x, y, mask, count)
         with torch.no_grad():
             total[:a] += losses.detach() * count
@@ -117,23 +117,27 @@ def _sgd(p, grad, buf, a, cfg):
     p.add_(d, alpha=-cfg.lr)
 
 
-def _stack(pairs, text: bool = False):
-    """One slot's batches as (a, B_max, ...) tensors; short batches padded, their padding masked out.
-
-    Text: padded sequences get the target -100 (ignored by the loss), and `count` is each client's
-    number of real target characters, the denominator of its mean loss.
-    """
+def _stack(pairs):
+    """One slot's batches as (a, B_max, ...) tensors; short batches padded, their padding masked out."""
     size = max(len(y) for _, y in pairs)
     x0, y0 = pairs[0]
     x = x0.new_zeros((len(pairs), size) + tuple(x0.shape[1:]))
-    y = y0.new_full((len(pairs), size) + tuple(y0.shape[1:]), IGNORE if text else 0)
+    y = y0.new_zeros((len(pairs), size) + tuple(y0.shape[1:]))
     mask = torch.zeros(len(pairs), size, device=x0.device)
     for i, (xi, yi) in enumerate(pairs):
         x[i, :len(yi)] = xi
         y[i, :len(yi)] = yi
         mask[i, :len(yi)] = 1
-    count = (y != IGNORE).flatten(1).sum(1).to(mask.dtype) if text else mask.sum(1)
+    count = mask.sum(1)
     return x, y, mask, count
+
+
+def _stack_text(pairs):
+    """`_stack` for text: a padded sequence's characters get the target -100 (ignored by the loss), and
+    `count` is each client's number of real target characters, the denominator of its mean loss."""
+    x, y, mask, _ = _stack(pairs)
+    y[mask == 0] = IGNORE
+    return x, y, mask, (y != IGNORE).flatten(1).sum(1).to(mask.dtype)
 
 
 def stacked_char_lstm(p: dict, x: torch.Tensor) -> torch.Tensor:
