@@ -40,3 +40,14 @@ def tiny_data():
     changed = _changes(ds, build_tiny_data())
     assert not changed, (f"a test changed the shared tiny_data ({', '.join(changed)}); "
                          "build a private copy with tests.tiny.tiny_data() instead")
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: small steps gain nothing from a second thread and crawl when two threads
+    share busy cores (the stacked LSTM: 142 s on two threads beside the study, 7 s on one). Some test modules
+    keep their own fixture of this name."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -207,16 +207,7 @@ def _text_in_float64(fed: Federation) -> Federation:
     return fed
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Both engines on one thread: the stacked LSTM's many small steps crawl when two threads share busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_stacked_text_clients_equal_sequential_ones(one_torch_thread):
+def test_stacked_text_clients_equal_sequential_ones(one_thread):
     """engine=batched on text: 3 roles of unequal length, E = 2, short last batches, padded characters,
     momentum and weight decay: each client's weights and loss equal the fused LSTM's, one client at a time."""
     from fl_lib.simulator import batched
@@ -241,7 +232,7 @@ def test_stacked_text_clients_equal_sequential_ones(one_torch_thread):
             torch.testing.assert_close(out[k][1].to(loss.dtype), loss, rtol=1e-5, atol=1e-6)
 
 
-def test_a_batched_text_round_equals_a_sequential_one(one_torch_thread):
+def test_a_batched_text_round_equals_a_sequential_one(one_thread):
     """Through Federation.round: the same uploads, aggregate and metrics as the sequential engine."""
     data = Dataset(**sh.from_arrays(excerpt_arrays(times=16)))
     rows, states = {}, {}
