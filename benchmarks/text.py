@@ -34,11 +34,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from fl_lib.core.config import preset
-from fl_lib.core.models import CharLSTM
-from fl_lib.core.shakespeare import SEQ_LEN, VOCAB
+from fl_lib.core.shakespeare import SEQ_LEN
 from fl_lib.simulator import batched
 from fl_lib.simulator.federation import Federation
 

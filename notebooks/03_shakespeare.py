@@ -223,7 +223,15 @@ from fl_lib.study import reference
 
 PAPER_TARGET = 0.54  # the paper's target; the slice above uses `target`
 ref_names = reference.names(prefix="shakespeare/")
+ref_index = reference.read_index()
 ref_rows, ref_curves = [], []
+
+
+def per_round_trend(values):
+    """Change per round between the first and last of `values` (a Series indexed by round)."""
+    return (values.iloc[-1] - values.iloc[0]) / max(values.index[-1] - values.index[0], 1)
+
+
 for ref_name in ref_names:
     ref = reference.load(ref_name)
     c = ref.config
@@ -231,24 +239,22 @@ for ref_name in ref_names:
     row_name = match[0][0] if match else ref_name
     split = "IID" if c.partition == "iid" else "non-IID"
     paper = (match[0][4] if split == "IID" else match[0][5]) if match else None
-    acc = ref.metrics.set_index("round").test_acc
+    by_round = ref.metrics.set_index("round")
+    acc = by_round.test_acc
     reached = rounds_to_target(acc, PAPER_TARGET)
     last = acc.dropna().tail(10)
-    loss = ref.metrics.set_index("round").test_loss.dropna()
-    loss_last = loss.tail(10)
-    loss_trend = (loss_last.iloc[-1] - loss_last.iloc[0]) / max(loss_last.index[-1] - loss_last.index[0], 1)
-    trend = (last.iloc[-1] - last.iloc[0]) / max(last.index[-1] - last.index[0], 1)
+    loss = by_round.test_loss.dropna()
     ref_rows.append({"row": row_name, "split": split, "rounds run": len(acc),
                      "best acc": round(acc.max(), 4),
                      "rounds to 54% (ours)": round(reached, 1) if reached is not None else f"> {len(acc)}",
                      "rounds to 54% (paper)": paper,
                      "evaluations in the trend": len(last),
-                     "accuracy gain per round (trend)": round(trend, 5),
+                     "accuracy gain per round (trend)": round(per_round_trend(last), 5),
                      "lowest test loss": round(loss.min(), 4), "at round": int(loss.idxmin()),
                      "last test loss": round(loss.iloc[-1], 4),
-                     "test loss change per round (trend)": round(loss_trend, 5),
+                     "test loss change per round (trend)": round(per_round_trend(loss.tail(10)), 5),
                      "wall hours": round(ref.metrics.seconds.sum() / 3600, 2),
-                     "machine": reference.read_index()[ref_name]["machine"]})
+                     "machine": ref_index[ref_name]["machine"]})
     ref_curves.append(ref.metrics.assign(label=f"reference: {row_name}, {split}, all {c.num_clients} roles"))
 live = metrics[metrics.seed == seed_list[0]].assign(label=lambda m: "live slice: " + m["label"])
 if ref_curves:

@@ -44,9 +44,10 @@ def tiny_data():
 
 @pytest.fixture
 def one_thread():
-    """torch on one thread for the test: small steps gain nothing from a second thread and crawl when two threads
-    share busy cores (the stacked LSTM: 142 s on two threads beside the study, 7 s on one). Some test modules
-    keep their own fixture of this name."""
+    """torch on one thread for the test. Small steps gain nothing from a second thread and crawl when two threads
+    share busy cores (the stacked LSTM: 142 s on two threads beside the study, 7 s on one); and it is the thread
+    count of the pool's workers and of Flower's processes (OMP_NUM_THREADS=1), so every client's arithmetic is
+    the same in process and there."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -31,12 +31,18 @@ def _relative_gap(a: dict, b: dict, start: dict) -> float:
     return max(((a[n] - b[n]).abs().max() / (a[n] - start[n]).abs().max().clamp_min(1e-12)).item() for n in a)
 
 
-def in_float64(fed: Federation, monkeypatch) -> Federation:
-    """The same federation computing in float64, so that rounding cannot hide a wrong step."""
+def weights_in_float64(fed: Federation) -> Federation:
+    """The federation's model, global weights and optimizer in float64 (its inputs as they are)."""
     fed.model.double()
     fed.global_state = {n: v.double() for n, v in fed.global_state.items()}
     fed.opt = torch.optim.SGD(fed.model.parameters(), lr=fed.cfg.lr, momentum=fed.cfg.momentum,
                               weight_decay=fed.cfg.weight_decay)
+    return fed
+
+
+def in_float64(fed: Federation, monkeypatch) -> Federation:
+    """The same federation computing in float64, so that rounding cannot hide a wrong step."""
+    weights_in_float64(fed)
     import fl_lib.core.client
 
     inputs = fl_lib.core.client.batch_inputs  # both trainers draw their batches through it

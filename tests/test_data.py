@@ -38,15 +38,6 @@ def test_channel_stats_against_float_reduction(cifar_like):
     assert cifar_like.mean.dtype == cifar_like.std.dtype == torch.float32
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny batches gain nothing from intra-op threads, and on a busy machine they slow down badly.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_synthetic_is_learnable(one_thread):
     ds = load_dataset("synthetic-mnist", seed=0)
     torch.manual_seed(0)

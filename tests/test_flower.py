@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 flwr = pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.41')")
 
@@ -25,14 +24,6 @@ def tiny(**kw):
     base = dict(dataset="synthetic-mnist", model="2nn", augment=False, device="cpu", num_rounds=2, bits=8)
     base.update(kw)
     return preset("smoke", **base)
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the Flower processes below (OMP_NUM_THREADS=1)
-    yield
-    torch.set_num_threads(before)
 
 
 def same_run(flower_dir, cfg, tmp_path):

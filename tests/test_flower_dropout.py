@@ -12,7 +12,7 @@ pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[s
 from fl_lib.core.errors import FLError  # noqa: E402
 from fl_lib.runtime import checkpoint, flower, flower_local, flower_secagg, results  # noqa: E402
 from fl_lib.simulator.federation import Federation  # noqa: E402
-from tests.test_flower import one_thread, tiny  # noqa: E402, F401  (fixture)
+from tests.test_flower import tiny  # noqa: E402
 from tests.test_flower_local import alive, needs_proc, started  # noqa: E402
 
 DOOMED = 2  # the client whose SuperNode dies between steps 2 and 3

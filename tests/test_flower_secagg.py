@@ -8,7 +8,7 @@ from flwr.app import Context, RecordDict  # noqa: E402
 
 from fl_lib.runtime import flower, flower_secagg, results  # noqa: E402
 from fl_lib.simulator.federation import Federation  # noqa: E402
-from tests.test_flower import one_thread, task_identity, tiny  # noqa: E402, F401  (fixtures)
+from tests.test_flower import task_identity, tiny  # noqa: E402, F401  (task_identity: a fixture)
 
 COLUMNS = ["test_acc", "test_loss", "train_loss", "upload_bytes", "quant_error", "dropped_clients"]
 

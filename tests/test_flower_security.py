@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key  #
 from fl_lib.core.errors import ConfigError  # noqa: E402
 from fl_lib.runtime import certs, flower  # noqa: E402
 from tests.servers import free_port  # noqa: E402
-from tests.test_flower import BIN, ROOT, deploy_cmd, one_thread, same_run, tiny  # noqa: E402,F401
+from tests.test_flower import BIN, ROOT, deploy_cmd, same_run, tiny  # noqa: E402,F401
 
 TOOLS = ("flower-superlink", "flower-supernode", "flwr")
 

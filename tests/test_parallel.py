@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from fl_lib.simulator import backends
 from fl_lib.simulator import pool
@@ -31,14 +30,6 @@ def rounds(fed, n):
     for t in range(1, n + 1):
         out.append(fed.round(t).as_dict())  # the metrics columns: wall seconds vary
     return out
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the workers' thread count: then every client's arithmetic is the same
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("kw", [dict(bits=8, upload="delta", client_fraction=0.8),

@@ -12,6 +12,7 @@ from fl_lib.core.errors import ConfigError, DataError
 from fl_lib.simulator.federation import Federation
 from fl_lib.core.models import build_model, count_parameters
 from fl_lib.core.rng import Stream
+from tests.test_batched import _relative_gap, weights_in_float64
 from tests.tiny import tiny_config
 
 PLAY = """# A Play
@@ -198,15 +199,6 @@ def test_engine_auto_trains_text_sequentially_on_every_device(device):
     assert isinstance(build_backend(pretend), Sequential)
 
 
-def _text_in_float64(fed: Federation) -> Federation:
-    """The federation's weights and optimizer in float64 (the character ids stay integers)."""
-    fed.model.double()
-    fed.global_state = {n: v.double() for n, v in fed.global_state.items()}
-    fed.opt = torch.optim.SGD(fed.model.parameters(), lr=fed.cfg.lr, momentum=fed.cfg.momentum,
-                              weight_decay=fed.cfg.weight_decay)
-    return fed
-
-
 def test_stacked_text_clients_equal_sequential_ones(one_thread):
     """engine=batched on text: 3 roles of unequal length, E = 2, short last batches, padded characters,
     momentum and weight decay: each client's weights and loss equal the fused LSTM's, one client at a time."""
@@ -217,7 +209,7 @@ def test_stacked_text_clients_equal_sequential_ones(one_thread):
         fed = Federation(tiny(local_epochs=2, batch_size=3, momentum=0.9, weight_decay=5e-4, engine="batched"),
                          data=data)
         if dtype == torch.float64:
-            fed = _text_in_float64(fed)
+            fed = weights_in_float64(fed)  # the character ids stay integers
         chosen = fed.sample_clients(1)
         steps = sorted(-(-len(fed.clients[k]) // 3) for k in chosen)
         assert len(chosen) == 3 and steps[0] < steps[-1]  # some roles run out of batches before others
@@ -226,8 +218,7 @@ def test_stacked_text_clients_equal_sequential_ones(one_thread):
             loss = fed.train_client(k, 1)
             state = fed.model.state_dict()
             assert list(out[k][0]) == list(state)
-            gap = max(((state[n] - out[k][0][n]).abs().max() / (state[n] - fed.global_state[n]).abs().max()
-                       .clamp_min(1e-12)).item() for n in state)
+            gap = _relative_gap(state, out[k][0], fed.global_state)
             assert gap < tol, (dtype, k, gap)
             torch.testing.assert_close(out[k][1].to(loss.dtype), loss, rtol=1e-5, atol=1e-6)
 
