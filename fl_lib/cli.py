@@ -179,7 +179,8 @@ def _flower(args) -> int:
         r_dir = Path(args.out)
     elif args.flower_command == "local":
         from .runtime import flower_local
-        code = flower_local.run(cfg, args.out, args.port, args.keep_db, args.round_timeout, args.connect_timeout)
+        code = flower_local.run(cfg, args.out, args.port, args.keep_db, args.round_timeout, args.connect_timeout,
+                                args.clientapps)
         if code:
             return code
         r_dir = Path(args.out)

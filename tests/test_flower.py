@@ -10,12 +10,15 @@ flwr = pytest.importorskip("flwr", reason="Flower is not installed (pip install 
 
 from flwr.app import Context, RecordDict  # noqa: E402
 
-from fl_lib.runtime import flower  # noqa: E402
+from fl_lib.runtime import flower, flower_local  # noqa: E402
 from fl_lib.runtime import results  # noqa: E402
 from fl_lib.core.config import preset  # noqa: E402
 from fl_lib.simulator.federation import Federation  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
+# torch on one thread: these tiny rounds gain nothing from a second one, and crawl when two threads share
+# busy cores (a 3-round in-process run: 10 s on two threads beside other work, 0.2 s on one)
+pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -124,6 +127,10 @@ def test_a_resubmitted_run_goes_on_from_the_run_folder(tmp_path, task_identity):
 
 
 # -- a real federation on localhost: a SuperLink and 2 SuperNodes -----------------------
+# s the server waits for a round's uploads. A round of `tiny` on long-lived ClientApps takes 3-5 s here (most
+# of it the SuperNode's 3 s wait between two pulls); 15 s leaves 3x for a busy machine, and the round with a
+# killed SuperNode waits all of it.
+ROUND_TIMEOUT = 15
 kill_tree = flower.stop_tree
 
 
@@ -152,10 +159,16 @@ def federation(tmp_path_factory):
     try:
         procs.append(start_superlink())
         for k in range(2):
+            node_port = free_port()
             procs.append(subprocess.Popen(
                 [BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
-                 "--port", str(free_port()), "--node-config", f"partition-id={k} num-partitions=2"],
+                 "--port", str(node_port), "--isolation", "process",
+                 "--node-config", f"partition-id={k} num-partitions=2"],
                 env=env, stdout=open(logs / f"supernode{k}.log", "w"), stderr=subprocess.STDOUT))
+            flower.wait_for_port(node_port)
+            procs.append(subprocess.Popen(  # its long-lived ClientApps (fl_lib's flower_clientapps.py)
+                flower_local.clientapps_command(node_port, procs[-1].pid), env=env,
+                stdout=open(logs / f"clientapps{k}.log", "w"), stderr=subprocess.STDOUT))
         yield {"env": env, "procs": procs, "logs": logs, "start_superlink": start_superlink}
     finally:
         for p in procs:
@@ -172,7 +185,8 @@ def deploy_cmd(cfg, out, *flags):
 def _deploy(federation, cfg, out, on_line=None, timeout=400):
     """`fl_lib flower deploy` to the fixture's SuperLink; `on_line(line)` sees its log: True stops reading,
     "stop" also stops the command (as Ctrl-C would, once its SuperLink is gone)."""
-    proc = subprocess.Popen(deploy_cmd(cfg, out, "--round-timeout", "30"), cwd=ROOT, env=federation["env"],
+    proc = subprocess.Popen(deploy_cmd(cfg, out, "--round-timeout", str(ROUND_TIMEOUT)), cwd=ROOT,
+                            env=federation["env"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -206,14 +220,14 @@ def test_deployment_survives_a_superlink_restart_and_a_killed_supernode(federati
             return "stop"
         return False
 
-    # round 1 takes about 10 s here (each message starts a ClientApp process); 30 s leaves 3x for a busy machine
     code, log = _deploy(federation, cfg, out, after_round_1)
     assert first_round.exists() and not (out / "summary.json").exists(), log[-3000:]
     federation["procs"][0] = federation["start_superlink"]()  # the SuperNodes reconnect on their own
 
     def at_round_3(line):  # Flower counts the resubmission's rounds from 1: its round 2 is fl_lib's round 3
         if "[ROUND 2/2]" in line:
-            kill_tree(federation["procs"][2])
+            for proc in federation["procs"][3:5]:  # SuperNode 1 and its ClientApps, as a machine that dies
+                kill_tree(proc)
             return True
         return False
 

@@ -115,8 +115,8 @@ def test_signals_wait_while_held():
 @needs_proc
 @pytest.mark.slow
 def test_one_command_runs_the_federation_and_stops_it(tmp_path):
-    """2 SuperNodes, 1 round: exit 0, the in-process run's metrics, the database kept where asked, the user's
-    ~/.flwr untouched, and none of the processes left."""
+    """2 SuperNodes with long-lived ClientApps (the default), 1 round: exit 0, the in-process run's metrics, the
+    database kept where asked, the user's ~/.flwr untouched, and none of the processes left."""
     cfg = tiny(num_clients=2, num_rounds=1)
     out, db, home = tmp_path / "local", tmp_path / "kept" / "superlink.db", tmp_path / "home"
     home.mkdir()
@@ -128,18 +128,23 @@ def test_one_command_runs_the_federation_and_stops_it(tmp_path):
     got = same_run(out, cfg, tmp_path)
     assert got.summary["flower_nodes"] == 2 and db.stat().st_size > 0 and not (home / ".flwr").exists()
     pids = started(out)
-    assert sorted(pids.values())[-3:] == ["superlink", "supernode0", "supernode1"] and "child" in pids.values()
+    assert sorted(pids.values())[-5:] == ["clientapps0", "clientapps1", "superlink", "supernode0", "supernode1"]
+    assert "child" in pids.values()  # the SuperLink's executor of the ServerApp
+    for k in range(2):  # the SuperNodes start no ClientApp (--isolation process): these processes ran them
+        assert "long-lived ClientApps" in (out / flower_local.LOGS / f"clientapps{k}.log").read_text()
     assert not [f"{name} {pid}" for pid, name in pids.items() if alive(pid)]
 
 
 @needs_proc
 @pytest.mark.slow
 def test_ctrl_c_twice_mid_round_stops_everything(tmp_path):
-    """SIGINT as round 1 starts, and again during the cleanup: exit 130 within seconds, no process left."""
+    """SIGINT as round 1 starts, and again during the cleanup: exit 130 within seconds, no process left. With
+    Flower's per-message ClientApps, so the detached processes Flower starts for each message go too."""
     psutil = pytest.importorskip("psutil")
     cfg = tiny(num_clients=2, num_rounds=2)
     out = tmp_path / "local"
-    proc = subprocess.Popen(local_cmd(cfg, out), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(local_cmd(cfg, out, "--clientapps", "per-message"), cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines, below = [], []
     try:

@@ -10,6 +10,9 @@ from fl_lib.runtime import flower, flower_secagg, results  # noqa: E402
 from fl_lib.simulator.federation import Federation  # noqa: E402
 from tests.test_flower import task_identity, tiny  # noqa: E402, F401  (task_identity: a fixture)
 
+# torch on one thread: these tiny rounds gain nothing from a second one, and crawl when two threads share
+# busy cores (a 3-round in-process run: 10 s on two threads beside other work, 0.2 s on one)
+pytestmark = pytest.mark.usefixtures("one_thread")
 COLUMNS = ["test_acc", "test_loss", "train_loss", "upload_bytes", "quant_error", "dropped_clients"]
 
 

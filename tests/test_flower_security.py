@@ -27,7 +27,7 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key  # noqa: E402
 
 from fl_lib.core.errors import ConfigError  # noqa: E402
-from fl_lib.runtime import certs, flower  # noqa: E402
+from fl_lib.runtime import certs, flower, flower_local  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 from tests.test_flower import BIN, ROOT, deploy_cmd, same_run, tiny  # noqa: E402,F401
 
@@ -101,10 +101,13 @@ def test_bad_requests_are_refused_in_one_line(tmp_path, capsys):
 
 
 # -- a TLS federation with SuperNode authentication on localhost --------------------------
-def supernode_cmd(port: int, key: Path, k: int, *tls: str) -> list:
-    """A SuperNode holding fl_lib client k; `tls` names the CA it trusts (nothing: the system's)."""
+def supernode_cmd(port: int, key: Path, k: int, *tls: str, runtime_port: int | None = None) -> list:
+    """A SuperNode holding fl_lib client k; `tls` names the CA it trusts (nothing: the system's). With
+    `runtime_port`, its Runtime API listens there for long-lived ClientApps (`--isolation process`)."""
+    isolation = ["--isolation", "process"] if runtime_port else []
     return [BIN / "flower-supernode", *tls, "--superlink", f"127.0.0.1:{port}",
-            "--auth-supernode-private-key", str(key), "--host", "127.0.0.1", "--port", str(free_port()),
+            "--auth-supernode-private-key", str(key), "--host", "127.0.0.1",
+            "--port", str(runtime_port or free_port()), *isolation,
             "--node-config", f"partition-id={k} num-partitions=2"]
 
 
@@ -201,10 +204,14 @@ def secure(tmp_path_factory):
                                 logs / f"register{k}.log")
             assert status == 0 and "registered successfully" in out, out
         for k in range(2):
+            runtime_port = free_port()
             procs.append(subprocess.Popen(supernode_cmd(port, paths[f"node-{k}"], k, "--root-certificates",
-                                                        str(paths["ca.crt"])),
+                                                        str(paths["ca.crt"]), runtime_port=runtime_port),
                                           env=env, stdout=open(logs / f"supernode{k}.log", "w"),
                                           stderr=subprocess.STDOUT))
+            flower.wait_for_port(runtime_port)
+            procs.append(subprocess.Popen(flower_local.clientapps_command(runtime_port, procs[-1].pid), env=env,
+                                          stdout=open(logs / f"clientapps{k}.log", "w"), stderr=subprocess.STDOUT))
         wait_online(env, logs / "ls.log", 2)
         yield {"env": env, "port": port, "paths": paths, "other": other, "logs": logs}
     finally:

@@ -294,12 +294,55 @@ def federate(grid: Grid, cfg: Config, out, runtime: str, round_timeout: float = 
 server_app = ServerApp()
 
 
+class PromptGrid(Grid):
+    """A Grid that looks for the replies every `PULL` s. The Deployment Runtime's own `send_and_receive` looks
+    every 3 s, a second and a half of idle waiting per message step on average, whatever the round costs."""
+
+    PULL = 0.1  # seconds between two pulls while replies are due (a call to the SuperLink on this server)
+
+    def __init__(self, grid: Grid):
+        self.grid = grid
+
+    def set_run(self, run_id):
+        return self.grid.set_run(run_id)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs):
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self):
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages):
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        """Flower's contract: push, then pull until every reply is in or `timeout` s have passed."""
+        due = set(self.push_messages(messages))
+        end = time.time() + (timeout if timeout is not None else 0.0)
+        replies = []
+        while due:
+            found = list(self.pull_messages(due))
+            replies.extend(found)
+            due -= {m.metadata.reply_to_message_id for m in found}
+            if not due or (timeout is not None and time.time() >= end):
+                break
+            time.sleep(self.PULL)
+        return replies
+
+
 @server_app.main()
 def deployment_main(grid: Grid, context: Context) -> None:
     """The Deployment Runtime's entry (`flwr run`): config and output folder come from the run config."""
     rc = context.run_config
     cfg = Config.from_dict(json.loads(str(rc["config"])))
-    federate(grid, cfg, Path(str(rc["out"])), "flower-deployment", float(rc.get("round-timeout", 600.0)),
+    federate(PromptGrid(grid), cfg, Path(str(rc["out"])), "flower-deployment", float(rc.get("round-timeout", 600.0)),
              float(rc.get("connect-timeout", 120.0)), progress=False)
 
 

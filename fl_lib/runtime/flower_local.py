@@ -32,6 +32,8 @@ MAX_NODES = 32  # one SuperNode process per client (~150 MB each): more belongs 
 LOGS = "federation-logs"  # inside the run folder
 UP = "federation up"  # the line printed once every process listens (tests wait for it)
 STOP_GRACE = 3.0  # seconds a process gets to end on SIGTERM before SIGKILL
+LONG_LIVED, PER_MESSAGE = "long-lived", "per-message"
+CLIENTAPPS = (LONG_LIVED, PER_MESSAGE)  # one ClientApp process per SuperNode for the whole run, or Flower's default
 
 
 def add_arguments(p) -> None:
@@ -40,6 +42,10 @@ def add_arguments(p) -> None:
                    help="the SuperLink's port on 127.0.0.1 (default: a free one)")
     p.add_argument("--keep-db", default=None, metavar="PATH",
                    help="the SuperLink's database file, kept afterwards (default: a temporary one, deleted)")
+    p.add_argument("--clientapps", default=LONG_LIVED, choices=CLIENTAPPS,
+                   help="long-lived: one ClientApp process per SuperNode runs all its messages, torch and the "
+                        "client's data loaded once (default); per-message: Flower's default, a fresh process "
+                        "for every message")
 
 
 def check(cfg: Config, port: int | None) -> None:
@@ -58,14 +64,14 @@ def check(cfg: Config, port: int | None) -> None:
 
 
 def run(cfg: Config, out, port: int | None = None, keep_db=None, round_timeout: float = 600.0,
-        connect_timeout: float = 120.0) -> int:
+        connect_timeout: float = 120.0, clientapps: str = LONG_LIVED) -> int:
     """Start the federation, deploy `cfg` to it, stop it all. Returns deploy's status, 130 on Ctrl-C, 143 on SIGTERM."""
     from . import flower  # here, not above: `--help` need not import Flower
 
     flower.check_flower_config(cfg)
     check(cfg, port)
     out = Path(out).resolve()
-    local = LocalFederation(out / LOGS, port, Path(keep_db).resolve() if keep_db else None)
+    local = LocalFederation(out / LOGS, port, Path(keep_db).resolve() if keep_db else None, clientapps)
     with _Signals() as signals:
         local.signals = signals
         try:
@@ -127,8 +133,10 @@ class _Signals:
 class LocalFederation:
     """A SuperLink and SuperNodes on 127.0.0.1, with a private FLWR_HOME, stopped by PID in `stop`."""
 
-    def __init__(self, logs: Path, port: int | None, keep_db: Path | None):
-        self.logs, self.port, self.keep_db = logs, port, keep_db
+    def __init__(self, logs: Path, port: int | None, keep_db: Path | None, clientapps: str = LONG_LIVED):
+        if clientapps not in CLIENTAPPS:
+            raise ConfigError(f"clientapps={clientapps!r} is not allowed: must be one of {', '.join(CLIENTAPPS)}")
+        self.logs, self.port, self.keep_db, self.clientapps = logs, port, keep_db, clientapps
         self.home = Path(tempfile.mkdtemp(prefix="fl_lib-flwr-home-"))  # FLWR_HOME; also the temporary database
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.signals = None
@@ -151,15 +159,19 @@ class LocalFederation:
                                          "--disable-runtime-dependency-installation"])
         self._wait(link, "superlink", self.port)
         nodes = []
+        isolation = ["--isolation", "process"] if self.clientapps == LONG_LIVED else []
         for k in range(num_nodes):
             port = _free_port()
             proc = self._start(f"supernode{k}", [
                 _command("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-                "--host", "127.0.0.1", "--port", str(port),
+                "--host", "127.0.0.1", "--port", str(port), *isolation,
                 "--node-config", f"partition-id={k} num-partitions={num_nodes}"], (node_env or {}).get(k))
-            nodes.append((f"supernode{k}", proc, port))
-        for name, proc, port in nodes:
-            self._wait(proc, name, port)
+            nodes.append((k, proc, port))
+        for k, proc, port in nodes:
+            self._wait(proc, f"supernode{k}", port)
+        if self.clientapps == LONG_LIVED:  # one process per SuperNode runs all its ClientApps (flower_clientapps.py)
+            for k, proc, port in nodes:
+                self._start(f"clientapps{k}", clientapps_command(port, proc.pid), (node_env or {}).get(k))
 
     def _start(self, name: str, cmd: list, env: dict[str, str] | None = None) -> subprocess.Popen:
         self.signals.hold()  # recorded before a signal can unwind past it
@@ -187,16 +199,21 @@ class LocalFederation:
                       f"see {self.logs / name}.log")
 
     def kill_node(self, k: int) -> list[int]:
-        """SIGKILL SuperNode k and all it started (its ClientApps), as a machine that dies would; returns the PIDs."""
-        proc = dict(self.procs)[f"supernode{k}"]
-        if proc.poll() is not None:  # reaped: its PID may be another process's by now
-            raise FLError(f"supernode{k} is not running (exit status {proc.returncode}): see {self.logs}")
-        below = _descendants([proc.pid])
-        _signal_all([proc.pid], below, signal.SIGKILL)
-        proc.wait()
+        """SIGKILL SuperNode k and its ClientApps (long-lived or started by it), as a machine that dies would;
+        returns the PIDs."""
+        started = dict(self.procs)
+        procs = [started[name] for name in (f"supernode{k}", f"clientapps{k}") if name in started]
+        for proc in procs:
+            if proc.poll() is not None:  # reaped: its PID may be another process's by now
+                raise FLError(f"node {k} is not running (exit status {proc.returncode}): see {self.logs}")
+        roots = [proc.pid for proc in procs]
+        below = _descendants(roots)
+        _signal_all(roots, below, signal.SIGKILL)
+        for proc in procs:
+            proc.wait()
         with open(self.logs / "pids", "a") as f:
             f.writelines(f"child {pid}\n" for pid, _ in below)
-        return [proc.pid] + [pid for pid, _ in below]
+        return roots + [pid for pid, _ in below]
 
     def stop(self) -> None:
         """SIGTERM every process started and all they started (Flower detaches its executors into sessions of
@@ -230,6 +247,13 @@ def _command(name: str) -> str:
     if found is None:
         raise FLError(f"the {name} command is not installed: pip install 'flwr[simulation]>=1.41'")
     return found
+
+
+def clientapps_command(runtime_port: int, supernode_pid: int) -> list[str]:
+    """The long-lived ClientApp process of the SuperNode (started with `--isolation process`) whose Runtime API
+    listens on 127.0.0.1:`runtime_port` (its `--port`); it ends with that SuperNode."""
+    return [sys.executable, "-m", "fl_lib.runtime.flower_clientapps", "--runtime-api-address",
+            f"127.0.0.1:{runtime_port}", "--insecure", "--parent-pid", str(supernode_pid)]
 
 
 def _free_port() -> int:

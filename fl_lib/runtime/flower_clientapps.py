@@ -1,0 +1,148 @@
+"""Long-lived ClientApps: one process per SuperNode that runs all of its ClientApp tasks, torch already loaded.
+
+By default a SuperNode starts a fresh `flwr-clientapp` process for every message
+(`--isolation subprocess`). That process imports torch and fl_lib and rebuilds the
+client's data and model, which costs seconds per message: a deployed localhost round
+was 10x an in-process one. With `flower-supernode --isolation process`, the SuperNode
+starts nothing and hands each task's token to whatever process asks its Runtime API
+(`AcquireTask`), as Flower's own `flower-superexec` does. This module is such a
+process:
+
+    python -m fl_lib.runtime.flower_clientapps --runtime-api-address 127.0.0.1:PORT --insecure \
+        --parent-pid SUPERNODE_PID
+
+It asks for ClientApp tasks every `--poll` seconds and runs each in this process with
+Flower's own steps (`flwr.supernode.runtime.run_clientapp`: pull the message, context,
+run and FAB; install the FAB; load the ClientApp; push the reply and the context; a
+heartbeat meanwhile), without the process exit that ends `flwr-clientapp`. fl_lib's
+ClientApp keeps the client's Federation between messages (`flower._federation`), so a
+round costs what it costs in process plus Flower's messaging.
+
+A ClientApp that raises answers with Flower's error reply, as in `flwr-clientapp`;
+the process goes on. It ends with its SuperNode (`--parent-pid`), or on SIGTERM.
+`flower local` starts one per SuperNode (flower_local.py); README: "A real federation".
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from logging import ERROR, INFO
+
+from flwr.app import Message
+from flwr.app.error import Error
+from flwr.cli.install import install_from_fab
+from flwr.clientapp.client_app import LoadClientAppError
+from flwr.clientapp.utils import get_load_client_app_fn
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.supercore import log
+from flwr.supercore.app_utils import start_parent_process_monitor
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.tls import validate_and_resolve_root_certificates
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+POLL = 0.05  # seconds between two AcquireTask calls on an idle node (a local HTTP call; flower-superexec: 1 s)
+COMPONENT = "flwr-clientapp"  # the version interceptor's name: the SuperNode sees a ClientApp, as it is one
+
+
+def _client(address: str, certificates: bytes | None, token: str | None = None) -> RuntimeHttpClient:
+    interceptors = [RuntimeVersionHttpInterceptor(component_name=COMPONENT)]
+    if token is not None:
+        interceptors.append(RuntimeTokenHttpInterceptor(token))
+    return RuntimeHttpClient.from_server_address(server_address=address, insecure=certificates is None,
+                                                 root_certificates=certificates, interceptors=interceptors,
+                                                 retry_invoker=make_simple_http_retry_invoker())
+
+
+def acquire(client: RuntimeHttpClient) -> str | None:
+    """A ClientApp task's token, or None when the SuperNode has none waiting."""
+    res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
+    return res.token if res.HasField("task") and res.token else None
+
+
+class Runner:
+    """Runs ClientApp tasks one after another in this process; a FAB is installed once per hash."""
+
+    def __init__(self, address: str, certificates: bytes | None):
+        self.address, self.certificates = address, certificates
+        self.installed: set[str] = set()
+        self.load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+
+    def run(self, token: str) -> bool:
+        """One task, as `flwr-clientapp --token` runs it; True when the ClientApp answered without error."""
+        client = _client(self.address, self.certificates, token)
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        message = reply = context = None
+        status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+        try:
+            heartbeat.start()
+            message, context, run, fab = pull_task_input(client)
+            if fab.hash_str not in self.installed:
+                install_from_fab(fab.content, skip_prompt=True)
+                self.installed.add(fab.hash_str)
+            app = self.load(run.fab_id, run.fab_version, fab.hash_str)
+            reply = app(message=message, context=context)
+            status, details = SubStatus.COMPLETED, ""
+        except Exception as ex:  # the ClientApp's error goes back to the server, as flwr-clientapp sends it
+            code = (ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError)
+                    else ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
+            details = f"{type(ex)}:<'{ex}'>"
+            log(ERROR, "ClientApp raised an exception", exc_info=ex)
+            if message is not None:
+                reply = Message(Error(code=code, reason=details), reply_to=message)
+        finally:
+            try:
+                if reply is not None and context is not None:
+                    push_message(client, reply, context)
+                push_task_output(client=client, context=context, sub_status=status, details=details)
+            finally:
+                if heartbeat.is_running:
+                    heartbeat.stop()
+                client.close()
+        return status == SubStatus.COMPLETED
+
+
+def serve(address: str, certificates: bytes | None = None, poll: float = POLL, stop=lambda: False) -> int:
+    """Run the SuperNode's ClientApp tasks until `stop()` (or SIGTERM, or the parent's end); returns how many ran."""
+    runner, done = Runner(address, certificates), 0
+    acquirer = _client(address, certificates)
+    try:
+        while not stop():
+            token = acquire(acquirer)
+            if token is None:
+                time.sleep(poll)
+                continue
+            runner.run(token)
+            done += 1
+    finally:
+        acquirer.close()
+    return done
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API, host:port")
+    p.add_argument("--insecure", action="store_true", help="the Runtime API without TLS (127.0.0.1 only)")
+    p.add_argument("--root-certificates", default=None, help="CA of the Runtime API's certificate")
+    p.add_argument("--parent-pid", type=int, default=None, help="end when this process (the SuperNode) ends")
+    p.add_argument("--poll", type=float, default=POLL, help=f"seconds between asks when idle (default {POLL})")
+    args = p.parse_args(argv)
+    if not 0.001 <= args.poll <= 60:
+        p.error(f"--poll={args.poll} is not allowed: must be float in [0.001, 60]")
+    if args.parent_pid is not None:
+        start_parent_process_monitor(args.parent_pid)
+    import fl_lib.runtime.flower  # noqa: F401  torch, fl_lib and the ClientApp, loaded once before the first task
+    log(INFO, "long-lived ClientApps (pid %d) for the SuperNode's Runtime API at %s", os.getpid(),
+        args.runtime_api_address)
+    serve(args.runtime_api_address, validate_and_resolve_root_certificates(args.root_certificates, args.insecure),
+          args.poll)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
