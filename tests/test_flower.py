@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-flwr = pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.41')")
+flwr = pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.42')")
 
 from flwr.app import Context, RecordDict  # noqa: E402
 

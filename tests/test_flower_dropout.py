@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.41')")
+pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.42')")
 
 from fl_lib.core.errors import FLError  # noqa: E402
 from fl_lib.runtime import checkpoint, flower, flower_local, flower_secagg, results  # noqa: E402

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.41')")
+pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.42')")
 pytest.importorskip("cryptography", reason="the credentials are made with cryptography (pip install cryptography)")
 
 from cryptography import x509  # noqa: E402

@@ -40,7 +40,7 @@ def ours(kind: str, start, rounds):
 @pytest.fixture
 def task_identity():
     """What Flower's runtime sets in a ServerApp process before messages are made (as in test_flower.py)."""
-    pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.41')")
+    pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.42')")
     from flwr.supercore.task_identity import TaskIdentity
     saved = (TaskIdentity._run_id, getattr(TaskIdentity, "_node_id", None), getattr(TaskIdentity, "_task_id", None))
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1

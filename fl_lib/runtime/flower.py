@@ -364,7 +364,7 @@ def deploy(cfg: Config, out, superlink: str | None = None, round_timeout: float 
     check_flower_config(cfg)
     flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or shutil.which("flwr")
     if flwr is None:
-        raise FLError("the flwr command is not installed: pip install 'flwr[simulation]>=1.41'")
+        raise FLError("the flwr command is not installed: pip install 'flwr[simulation]>=1.42'")
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         # TOML literal strings: the JSON needs no escaping
         f.write(f"config = '{json.dumps(cfg.to_dict())}'\nout = '{Path(out).resolve()}'\n"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from logging import ERROR, INFO
 
@@ -133,7 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--poll", type=float, default=POLL, help=f"seconds between asks when idle (default {POLL})")
     args = p.parse_args(argv)
     if not 0.001 <= args.poll <= 60:
-        p.error(f"--poll={args.poll} is not allowed: must be float in [0.001, 60]")
+        print(f"error: poll={args.poll} is not allowed: must be float in [0.001, 60]", file=sys.stderr)
+        return 2
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
     import fl_lib.runtime.flower  # noqa: F401  torch, fl_lib and the ClientApp, loaded once before the first task

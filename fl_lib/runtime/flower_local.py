@@ -1,9 +1,11 @@
 """`python -m fl_lib flower local`: a whole Flower federation on this machine, in one command.
 
 README's "A real federation" starts a SuperLink, N SuperNodes and `flower deploy`
-in four terminals, which is what several machines need. On one machine this
+in separate terminals, which is what several machines need. On one machine this
 module does the same from one process: it starts the SuperLink and one SuperNode
-per fl_lib client (partition-id 0..N-1) on 127.0.0.1, each in a process group of
+per fl_lib client (partition-id 0..N-1) on 127.0.0.1, each SuperNode with its
+long-lived ClientApp process (flower_clientapps.py; `--clientapps per-message`
+leaves Flower's fresh process per message), each in a process group of
 its own so that a Ctrl-C in the terminal reaches only this process; names the
 SuperLink in a private FLWR_HOME (the user's ~/.flwr is never read or written);
 runs `flower.deploy` against it; and stops every process it started, and all
@@ -142,7 +144,9 @@ class LocalFederation:
         self.signals = None
         bin_dir = Path(sys.executable).parent  # the SuperLink starts flower-superexec from PATH
         self.env = {**os.environ, "FLWR_HOME": str(self.home),
-                    "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+                    "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                    # the SuperLink's executor looks for a ServerApp to start every 0.2 s, not every 1 s
+                    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")}
 
     def start(self, num_nodes: int, node_env: dict[int, dict[str, str]] | None = None) -> None:
         """The SuperLink, then the SuperNodes; returns once every one of them listens on its port.
@@ -245,7 +249,7 @@ class LocalFederation:
 def _command(name: str) -> str:
     found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if found is None:
-        raise FLError(f"the {name} command is not installed: pip install 'flwr[simulation]>=1.41'")
+        raise FLError(f"the {name} command is not installed: pip install 'flwr[simulation]>=1.42'")
     return found
 
 
