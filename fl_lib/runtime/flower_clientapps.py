@@ -14,7 +14,8 @@ process:
 It asks for ClientApp tasks every `--poll` seconds and runs each in this process with
 Flower's own steps (`flwr.supernode.runtime.run_clientapp`: pull the message, context,
 run and FAB; install the FAB; load the ClientApp; push the reply and the context; a
-heartbeat meanwhile), without the process exit that ends `flwr-clientapp`. fl_lib's
+heartbeat meanwhile), without the process exit that ends `flwr-clientapp`, and with a
+short first wait for message parts still on their way (`PULL_BACKOFF`). fl_lib's
 ClientApp keeps the client's Federation between messages (`flower._federation`), so a
 round costs what it costs in process plus Flower's messaging.
 
@@ -45,9 +46,20 @@ from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVers
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.tls import validate_and_resolve_root_certificates
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest  # pylint: disable=E0611
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (make_confirm_message_received_fn_protobuf,
+                                                                 make_pull_object_fn_protobuf)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 POLL = 0.05  # seconds between two AcquireTask calls on an idle node (a local HTTP call; flower-superexec: 1 s)
+# First wait, doubling, when a message's parts have not reached the SuperNode yet. The SuperNode offers the task
+# before it has pulled the message's arrays from the SuperLink, so a prompt ClientApp often asks too early; with
+# Flower's first wait of 1 s (PULL_INITIAL_BACKOFF) that cost a second per message.
+PULL_BACKOFF = 0.02
 COMPONENT = "flwr-clientapp"  # the version interceptor's name: the SuperNode sees a ClientApp, as it is one
 
 
@@ -58,6 +70,24 @@ def _client(address: str, certificates: bytes | None, token: str | None = None) 
     return RuntimeHttpClient.from_server_address(server_address=address, insecure=certificates is None,
                                                  root_certificates=certificates, interceptors=interceptors,
                                                  retry_invoker=make_simple_http_retry_invoker())
+
+
+def pull_task_input(client: RuntimeHttpClient):
+    """The task's message, context, run and FAB: Flower's `run_clientapp.pull_task_input` with a short first
+    wait for parts still on their way (`PULL_BACKOFF`)."""
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node, tree = Node(node_id=context.node_id), pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=PULL_BACKOFF)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # the deflated message does not carry its own id
+    return message, context, run, fab
 
 
 def acquire(client: RuntimeHttpClient) -> str | None:
