@@ -32,7 +32,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--num-clients", type=int, default=None)
     p.add_argument("--no-simulation", action="store_true", help="leave out Flower's Simulation Runtime (Ray)")
+    p.add_argument("--clientapps", default=",".join(flower_local.CLIENTAPPS),
+                   help="the deployments to time, comma-separated (default: %(default)s)")
     args = p.parse_args(argv)
+    modes = [m for m in args.clientapps.split(",") if m]
+    if not modes or set(modes) - set(flower_local.CLIENTAPPS):
+        p.exit(2, f"error: clientapps={args.clientapps!r} is not allowed: must be a comma-separated list of "
+                  f"{', '.join(flower_local.CLIENTAPPS)}\n")
     kw = {"num_rounds": args.rounds, "device": "cpu", "checkpoint_every": 0}
     if args.dataset:
         kw["dataset"] = args.dataset
@@ -51,7 +57,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             flower.run_simulation(cfg, tmp / "simulation", progress=False)
             rows.append(("Flower simulation", time.perf_counter() - start, results.load_run(tmp / "simulation")))
-        for mode in (flower_local.PER_MESSAGE, flower_local.LONG_LIVED):
+        for mode in modes:
             out = tmp / f"deployment-{mode}"
             start = time.perf_counter()
             code = flower_local.run(cfg, out, round_timeout=900, clientapps=mode)

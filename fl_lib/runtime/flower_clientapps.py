@@ -55,11 +55,12 @@ from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_f
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
-POLL = 0.05  # seconds between two AcquireTask calls on an idle node (a local HTTP call; flower-superexec: 1 s)
+POLL = 0.25  # seconds between two AcquireTask calls on an idle node (a local HTTP call; flower-superexec: 1 s)
 # First wait, doubling, when a message's parts have not reached the SuperNode yet. The SuperNode offers the task
 # before it has pulled the message's arrays from the SuperLink, so a prompt ClientApp often asks too early; with
 # Flower's first wait of 1 s (PULL_INITIAL_BACKOFF) that cost a second per message.
 PULL_BACKOFF = 0.02
+PULL_BACKOFF_CAP = 0.25  # and at most this: the parts arrive within seconds on a LAN (Flower's cap: 10 s)
 COMPONENT = "flwr-clientapp"  # the version interceptor's name: the SuperNode sees a ClientApp, as it is one
 
 
@@ -74,7 +75,7 @@ def _client(address: str, certificates: bytes | None, token: str | None = None) 
 
 def pull_task_input(client: RuntimeHttpClient):
     """The task's message, context, run and FAB: Flower's `run_clientapp.pull_task_input` with a short first
-    wait for parts still on their way (`PULL_BACKOFF`)."""
+    wait for parts still on their way (`PULL_BACKOFF`, `PULL_BACKOFF_CAP`)."""
     res = client.PullTaskInput(PullTaskInputRequest())
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
     context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
@@ -85,7 +86,7 @@ def pull_task_input(client: RuntimeHttpClient):
     message = pull_and_inflate_object_from_tree(
         tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
-        return_type=Message, initial_backoff=PULL_BACKOFF)
+        return_type=Message, initial_backoff=PULL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP)
     message.metadata.__dict__["_message_id"] = tree.object_id  # the deflated message does not carry its own id
     return message, context, run, fab
 
