@@ -84,3 +84,26 @@ def test_a_bad_poll_is_refused_in_one_line(capsys):
     assert flower_clientapps.main(["--runtime-api-address", "127.0.0.1:1", "--insecure", "--poll", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "poll=0.0 is not allowed: must be float in [0.001, 60]" in err
+
+
+def test_serve_goes_on_after_a_task_that_could_not_run(monkeypatch):
+    """A task whose connection cannot even be opened is logged; the process asks for the next one."""
+    tokens = iter(["t1", None, "t2", "t3"])
+    ran = []
+
+    class Client:
+        def close(self):
+            pass
+
+    def run(self, token):
+        ran.append(token)
+        if token == "t1":
+            raise ConnectionError("Runtime API unreachable")
+        return True
+
+    monkeypatch.setattr(flower_clientapps, "_client", lambda *a, **k: Client())
+    monkeypatch.setattr(flower_clientapps, "get_load_client_app_fn", lambda **kw: None)
+    monkeypatch.setattr(flower_clientapps, "acquire", lambda client: next(tokens))
+    monkeypatch.setattr(flower_clientapps.Runner, "run", run)
+    done = flower_clientapps.serve("127.0.0.1:1", poll=0.001, stop=lambda: len(ran) == 3)
+    assert ran == ["t1", "t2", "t3"] and done == 3

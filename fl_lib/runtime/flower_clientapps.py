@@ -149,7 +149,10 @@ def serve(address: str, certificates: bytes | None = None, poll: float = POLL, s
             if token is None:
                 time.sleep(poll)
                 continue
-            runner.run(token)
+            try:
+                runner.run(token)
+            except Exception as ex:  # a task that could not even report its failure: the next one still runs
+                log(ERROR, "ClientApp task could not run: %r", ex)
             done += 1
     finally:
         acquirer.close()
