@@ -30,7 +30,8 @@ class FakeRuntime:
         def pull(client):
             message = Message(RecordDict(), dst_node_id=10, message_type="query")
             message.metadata.__dict__["_message_id"] = f"m{len(fake.outputs)}"
-            return message, Context(run_id=1, node_id=10, node_config={}, state=RecordDict(), run_config={}), Run, Fab
+            context = Context(run_id=1, node_id=10, node_config={}, state=RecordDict(), run_config={})
+            return message, context, Run, Fab, (len(fake.outputs) + 1, 1, 10)
 
         class Client:
             def close(self):
@@ -87,7 +88,7 @@ def test_a_bad_poll_is_refused_in_one_line(capsys):
 
 
 def test_serve_goes_on_after_a_task_that_could_not_run(monkeypatch):
-    """A task whose connection cannot even be opened is logged; the process asks for the next one."""
+    """A task whose connection cannot even be opened is logged; the others still run."""
     tokens = iter(["t1", None, "t2", "t3"])
     ran = []
 
@@ -103,7 +104,53 @@ def test_serve_goes_on_after_a_task_that_could_not_run(monkeypatch):
 
     monkeypatch.setattr(flower_clientapps, "_client", lambda *a, **k: Client())
     monkeypatch.setattr(flower_clientapps, "get_load_client_app_fn", lambda **kw: None)
-    monkeypatch.setattr(flower_clientapps, "acquire", lambda client: next(tokens))
+    monkeypatch.setattr(flower_clientapps, "acquire", lambda client: next(tokens, None))
     monkeypatch.setattr(flower_clientapps.Runner, "run", run)
-    done = flower_clientapps.serve("127.0.0.1:1", poll=0.001, stop=lambda: len(ran) == 3)
-    assert ran == ["t1", "t2", "t3"] and done == 3
+    started = flower_clientapps.serve("127.0.0.1:1", poll=0.001, stop=lambda: len(ran) == 3)
+    assert sorted(ran) == ["t1", "t2", "t3"] and started >= 1
+
+
+def test_a_task_whose_message_never_comes_does_not_hold_up_the_next(monkeypatch, task_identity):  # noqa: F811
+    """A SuperNode can offer a task whose message never arrives (a run ended by a restarted SuperLink): the next
+    task's ClientApp runs and answers while that one still waits."""
+    import threading
+
+    release = threading.Event()
+
+    def app(message, context):
+        return Message(RecordDict(), reply_to=message)
+
+    runtime = FakeRuntime(app)
+    runtime.install(monkeypatch)
+    pull = flower_clientapps.pull_task_input
+
+    def pull_or_wait(client):
+        if threading.current_thread().name.startswith("task-stale"):
+            release.wait(10)  # the stale task's parts never come (until the test ends)
+            raise RuntimeError("timeout or retry limit reached")
+        return pull(client)
+
+    monkeypatch.setattr(flower_clientapps, "pull_task_input", pull_or_wait)
+    tokens = iter(["stale-1", "fresh-2"])
+    done = []
+    monkeypatch.setattr(flower_clientapps, "acquire", lambda client: next(tokens, None))
+    original = flower_clientapps.Runner.run
+
+    def run(self, token):
+        ok = original(self, token)
+        done.append((token, ok))
+        return ok
+
+    monkeypatch.setattr(flower_clientapps.Runner, "run", run)
+    def stop():  # once the fresh task has answered, the stale one's wait ends
+        if done:
+            assert done[0] == ("fresh-2", True) and len(runtime.pushed) == 1  # answered while the stale one waited
+            release.set()
+        return bool(done)
+
+    try:
+        started = flower_clientapps.serve("127.0.0.1:1", poll=0.001, stop=stop)
+    finally:
+        release.set()
+    assert started == 2 and sorted(done) == [("fresh-2", True), ("stale-1", False)]
+    assert runtime.outputs[-1][0] == flower_clientapps.SubStatus.FAILED  # the stale task ends as failed

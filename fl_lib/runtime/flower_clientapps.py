@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from logging import ERROR, INFO
 
@@ -74,10 +75,10 @@ def _client(address: str, certificates: bytes | None, token: str | None = None) 
 
 
 def pull_task_input(client: RuntimeHttpClient):
-    """The task's message, context, run and FAB: Flower's `run_clientapp.pull_task_input` with a short first
-    wait for parts still on their way (`PULL_BACKOFF`, `PULL_BACKOFF_CAP`)."""
+    """The task's message, context, run, FAB and identity (task, run, node): Flower's
+    `run_clientapp.pull_task_input`, with a short first wait for parts still on their way (`PULL_BACKOFF`)."""
     res = client.PullTaskInput(PullTaskInputRequest())
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
+    identity = (res.task_id, res.run.run_id, res.context.node_id)
     context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
     pulled = client.PullMessages(PullAppMessagesRequest())
     if not pulled.messages_list:
@@ -88,7 +89,7 @@ def pull_task_input(client: RuntimeHttpClient):
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
         return_type=Message, initial_backoff=PULL_BACKOFF, backoff_cap=PULL_BACKOFF_CAP)
     message.metadata.__dict__["_message_id"] = tree.object_id  # the deflated message does not carry its own id
-    return message, context, run, fab
+    return message, context, run, fab, identity
 
 
 def acquire(client: RuntimeHttpClient) -> str | None:
@@ -98,50 +99,72 @@ def acquire(client: RuntimeHttpClient) -> str | None:
 
 
 class Runner:
-    """Runs ClientApp tasks one after another in this process; a FAB is installed once per hash."""
+    """Runs ClientApp tasks in this process, each in a thread of its own, their ClientApps one at a time.
+
+    A task waits for its message outside the lock: a SuperNode can offer a task whose message never arrives
+    (one pulled as a restarted SuperLink ended its run), and that wait must not hold up the next task, as it
+    does not when each task has a process of its own. The ClientApp, the install of its FAB and the reply run
+    under the lock, as the SuperNode serves one message at a time; fl_lib's client state is not shared by two.
+    """
 
     def __init__(self, address: str, certificates: bytes | None):
         self.address, self.certificates = address, certificates
         self.installed: set[str] = set()
         self.load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+        self.lock = threading.Lock()
 
     def run(self, token: str) -> bool:
         """One task, as `flwr-clientapp --token` runs it; True when the ClientApp answered without error."""
         client = _client(self.address, self.certificates, token)
         heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
-        message = reply = context = None
-        status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         try:
             heartbeat.start()
-            message, context, run, fab = pull_task_input(client)
-            if fab.hash_str not in self.installed:
-                install_from_fab(fab.content, skip_prompt=True)
-                self.installed.add(fab.hash_str)
-            app = self.load(run.fab_id, run.fab_version, fab.hash_str)
-            reply = app(message=message, context=context)
-            status, details = SubStatus.COMPLETED, ""
-        except Exception as ex:  # the ClientApp's error goes back to the server, as flwr-clientapp sends it
-            code = (ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError)
-                    else ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
-            details = f"{type(ex)}:<'{ex}'>"
-            log(ERROR, "ClientApp raised an exception", exc_info=ex)
-            if message is not None:
-                reply = Message(Error(code=code, reason=details), reply_to=message)
-        finally:
             try:
-                if reply is not None and context is not None:
-                    push_message(client, reply, context)
-                push_task_output(client=client, context=context, sub_status=status, details=details)
-            finally:
-                if heartbeat.is_running:
-                    heartbeat.stop()
-                client.close()
-        return status == SubStatus.COMPLETED
+                message, context, run, fab, identity = pull_task_input(client)
+            except Exception as ex:  # no message to answer: the task ends as failed, as in flwr-clientapp
+                log(ERROR, "the task's message could not be pulled", exc_info=ex)
+                push_task_output(client=client, context=None, sub_status=SubStatus.FAILED,
+                                 details=f"{type(ex)}:<'{ex}'>")
+                return False
+            with self.lock:
+                TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = identity
+                try:
+                    if fab.hash_str not in self.installed:
+                        install_from_fab(fab.content, skip_prompt=True)
+                        self.installed.add(fab.hash_str)
+                    app = self.load(run.fab_id, run.fab_version, fab.hash_str)
+                    reply, status, details = app(message=message, context=context), SubStatus.COMPLETED, ""
+                except Exception as ex:  # the ClientApp's error goes back to the server, as flwr-clientapp sends it
+                    code = (ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError)
+                            else ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
+                    status, details = SubStatus.FAILED, f"{type(ex)}:<'{ex}'>"
+                    log(ERROR, "ClientApp raised an exception", exc_info=ex)
+                    reply = Message(Error(code=code, reason=details), reply_to=message)
+                self._send(client, reply, context, status, details)
+            return status == SubStatus.COMPLETED
+        finally:
+            if heartbeat.is_running:
+                heartbeat.stop()
+            client.close()
+
+    @staticmethod
+    def _send(client, reply, context, status, details) -> None:
+        """The reply and the task's end, as flwr-clientapp pushes them."""
+        push_message(client, reply, context)
+        push_task_output(client=client, context=context, sub_status=status, details=details)
+
+
+def _run(runner: Runner, token: str) -> None:
+    try:
+        runner.run(token)
+    except Exception as ex:  # a task that could not even report its failure: the others still run
+        log(ERROR, "ClientApp task could not run: %r", ex)
 
 
 def serve(address: str, certificates: bytes | None = None, poll: float = POLL, stop=lambda: False) -> int:
-    """Run the SuperNode's ClientApp tasks until `stop()` (or SIGTERM, or the parent's end); returns how many ran."""
-    runner, done = Runner(address, certificates), 0
+    """Run the SuperNode's ClientApp tasks until `stop()` (or SIGTERM, or the parent's end), then wait for those
+    started; returns how many were started."""
+    runner, tasks = Runner(address, certificates), []
     acquirer = _client(address, certificates)
     try:
         while not stop():
@@ -149,14 +172,14 @@ def serve(address: str, certificates: bytes | None = None, poll: float = POLL, s
             if token is None:
                 time.sleep(poll)
                 continue
-            try:
-                runner.run(token)
-            except Exception as ex:  # a task that could not even report its failure: the next one still runs
-                log(ERROR, "ClientApp task could not run: %r", ex)
-            done += 1
+            tasks = [t for t in tasks if t.is_alive()]
+            tasks.append(threading.Thread(target=_run, args=(runner, token), name=f"task-{token[:8]}", daemon=True))
+            tasks[-1].start()
     finally:
         acquirer.close()
-    return done
+    for task in tasks:
+        task.join()
+    return len(tasks)
 
 
 def main(argv=None) -> int:
