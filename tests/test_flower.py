@@ -41,7 +41,7 @@ def same_run(flower_dir, cfg, tmp_path):
 
 # -- the Simulation Runtime ---------------------------------------------------------
 @pytest.mark.slow
-def test_simulation_equals_the_in_process_engine(tmp_path, one_thread):
+def test_simulation_equals_the_in_process_engine(tmp_path):
     """With DP-FedAvg: the ClientApp clips (fl_lib's client stages), the strategy adds the seeded noise over the
     fixed denominator and keeps the accountant; epsilon and every metric equal the in-process run's.
     (The localhost deployment below covers plain FedAvg.)"""
@@ -205,7 +205,7 @@ def _deploy(federation, cfg, out, on_line=None, timeout=400):
 
 
 @pytest.mark.slow
-def test_deployment_survives_a_superlink_restart_and_a_killed_supernode(federation, tmp_path, one_thread):
+def test_deployment_survives_a_superlink_restart_and_a_killed_supernode(federation, tmp_path):
     """Round 1 on a real SuperLink with 2 SuperNodes equals the in-process round. The SuperLink is then
     SIGKILLed between rounds 1 and 2 and restarted on its database; the resubmitted run goes on from the run
     folder's checkpoint, and its round 2 equals the in-process round 2. Then SuperNode 1 is killed as round 3's

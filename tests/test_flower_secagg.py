@@ -17,7 +17,7 @@ COLUMNS = ["test_acc", "test_loss", "train_loss", "upload_bytes", "quant_error",
 
 
 @pytest.mark.slow  # Ray's start-up: about 50 s on a busy 2-core machine
-def test_simulation_equals_the_in_process_secure_sum(tmp_path, one_thread):  # noqa: F811
+def test_simulation_equals_the_in_process_secure_sum(tmp_path):  # noqa: F811
     """Flower's Simulation Runtime, 4 clients (3 a round), 2 rounds: every metric equals results.run's."""
     cfg = tiny(num_clients=4, client_fraction=0.75, secure_aggregation=True)
     flower.run_simulation(cfg, tmp_path / "sim", round_timeout=60, progress=False)

@@ -164,7 +164,7 @@ def _run(runner: Runner, token: str) -> None:
 def serve(address: str, certificates: bytes | None = None, poll: float = POLL, stop=lambda: False) -> int:
     """Run the SuperNode's ClientApp tasks until `stop()` (or SIGTERM, or the parent's end), then wait for those
     started; returns how many were started."""
-    runner, tasks = Runner(address, certificates), []
+    runner, running, started = Runner(address, certificates), [], 0
     acquirer = _client(address, certificates)
     try:
         while not stop():
@@ -172,14 +172,15 @@ def serve(address: str, certificates: bytes | None = None, poll: float = POLL, s
             if token is None:
                 time.sleep(poll)
                 continue
-            tasks = [t for t in tasks if t.is_alive()]
-            tasks.append(threading.Thread(target=_run, args=(runner, token), name=f"task-{token[:8]}", daemon=True))
-            tasks[-1].start()
+            running = [t for t in running if t.is_alive()]  # the finished ones' threads are let go
+            running.append(threading.Thread(target=_run, args=(runner, token), name=f"task-{token[:8]}", daemon=True))
+            running[-1].start()
+            started += 1
     finally:
         acquirer.close()
-    for task in tasks:
+    for task in running:
         task.join()
-    return len(tasks)
+    return started
 
 
 def main(argv=None) -> int:
