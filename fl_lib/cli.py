@@ -180,7 +180,7 @@ def _flower(args) -> int:
     elif args.flower_command == "local":
         from .runtime import flower_local
         code = flower_local.run(cfg, args.out, args.port, args.keep_db, args.round_timeout, args.connect_timeout,
-                                args.clientapps)
+                                args.clientapps, args.supernode)
         if code:
             return code
         r_dir = Path(args.out)

@@ -127,10 +127,10 @@ def test_a_resubmitted_run_goes_on_from_the_run_folder(tmp_path, task_identity):
 
 
 # -- a real federation on localhost: a SuperLink and 2 SuperNodes -----------------------
-# s the server waits for a round's uploads. A round of `tiny` on long-lived ClientApps takes 3-5 s here (most
-# of it the SuperNode's 3 s wait between two pulls); 15 s leaves 3x for a busy machine, and the round with a
-# killed SuperNode waits all of it.
-ROUND_TIMEOUT = 15
+# s the server waits for a round's uploads. A round of `tiny` on long-lived ClientApps and short-waits
+# SuperNodes takes 1-2 s here (it was 3-5 s with Flower's 3 s wait between two pulls); 8 s leaves 4x for a busy
+# machine, and the round with a killed SuperNode waits all of it.
+ROUND_TIMEOUT = 8
 kill_tree = flower.stop_tree
 
 
@@ -161,7 +161,7 @@ def federation(tmp_path_factory):
         for k in range(2):
             node_port = free_port()
             procs.append(subprocess.Popen(
-                [BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
+                [*flower_local.supernode_command(), "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
                  "--port", str(node_port), "--isolation", "process",
                  "--node-config", f"partition-id={k} num-partitions=2"],
                 env=env, stdout=open(logs / f"supernode{k}.log", "w"), stderr=subprocess.STDOUT))

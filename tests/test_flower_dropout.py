@@ -17,9 +17,9 @@ from tests.test_flower_local import alive, needs_proc, started  # noqa: E402
 
 DOOMED = 2  # the client whose SuperNode dies between steps 2 and 3
 # s the server waits at each step for its answers; the dead node's step 3 waits all of it, once. On long-lived
-# ClientApps a step takes at most 3 s of the SuperNode's wait between pulls plus the work (the survivors' step 3
-# trains, ~1 s): 15 s leaves 3x that, so a slow machine cannot turn a survivor into a second dropout.
-ROUND_TIMEOUT = 15.0
+# ClientApps and short-waits SuperNodes a step takes the work (the survivors' step 3 trains, ~1 s) plus well under
+# a second of messaging: 8 s leaves 4x that, so a slow machine cannot turn a survivor into a second dropout.
+ROUND_TIMEOUT = 8.0
 
 
 def _kill_when_held(local, marker: Path, killed: list, done: threading.Event) -> None:

@@ -139,13 +139,13 @@ def test_one_command_runs_the_federation_and_stops_it(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_twice_mid_round_stops_everything(tmp_path):
     """SIGINT as round 1 starts, and again during the cleanup: exit 130 within seconds, no process left. With
-    Flower's per-message ClientApps, so the detached processes Flower starts for each message go too."""
+    Flower's per-message ClientApps, so the detached processes Flower starts for each message go too, and
+    Flower's own flower-supernode command (`--supernode flower`)."""
     psutil = pytest.importorskip("psutil")
     cfg = tiny(num_clients=2, num_rounds=2)
     out = tmp_path / "local"
-    proc = subprocess.Popen(local_cmd(cfg, out, "--clientapps", "per-message"), cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(local_cmd(cfg, out, "--clientapps", "per-message", "--supernode", "flower"), cwd=ROOT,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, below = [], []
     try:
         for line in proc.stdout:

@@ -105,7 +105,7 @@ def supernode_cmd(port: int, key: Path, k: int, *tls: str, runtime_port: int | N
     """A SuperNode holding fl_lib client k; `tls` names the CA it trusts (nothing: the system's). With
     `runtime_port`, its Runtime API listens there for long-lived ClientApps (`--isolation process`)."""
     isolation = ["--isolation", "process"] if runtime_port else []
-    return [BIN / "flower-supernode", *tls, "--superlink", f"127.0.0.1:{port}",
+    return [*flower_local.supernode_command(), *tls, "--superlink", f"127.0.0.1:{port}",
             "--auth-supernode-private-key", str(key), "--host", "127.0.0.1",
             "--port", str(runtime_port or free_port()), *isolation,
             "--node-config", f"partition-id={k} num-partitions=2"]

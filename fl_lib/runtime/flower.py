@@ -32,6 +32,7 @@ README "Beyond one machine" and `flower_app/pyproject.toml`).
 from __future__ import annotations
 
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -47,7 +48,7 @@ from ..core.config import Config
 from ..core.errors import ConfigError, FLError
 from ..core.stages import Job, Upload
 from ..simulator.federation import Federation
-from . import flower_secagg
+from . import flower_secagg, flower_supernode
 from .results import keep_last_checkpoint, record_round, resume, save_round, write_run
 
 QUERY = "query"  # message type asking a node which fl_lib client (partition-id) it holds
@@ -296,12 +297,17 @@ server_app = ServerApp()
 
 class PromptGrid(Grid):
     """A Grid that looks for the replies every `PULL` s. The Deployment Runtime's own `send_and_receive` looks
-    every 3 s, a second and a half of idle waiting per message step on average, whatever the round costs."""
+    every 3 s, a second and a half of idle waiting per message step on average, whatever the round costs.
+    A reply is listed before all its parts have reached the SuperLink; the Grid's module then pulls them with
+    the SuperNode's short first wait (flower_supernode.short_pulls), not Flower's 1 s."""
 
     PULL = 0.1  # seconds between two pulls while replies are due (a call to the SuperLink on this server)
 
     def __init__(self, grid: Grid):
         self.grid = grid
+        module = sys.modules.get(type(grid).__module__)
+        if module is not None:
+            flower_supernode.short_pulls(module)
 
     def set_run(self, run_id):
         return self.grid.set_run(run_id)

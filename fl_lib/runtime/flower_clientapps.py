@@ -57,11 +57,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 POLL = 0.25  # seconds between two AcquireTask calls on an idle node (a local HTTP call; flower-superexec: 1 s)
-# First wait, doubling, when a message's parts have not reached the SuperNode yet. The SuperNode offers the task
-# before it has pulled the message's arrays from the SuperLink, so a prompt ClientApp often asks too early; with
-# Flower's first wait of 1 s (PULL_INITIAL_BACKOFF) that cost a second per message.
-PULL_BACKOFF = 0.02
-PULL_BACKOFF_CAP = 0.25  # and at most this: the parts arrive within seconds on a LAN (Flower's cap: 10 s)
+# The SuperNode offers the task before it has pulled the message's arrays from the SuperLink, so a prompt
+# ClientApp often asks too early; with Flower's first wait of 1 s (PULL_INITIAL_BACKOFF) that cost a second per
+# message. It waits as the short-waits SuperNode does: 20 ms first, doubling, at most 0.25 s.
+from .flower_supernode import PULL_BACKOFF, PULL_BACKOFF_CAP  # noqa: E402
 COMPONENT = "flwr-clientapp"  # the version interceptor's name: the SuperNode sees a ClientApp, as it is one
 
 

@@ -36,6 +36,9 @@ UP = "federation up"  # the line printed once every process listens (tests wait 
 STOP_GRACE = 3.0  # seconds a process gets to end on SIGTERM before SIGKILL
 LONG_LIVED, PER_MESSAGE = "long-lived", "per-message"
 CLIENTAPPS = (LONG_LIVED, PER_MESSAGE)  # one ClientApp process per SuperNode for the whole run, or Flower's default
+IN_MEMORY = ":flwr-in-memory:"  # flower-superlink --database: its state in memory (Flower's default)
+SHORT_WAITS, STOCK = "short-waits", "flower"
+SUPERNODES = (SHORT_WAITS, STOCK)  # Flower's SuperNode with its 3 s / 0.5 s waits shortened (flower_supernode.py), or as is
 
 
 def add_arguments(p) -> None:
@@ -43,11 +46,14 @@ def add_arguments(p) -> None:
     p.add_argument("--port", type=int, default=None,
                    help="the SuperLink's port on 127.0.0.1 (default: a free one)")
     p.add_argument("--keep-db", default=None, metavar="PATH",
-                   help="the SuperLink's database file, kept afterwards (default: a temporary one, deleted)")
+                   help="the SuperLink's database file, kept afterwards (default: none, the state kept in memory)")
     p.add_argument("--clientapps", default=LONG_LIVED, choices=CLIENTAPPS,
                    help="long-lived: one ClientApp process per SuperNode runs all its messages, torch and the "
                         "client's data loaded once (default); per-message: Flower's default, a fresh process "
                         "for every message")
+    p.add_argument("--supernode", default=SHORT_WAITS, choices=SUPERNODES,
+                   help="short-waits: Flower's SuperNode, asking for the next message every 0.2 s instead of "
+                        "every 3 s (flower_supernode.py; default); flower: the flower-supernode command as is")
 
 
 def check(cfg: Config, port: int | None) -> None:
@@ -66,14 +72,14 @@ def check(cfg: Config, port: int | None) -> None:
 
 
 def run(cfg: Config, out, port: int | None = None, keep_db=None, round_timeout: float = 600.0,
-        connect_timeout: float = 120.0, clientapps: str = LONG_LIVED) -> int:
+        connect_timeout: float = 120.0, clientapps: str = LONG_LIVED, supernode: str = SHORT_WAITS) -> int:
     """Start the federation, deploy `cfg` to it, stop it all. Returns deploy's status, 130 on Ctrl-C, 143 on SIGTERM."""
     from . import flower  # here, not above: `--help` need not import Flower
 
     flower.check_flower_config(cfg)
     check(cfg, port)
     out = Path(out).resolve()
-    local = LocalFederation(out / LOGS, port, Path(keep_db).resolve() if keep_db else None, clientapps)
+    local = LocalFederation(out / LOGS, port, Path(keep_db).resolve() if keep_db else None, clientapps, supernode)
     with _Signals() as signals:
         local.signals = signals
         try:
@@ -135,11 +141,15 @@ class _Signals:
 class LocalFederation:
     """A SuperLink and SuperNodes on 127.0.0.1, with a private FLWR_HOME, stopped by PID in `stop`."""
 
-    def __init__(self, logs: Path, port: int | None, keep_db: Path | None, clientapps: str = LONG_LIVED):
+    def __init__(self, logs: Path, port: int | None, keep_db: Path | None, clientapps: str = LONG_LIVED,
+                 supernode: str = SHORT_WAITS):
         if clientapps not in CLIENTAPPS:
             raise ConfigError(f"clientapps={clientapps!r} is not allowed: must be one of {', '.join(CLIENTAPPS)}")
+        if supernode not in SUPERNODES:
+            raise ConfigError(f"supernode={supernode!r} is not allowed: must be one of {', '.join(SUPERNODES)}")
         self.logs, self.port, self.keep_db, self.clientapps = logs, port, keep_db, clientapps
-        self.home = Path(tempfile.mkdtemp(prefix="fl_lib-flwr-home-"))  # FLWR_HOME; also the temporary database
+        self.supernode = supernode
+        self.home = Path(tempfile.mkdtemp(prefix="fl_lib-flwr-home-"))  # FLWR_HOME
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.signals = None
         bin_dir = Path(sys.executable).parent  # the SuperLink starts flower-superexec from PATH
@@ -156,8 +166,12 @@ class LocalFederation:
         self.port = self.port or _free_port()
         (self.home / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
                                                f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
-        db = self.keep_db or self.home / "superlink.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
+        # Without --keep-db the state dies with this command anyway (the run folder is what a rerun resumes
+        # from), so it stays in memory: on SQLite every message part is a database row, and the SuperNodes'
+        # pulls of a round's model took 3x as long (smoke: 2.5 s against 0.8 s).
+        if self.keep_db is not None:
+            self.keep_db.parent.mkdir(parents=True, exist_ok=True)
+        db = self.keep_db or IN_MEMORY
         link = self._start("superlink", [_command("flower-superlink"), "--insecure", "--host", "127.0.0.1",
                                          "--port", str(self.port), "--database", str(db),
                                          "--disable-runtime-dependency-installation"])
@@ -167,7 +181,7 @@ class LocalFederation:
         for k in range(num_nodes):
             port = _free_port()
             proc = self._start(f"supernode{k}", [
-                _command("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+                *supernode_command(self.supernode), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
                 "--host", "127.0.0.1", "--port", str(port), *isolation,
                 "--node-config", f"partition-id={k} num-partitions={num_nodes}"], (node_env or {}).get(k))
             nodes.append((k, proc, port))
@@ -251,6 +265,13 @@ def _command(name: str) -> str:
     if found is None:
         raise FLError(f"the {name} command is not installed: pip install 'flwr[simulation]>=1.42'")
     return found
+
+
+def supernode_command(kind: str = SHORT_WAITS) -> list[str]:
+    """How a SuperNode is started, before its flags: Flower's command, or the same through flower_supernode.py."""
+    if kind == STOCK:
+        return [_command("flower-supernode")]
+    return [sys.executable, "-m", "fl_lib.runtime.flower_supernode"]
 
 
 def clientapps_command(runtime_port: int, supernode_pid: int) -> list[str]:
