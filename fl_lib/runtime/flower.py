@@ -49,6 +49,7 @@ from ..core.errors import ConfigError, FLError
 from ..core.stages import Job, Upload
 from ..simulator.federation import Federation
 from . import flower_secagg, flower_supernode
+from .flower_model import pack_global, unpack_global
 from .results import keep_last_checkpoint, record_round, resume, save_round, write_run
 
 QUERY = "query"  # message type asking a node which fl_lib client (partition-id) it holds
@@ -111,8 +112,7 @@ def train(msg: Message, context: Context) -> Message:
     k, t, bits = int(job["client"]), int(job["round"]), int(job["bits"])
     if k != _partition_id(context):
         raise FLError(f"asked to train client {k} on the node holding partition {_partition_id(context)}")
-    global_state = {n: v.to(fed.device) for n, v in msg.content["global"].to_torch_state_dict().items()}
-    up = fed.client_side.upload(Job(k, t, bits), global_state)
+    up = fed.client_side.upload(Job(k, t, bits), unpack_global(msg.content["global"], fed.global_state))
     upload = ConfigRecord({"client": k, "bits": bits, "blob": up.blob or b"", "diverged": up.blob is None,
                            "error": up.error if up.error is not None else 0.0})
     metrics = MetricRecord({"num-examples": up.num_samples, "loss": up.loss})
@@ -184,7 +184,7 @@ class FLStrategy(Strategy):
         if absent:
             warnings.warn(f"round {t}: no SuperNode holds client(s) {absent}; counted as dropped")
         self._round = dict(t=t, start=start, plan=plan, chosen=chosen, absent=absent)
-        global_model = ArrayRecord({n: v.detach().cpu() for n, v in self.fed.global_state.items()})
+        global_model = pack_global(self.fed.global_state)
         if self.secure is not None:  # steps 1 and 2 (keys, sealed shares) before the train messages of step 3
             self.grid = grid
             messages = self.secure.setup(t, plan.sampled, chosen, self.config_json, global_model, bits)

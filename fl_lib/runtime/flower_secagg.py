@@ -41,6 +41,7 @@ from ..privacy.secagg import (Party, SecAggError, _integer_weights, channel_boun
                               open_shares, pack_residues, seal_shares, shared_layout, shared_scale_mean,
                               threshold_for, to_residues, to_signed, unmask_total, unpack_residues, weighted_codes)
 from ..privacy.stages import SECAGG_MARGIN, secure_upload_bytes
+from .flower_model import unpack_global
 
 ADVERTISE, SHARE, MASKED, UNMASK = "secagg_advertise", "secagg_share", "secagg", "secagg_unmask"
 STATE = "secagg"  # the context.state entry holding a client's secrets for the current round
@@ -119,7 +120,7 @@ def masked_input(fed, msg: Message, context: Context, partition: int) -> Message
         raise FLError(f"asked to train client {k} on the node holding partition {partition}")
     state = _state(context, t)
     cohort = _hold_shares(state, msg.content["shares"], t)
-    global_state = {n: v.to(fed.device) for n, v in msg.content["global"].to_torch_state_dict().items()}
+    global_state = unpack_global(msg.content["global"], fed.global_state)
     up = fed.client_side.upload(Job(k, t, bits), global_state)
     upload = {"client": k, "bits": bits, "blob": b"", "diverged": up.received is None, "error": 0.0}
     if up.received is not None:
