@@ -5,7 +5,8 @@ in separate terminals, which is what several machines need. On one machine this
 module does the same from one process: it starts the SuperLink and one SuperNode
 per fl_lib client (partition-id 0..N-1) on 127.0.0.1, each SuperNode with its
 long-lived ClientApp process (flower_clientapps.py; `--clientapps per-message`
-leaves Flower's fresh process per message), each in a process group of
+leaves Flower's fresh process per message) and Flower's waits shortened
+(flower_supernode.py; `--supernode flower`: as they are), each in a process group of
 its own so that a Ctrl-C in the terminal reaches only this process; names the
 SuperLink in a private FLWR_HOME (the user's ~/.flwr is never read or written);
 runs `flower.deploy` against it; and stops every process it started, and all
