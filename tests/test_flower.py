@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -166,10 +167,12 @@ def federation(tmp_path_factory):
                  "--node-config", f"partition-id={k} num-partitions=2"],
                 env=env, stdout=open(logs / f"supernode{k}.log", "w"), stderr=subprocess.STDOUT))
             flower.wait_for_port(node_port)
-            procs.append(subprocess.Popen(  # its long-lived ClientApps (fl_lib's flower_clientapps.py)
-                flower_local.clientapps_command(node_port, procs[-1].pid), env=env,
+            procs.append(subprocess.Popen(  # its long-lived ClientApps (fl_lib's flower_clientapps.py); client 1's
+                flower_local.clientapps_command(node_port, procs[-1].pid),  # hold at round 3 (the restart test)
+                env={**env, flower.HOLD: f"3:{home / 'held-at-round-3'}"} if k == 1 else env,
                 stdout=open(logs / f"clientapps{k}.log", "w"), stderr=subprocess.STDOUT))
-        yield {"env": env, "procs": procs, "logs": logs, "start_superlink": start_superlink}
+        yield {"env": env, "procs": procs, "logs": logs, "start_superlink": start_superlink,
+               "held": home / "held-at-round-3"}
     finally:
         for p in procs:
             kill_tree(p)
@@ -208,8 +211,9 @@ def _deploy(federation, cfg, out, on_line=None, timeout=400):
 def test_deployment_survives_a_superlink_restart_and_a_killed_supernode(federation, tmp_path):
     """Round 1 on a real SuperLink with 2 SuperNodes equals the in-process round. The SuperLink is then
     SIGKILLed between rounds 1 and 2 and restarted on its database; the resubmitted run goes on from the run
-    folder's checkpoint, and its round 2 equals the in-process round 2. Then SuperNode 1 is killed as round 3's
-    messages go out, and round 3 ends at the timeout with the client that answered."""
+    folder's checkpoint, and its round 2 equals the in-process round 2. Then SuperNode 1 is killed with its
+    ClientApps while its ClientApp holds round 3's message (flower.HOLD), and round 3 ends at the timeout with
+    the client that answered."""
     cfg = tiny(num_clients=2, num_rounds=3, checkpoint_every=1)
     out = tmp_path / "deployed"
     first_round = out / "checkpoints" / "round-000001.pt"
@@ -224,15 +228,26 @@ def test_deployment_survives_a_superlink_restart_and_a_killed_supernode(federati
     assert first_round.exists() and not (out / "summary.json").exists(), log[-3000:]
     federation["procs"][0] = federation["start_superlink"]()  # the SuperNodes reconnect on their own
 
-    def at_round_3(line):  # Flower counts the resubmission's rounds from 1: its round 2 is fl_lib's round 3
-        if "[ROUND 2/2]" in line:
-            for proc in federation["procs"][3:5]:  # SuperNode 1 and its ClientApps, as a machine that dies
-                kill_tree(proc)
-            return True
-        return False
+    killed = []
 
-    code, log = _deploy(federation, cfg, out, at_round_3)
+    def kill_when_held():  # SuperNode 1 and its ClientApps, as a machine that dies, while round 3 waits on it
+        while not federation["held"].exists() and not done.is_set():
+            done.wait(0.05)
+        if federation["held"].exists():
+            for proc in federation["procs"][3:5]:
+                kill_tree(proc)
+            killed.append(int(federation["held"].read_text() or 0))
+
+    done = threading.Event()
+    killer = threading.Thread(target=kill_when_held, daemon=True)
+    killer.start()
+    try:
+        code, log = _deploy(federation, cfg, out)
+    finally:
+        done.set()
+        killer.join()
     assert code == 0, log[-3000:]
+    assert killed, f"client 1's ClientApp never reached round 3: {log[-3000:]}"
     assert "resuming from round 1" in log
     got = results.load_run(out)  # a valid run folder: its checksums agree
     assert got.summary["runtime"] == "flower-deployment" and got.summary["flower_nodes"] == 2

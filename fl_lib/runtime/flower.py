@@ -32,6 +32,7 @@ README "Beyond one machine" and `flower_app/pyproject.toml`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -104,6 +105,20 @@ def identify(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"node": ConfigRecord({"partition-id": _partition_id(context)})}), reply_to=msg)
 
 
+HOLD = "FL_LIB_TEST_HOLD_AT_TRAIN"  # test-only fault injection, unset in any real run: see _hold_if_asked
+
+
+def _hold_if_asked(t: int) -> None:
+    """Test-only: a ClientApp started with HOLD="ROUND:PATH" (tests/test_flower.py) writes its PID to PATH at
+    fl_lib round ROUND and waits there to be killed: a node that dies mid-round, at the round the test picks,
+    not by timing luck (a round's message can be answered before a test has read that the round began)."""
+    at, _, path = os.environ.get(HOLD, "").partition(":")
+    if at.isdigit() and int(at) == t and path:
+        Path(path).write_text(str(os.getpid()))
+        while True:
+            time.sleep(1)
+
+
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     """Client k's round: load the global model, train with fl_lib's seeded streams, send the codec's bytes."""
@@ -112,6 +127,7 @@ def train(msg: Message, context: Context) -> Message:
     k, t, bits = int(job["client"]), int(job["round"]), int(job["bits"])
     if k != _partition_id(context):
         raise FLError(f"asked to train client {k} on the node holding partition {_partition_id(context)}")
+    _hold_if_asked(t)
     up = fed.client_side.upload(Job(k, t, bits), unpack_global(msg.content["global"], fed.global_state))
     upload = ConfigRecord({"client": k, "bits": bits, "blob": up.blob or b"", "diverged": up.blob is None,
                            "error": up.error if up.error is not None else 0.0})
