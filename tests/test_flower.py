@@ -162,8 +162,8 @@ def federation(tmp_path_factory):
         for k in range(2):
             node_port = free_port()
             procs.append(subprocess.Popen(
-                [*flower_local.supernode_command(), "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
-                 "--port", str(node_port), "--isolation", "process",
+                [*flower_local.supernode_command(), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                 "--host", "127.0.0.1", "--port", str(node_port), "--isolation", "process",
                  "--node-config", f"partition-id={k} num-partitions=2"],
                 env=env, stdout=open(logs / f"supernode{k}.log", "w"), stderr=subprocess.STDOUT))
             flower.wait_for_port(node_port)

@@ -39,7 +39,8 @@ LONG_LIVED, PER_MESSAGE = "long-lived", "per-message"
 CLIENTAPPS = (LONG_LIVED, PER_MESSAGE)  # one ClientApp process per SuperNode for the whole run, or Flower's default
 IN_MEMORY = ":flwr-in-memory:"  # flower-superlink --database: its state in memory (Flower's default)
 SHORT_WAITS, STOCK = "short-waits", "flower"
-SUPERNODES = (SHORT_WAITS, STOCK)  # Flower's SuperNode with its 3 s / 0.5 s waits shortened (flower_supernode.py), or as is
+# Flower's SuperNode with its 3 s / 1 s / 0.5 s waits shortened (flower_supernode.py), or the command as it is
+SUPERNODES = (SHORT_WAITS, STOCK)
 
 
 def add_arguments(p) -> None:

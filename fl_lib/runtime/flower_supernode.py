@@ -19,9 +19,10 @@ PULL_BACKOFF_CAP. Nothing else of Flower changes. If the installed Flower's loop
 longer has those waits (`check_waits`), it says so in one line on stderr and runs
 the stock SuperNode.
 
-Asking more often costs the SuperLink one small gRPC call per node per
-`--idle-wait` seconds; 0.2 s is the default (10 nodes: 50 calls/s, a few % of a
-core). `flower local` starts its SuperNodes this way (`--supernode short-waits`).
+Asking more often costs the SuperLink one small HTTP request per node per
+`--idle-wait` seconds; at the default 0.2 s, 10 idle SuperNodes on a 2-core VM cost
+0.39 cores in all (SuperLink, SuperNodes and their ClientApps) against 0.15 with
+Flower's waits. `flower local` starts its SuperNodes this way (`--supernode short-waits`).
 """
 from __future__ import annotations
 
@@ -109,7 +110,8 @@ def main(argv=None) -> int:
                    help=f"seconds between looks for the ClientApp's reply, in [0.001, 0.5] (default {REPLY_WAIT}; "
                         f"Flower: 0.5)")
     args, flower_args = p.parse_known_args(argv)
-    for name, value, low, high in (("idle_wait", args.idle_wait, 0.01, 3.0), ("reply_wait", args.reply_wait, 0.001, 0.5)):
+    for name, value, low, high in (("idle_wait", args.idle_wait, 0.01, 3.0),
+                                   ("reply_wait", args.reply_wait, 0.001, 0.5)):
         if not low <= value <= high:  # also refuses nan
             print(f"error: {name}={value} is not allowed: must be float in [{low}, {high}]", file=sys.stderr)
             return 2
