@@ -1,6 +1,8 @@
 """Long-lived ClientApps (flower_clientapps.py): each task runs Flower's steps in this process, an error in one
 goes back to the server as Flower's error reply, and the next task still runs. The deployments in test_flower*.py
 run every message of theirs through this process; here its error path, without a SuperNode."""
+import threading
+
 import pytest
 
 pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.42')")
@@ -113,8 +115,6 @@ def test_serve_goes_on_after_a_task_that_could_not_run(monkeypatch):
 def test_a_task_whose_message_never_comes_does_not_hold_up_the_next(monkeypatch, task_identity):  # noqa: F811
     """A SuperNode can offer a task whose message never arrives (a run ended by a restarted SuperLink): the next
     task's ClientApp runs and answers while that one still waits."""
-    import threading
-
     release = threading.Event()
 
     def app(message, context):
@@ -142,6 +142,7 @@ def test_a_task_whose_message_never_comes_does_not_hold_up_the_next(monkeypatch,
         return ok
 
     monkeypatch.setattr(flower_clientapps.Runner, "run", run)
+
     def stop():  # once the fresh task has answered, the stale one's wait ends
         if done:
             assert done[0] == ("fresh-2", True) and len(runtime.pushed) == 1  # answered while the stale one waited

@@ -61,6 +61,8 @@ def assert_same_rows(now: list[list[str]], before: list[list[str]], exact: bool 
         for column, a, b in zip(now[0], got, want, strict=True):
             close = pytest.approx(float(b), rel=1e-2, abs=0.01 if "acc" in column else 0) if b else None
             assert a == b or float(a) == close, (column, a, b)
+
+
 CONFIGS = {"fp32": dict(bits=32), "int8_delta": dict(bits=8, upload="delta"),
            "fedsgd": dict(algorithm="fedsgd", bits=16, lr=0.5)}
 

@@ -56,11 +56,12 @@ from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_f
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
-POLL = 0.25  # seconds between two AcquireTask calls on an idle node (a local HTTP call; flower-superexec: 1 s)
 # The SuperNode offers the task before it has pulled the message's arrays from the SuperLink, so a prompt
 # ClientApp often asks too early; with Flower's first wait of 1 s (PULL_INITIAL_BACKOFF) that cost a second per
-# message. It waits as the short-waits SuperNode does: 20 ms first, doubling, at most 0.25 s.
-from .flower_supernode import PULL_BACKOFF, PULL_BACKOFF_CAP  # noqa: E402
+# message. It waits as the short-waits SuperNode does: PULL_BACKOFF first, doubling, at most PULL_BACKOFF_CAP.
+from .flower_supernode import PULL_BACKOFF, PULL_BACKOFF_CAP
+
+POLL = 0.25  # seconds between two AcquireTask calls on an idle node (a local HTTP call; flower-superexec: 1 s)
 COMPONENT = "flwr-clientapp"  # the version interceptor's name: the SuperNode sees a ClientApp, as it is one
 
 

@@ -65,7 +65,6 @@ def check_waits(module) -> str | None:
         source = inspect.getsource(module)
     except (OSError, TypeError) as err:
         return f"its source cannot be read ({err})"
-    from flwr.supercore.inflatable import inflatable_utils
     missing = [w for w in WAITS if w not in source]
     if getattr(module, "time", None) is not time:
         missing.append("the time module")
