@@ -1,18 +1,22 @@
 """`python -m fl_lib flower local`: the whole localhost federation in one command, and nothing left running after it."""
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[simulation]>=1.42')")
 
 from fl_lib import cli  # noqa: E402
-from fl_lib.runtime import flower_local  # noqa: E402
-from tests.test_flower import same_run, tiny  # noqa: E402
+from fl_lib.runtime import checkpoint, flower_faults, flower_local, results  # noqa: E402
+from fl_lib.simulator.federation import Federation  # noqa: E402
+from tests.test_flower import tiny  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -112,27 +116,97 @@ def test_signals_wait_while_held():
 
 
 # -- the real federation --------------------------------------------------------------
+DOOMED = 2  # the client whose SuperNode dies between secure aggregation's steps 2 and 3
+# s the server waits at each step for its answers; the dead node's step 3 waits all of it, once. On long-lived
+# ClientApps and short-waits SuperNodes a step takes the work (the survivors' step 3 trains, ~1 s) plus well under
+# a second of messaging: 8 s leaves 4x that, so a slow machine cannot turn a survivor into a second dropout.
+ROUND_TIMEOUT = 8
+
+
+def kill_node(out, k: int) -> list[int]:
+    """SIGKILL SuperNode k and its ClientApps with all they started, as a machine that dies; returns the PIDs."""
+    by_name = {name: pid for pid, name in started(out).items()}
+    roots = [by_name[f"supernode{k}"], by_name[f"clientapps{k}"]]
+    below = flower_local._descendants(roots)  # they run: `flower local` reaps them only when it stops
+    flower_local._signal_all(roots, below, signal.SIGKILL)  # each leads its own group (a session of its own)
+    return roots + [pid for pid, _ in below]
+
+
 @needs_proc
 @pytest.mark.slow
-def test_one_command_runs_the_federation_and_stops_it(tmp_path):
-    """2 SuperNodes with long-lived ClientApps (the default), 1 round: exit 0, the in-process run's metrics, the
-    database kept where asked, the user's ~/.flwr untouched, and none of the processes left."""
-    cfg = tiny(num_clients=2, num_rounds=1)
-    out, db, home = tmp_path / "local", tmp_path / "kept" / "superlink.db", tmp_path / "home"
+def test_one_command_runs_a_secure_federation_through_a_killed_supernode(tmp_path, one_thread):
+    """`flower local`: a SuperLink and 3 SuperNodes with long-lived ClientApps (the default), secure aggregation,
+    all 3 sampled, threshold 2. SuperNode 2 answers steps 1 and 2, then is SIGKILLed with its ClientApps as its
+    ClientApp holds step 3 (flower_faults.HOLD). The round ends at the timeout, client 2 counts as dropped, the
+    survivors' step 4 unmasks, and the new global model equals the in-process secure sum without client 2.
+    The command exits 0, keeps the database where asked, leaves the user's ~/.flwr alone, and no process."""
+    cfg = tiny(num_clients=3, num_rounds=1, secure_aggregation=True)
+    out, db, home, marker = tmp_path / "local", tmp_path / "kept" / "superlink.db", tmp_path / "home", tmp_path / "held"
     home.mkdir()
-    done = subprocess.run(local_cmd(cfg, out, "--keep-db", str(db)), cwd=ROOT, env={**ENV, "HOME": str(home)},
-                          capture_output=True, text=True, timeout=400)
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-3000:]
+    env = {**ENV, "HOME": str(home), flower_faults.HOLD: flower_faults.hold_value("masked-input", DOOMED, 1, marker)}
+    del env["PYTHONWARNINGS"]  # the ServerApp warns of the dropout, and `flwr run` streams its log here
+    proc = subprocess.Popen(local_cmd(cfg, out, "--secure-aggregation", "true", "--keep-db", str(db),
+                                      "--round-timeout", str(ROUND_TIMEOUT)),
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed, done = [], threading.Event()
+
+    def kill_when_held():
+        while not done.is_set() and proc.poll() is None:
+            if marker.exists():
+                killed.append((int(marker.read_text()), kill_node(out, DOOMED)))
+                return
+            done.wait(0.05)
+
+    killer = threading.Thread(target=kill_when_held, daemon=True)
+    killer.start()
+    try:
+        log, _ = proc.communicate(timeout=400)
+    finally:
+        done.set()
+        killer.join()
+        if proc.poll() is None:
+            flower_local._signal_all([], flower_local._descendants([proc.pid]), signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+    (tmp_path / "local.log").write_text(log)  # for a failure's post-mortem, beside the federation's logs
+    assert proc.returncode == 0, log[-3000:]
     assert flower_local.UP in log and "1 rounds on flower-deployment" in log
-    got = same_run(out, cfg, tmp_path)
-    assert got.summary["flower_nodes"] == 2 and db.stat().st_size > 0 and not (home / ".flwr").exists()
-    pids = started(out)
-    assert sorted(pids.values())[-5:] == ["clientapps0", "clientapps1", "superlink", "supernode0", "supernode1"]
-    assert "child" in pids.values()  # the SuperLink's executor of the ServerApp
-    for k in range(2):  # the SuperNodes start no ClientApp (--isolation process): these processes ran them
+    assert killed, f"client {DOOMED}'s ClientApp never reached step 3: {log[-3000:]}"
+    clientapp, pids = killed[0]
+    assert clientapp in pids  # the ClientApp that held step 3 died with its SuperNode
+
+    node_logs = {k: (out / flower_local.LOGS / f"supernode{k}.log").read_text() for k in range(cfg.num_clients)}
+    kinds = {k: re.findall(r"Receiving: (\S+) message", text) for k, text in node_logs.items()}
+    assert kinds[DOOMED] == ["query", "query.secagg_advertise", "query.secagg_share", "train.secagg"]
+    assert "Sending: query.secagg_share" in node_logs[DOOMED] and "Sending: train.secagg" not in node_logs[DOOMED]
+    for k in {0, 1, 2} - {DOOMED}:  # the survivors answer step 4 alone
+        assert kinds[k][-2:] == ["train.secagg", "query.secagg_unmask"], kinds[k]
+
+    got = results.load_run(out)
+    row = got.metrics.iloc[0]
+    assert row["dropped_clients"] == 1 and row["sampled_clients"] == 3
+    assert got.summary["runtime"] == "flower-deployment" and got.summary["flower_nodes"] == 3
+    assert f"no answer from client(s) [{DOOMED}] within the timeout" in log
+
+    ref = Federation(cfg)  # in process: client 2 joined the key agreement and sent nothing
+    plan = ref.plan_round(1)
+    assert plan.sampled == [0, 1, 2] and not plan.late
+    uploads = ref.backend.uploads(1, [j for j in plan.jobs() if j.client != DOOMED], ref.global_state)
+    ref_row = ref.finish_round(plan, uploads, late=[DOOMED])
+    [last] = checkpoint.list_checkpoints(out / "checkpoints")  # the run's last round: its global model
+    state = checkpoint.load(last)
+    for name, w in ref.global_state.items():
+        assert torch.equal(state["global"][name], w.cpu()), name
+    assert row["upload_bytes"] == ref_row.upload_bytes
+
+    assert db.stat().st_size > 0 and not (home / ".flwr").exists()
+    names = started(out)
+    assert {"superlink", *(f"{kind}{k}" for kind in ("supernode", "clientapps") for k in range(3))} <= set(
+        names.values())
+    assert "child" in names.values()  # the SuperLink's executor of the ServerApp
+    for k in range(3):  # the SuperNodes start no ClientApp (--isolation process): these processes ran them
         assert "long-lived ClientApps" in (out / flower_local.LOGS / f"clientapps{k}.log").read_text()
-    assert not [f"{name} {pid}" for pid, name in pids.items() if alive(pid)]
+    assert not [f"{name} {pid}" for pid, name in {**names, **{pid: "killed" for pid in pids}}.items() if alive(pid)]
 
 
 @needs_proc
@@ -142,7 +216,7 @@ def test_ctrl_c_twice_mid_round_stops_everything(tmp_path):
     Flower's per-message ClientApps, so the detached processes Flower starts for each message go too, and
     Flower's own flower-supernode command (`--supernode flower`)."""
     psutil = pytest.importorskip("psutil")
-    cfg = tiny(num_clients=2, num_rounds=2)
+    cfg = tiny(num_clients=1, num_rounds=2)  # one SuperNode: the processes of every kind, fewer to start
     out = tmp_path / "local"
     proc = subprocess.Popen(local_cmd(cfg, out, "--clientapps", "per-message", "--supernode", "flower"), cwd=ROOT,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -15,7 +15,9 @@ import re
 import signal
 import ssl
 import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,11 +29,18 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key  # noqa: E402
 
 from fl_lib.core.errors import ConfigError  # noqa: E402
-from fl_lib.runtime import certs, flower, flower_local  # noqa: E402
+from fl_lib.runtime import certs, flower, flower_faults, flower_local, results  # noqa: E402
 from tests.servers import free_port  # noqa: E402
-from tests.test_flower import BIN, ROOT, deploy_cmd, same_run, tiny  # noqa: E402,F401
+from tests.test_flower import BIN, ROOT, tiny  # noqa: E402
 
 TOOLS = ("flower-superlink", "flower-supernode", "flwr")
+
+
+def deploy_cmd(cfg, out, *flags):
+    return [sys.executable, "-m", "fl_lib", "flower", "deploy", "--preset", "smoke", "--dataset", cfg.dataset,
+            "--model", cfg.model, "--augment", "false", "--device", "cpu", "--num-clients", str(cfg.num_clients),
+            "--num-rounds", str(cfg.num_rounds), "--bits", str(cfg.bits), "--out", str(out),
+            "--connect-timeout", "60", *flags]
 
 
 def plain(text: str) -> str:
@@ -172,7 +181,9 @@ def wait_online(env, log: Path, count: int, timeout: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory):
-    """A SuperLink with TLS and --enable-supernode-auth on 127.0.0.1, and 2 registered SuperNodes."""
+    """A SuperLink with TLS and --enable-supernode-auth on 127.0.0.1, its state in a database file, and 2
+    registered SuperNodes with long-lived ClientApps; `start_superlink()` starts the SuperLink again (same port,
+    same database), as the restart test does after killing it."""
     if not Path("/proc").is_dir():
         pytest.skip("stopping Flower's child processes needs /proc (flower.stop_tree)")
     missing = [tool for tool in TOOLS if not (BIN / tool).exists()]
@@ -188,62 +199,128 @@ def secure(tmp_path_factory):
         f'[superlink]\ndefault = "secure"\n\n[superlink.secure]\naddress = "127.0.0.1:{port}"\n'
         f'root-certificates = "{paths["ca.crt"]}"\n\n[superlink.untrusted]\naddress = "127.0.0.1:{port}"\n')
     env = {**os.environ, "FLWR_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "COLUMNS": "200", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "COLUMNS": "200", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",  # as `flower local` sets it: a ServerApp starts sooner
+           # a ServerApp that has saved round 1 holds there (the restart test kills the SuperLink then)
+           flower_faults.HOLD: flower_faults.hold_value("saved", flower_faults.SERVER, 1, home / "saved-round-1")}
     logs = home / "logs"
     logs.mkdir()
     procs = []
-    try:
-        procs.append(subprocess.Popen(
-            [BIN / "flower-superlink", "--ssl-ca-certfile", paths["ca.crt"], "--ssl-certfile", paths["server.pem"],
-             "--ssl-keyfile", paths["server.key"], "--enable-supernode-auth", "--host", "127.0.0.1",
-             "--port", str(port), "--disable-runtime-dependency-installation"],
-            env=env, stdout=open(logs / "superlink.log", "w"), stderr=subprocess.STDOUT))
+    superlink = [BIN / "flower-superlink", "--ssl-ca-certfile", paths["ca.crt"], "--ssl-certfile",
+                 paths["server.pem"], "--ssl-keyfile", paths["server.key"], "--enable-supernode-auth",
+                 "--host", "127.0.0.1", "--port", str(port), "--database", str(home / "superlink.db"),
+                 "--disable-runtime-dependency-installation"]
+
+    def start_superlink():
+        proc = subprocess.Popen(superlink, env=env, stdout=open(logs / "superlink.log", "a"), stderr=subprocess.STDOUT)
         flower.wait_for_port(port)
-        for k in range(2):
-            status, out = ended([BIN / "flwr", "supernode", "register", paths[f"node-{k}.pub"], "secure"], env,
-                                logs / f"register{k}.log")
+        return proc
+
+    try:
+        procs.append(start_superlink())
+        with ThreadPoolExecutor(2) as pool:  # the two registrations side by side
+            registered = list(pool.map(lambda k: ended([BIN / "flwr", "supernode", "register",
+                                                        paths[f"node-{k}.pub"], "secure"], env,
+                                                       logs / f"register{k}.log"), range(2)))
+        for status, out in registered:
             assert status == 0 and "registered successfully" in out, out
-        for k in range(2):
-            runtime_port = free_port()
+        runtime_ports = [free_port() for _ in range(2)]
+        for k, runtime_port in enumerate(runtime_ports):
             procs.append(subprocess.Popen(supernode_cmd(port, paths[f"node-{k}"], k, "--root-certificates",
                                                         str(paths["ca.crt"]), runtime_port=runtime_port),
                                           env=env, stdout=open(logs / f"supernode{k}.log", "w"),
                                           stderr=subprocess.STDOUT))
+        for k, runtime_port in enumerate(runtime_ports):
             flower.wait_for_port(runtime_port)
-            procs.append(subprocess.Popen(flower_local.clientapps_command(runtime_port, procs[-1].pid), env=env,
+            procs.append(subprocess.Popen(flower_local.clientapps_command(runtime_port, procs[1 + k].pid), env=env,
                                           stdout=open(logs / f"clientapps{k}.log", "w"), stderr=subprocess.STDOUT))
         wait_online(env, logs / "ls.log", 2)
-        yield {"env": env, "port": port, "paths": paths, "other": other, "logs": logs}
+        yield {"env": env, "port": port, "paths": paths, "other": other, "logs": logs, "procs": procs,
+               "start_superlink": start_superlink, "saved": home / "saved-round-1"}
     finally:
-        for p in procs:
-            flower.stop_tree(p)
+        for proc in procs:
+            flower.stop_tree(proc)
+
+
+def deploy(secure, cfg, out, *flags, when_saved=None) -> tuple[int, str]:
+    """`fl_lib flower deploy` to the fixture's SuperLink through the trusted connection: (exit status, its log).
+    `when_saved(proc)` runs once the ServerApp holds after saving round 1 (the fixture's flower_faults.HOLD)."""
+    with open(out.with_name(out.name + ".log"), "w") as log:  # a file: a pipe would wait for the stream's end
+        proc = subprocess.Popen(deploy_cmd(cfg, out, *flags, "--round-timeout", "60", "--superlink", "secure"),
+                                cwd=ROOT, env=secure["env"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if when_saved is not None and secure["saved"].exists():
+                when_saved(proc)
+                break
+            time.sleep(0.05)
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            flower.stop_tree(proc)
+    return proc.returncode, out.with_name(out.name + ".log").read_text()
 
 
 @pytest.mark.slow
-def test_a_round_over_tls_between_registered_supernodes_equals_in_process(secure, tmp_path, one_thread):
-    cfg = tiny(num_clients=2, num_rounds=1)
+def test_dp_over_tls_equals_in_process_and_survives_a_superlink_restart(secure, tmp_path, one_thread):
+    """DP-FedAvg (the ClientApps clip, the server adds the seeded noise and keeps the accountant) between the 2
+    registered SuperNodes over TLS. Round 1 equals the in-process round. Once the ServerApp has saved it, the
+    SuperLink is SIGKILLed (with the ServerApp it runs) and restarted on its database file; the SuperNodes reconnect
+    by themselves; the resubmitted run goes on from the run folder's checkpoint, and round 2, its noise and its
+    epsilon equal the in-process round 2."""
+    cfg = tiny(num_clients=2, num_rounds=2, checkpoint_every=1, client_fraction=1.0, upload="delta", dp_clip=1.0,
+               dp_noise=0.5)
     out = tmp_path / "deployed"
-    done = subprocess.run(deploy_cmd(cfg, out, "--round-timeout", "60", "--superlink", "secure"), cwd=ROOT,
-                          env=secure["env"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and (out / "summary.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    got = same_run(out, cfg, tmp_path)
-    assert got.summary["runtime"] == "flower-deployment" and got.summary["flower_nodes"] == 2
-    assert got.metrics["dropped_clients"].tolist() == [0]
+    dp = ["--checkpoint-every", "1", "--client-fraction", "1.0", "--upload", "delta", "--dp-clip", "1.0",
+          "--dp-noise", "0.5"]
+
+    def kill_the_superlink(proc):  # between rounds 1 and 2: no message of the run is on its way
+        flower.stop_tree(secure["procs"][0])
+        flower.stop_tree(proc)
+
+    code, log = deploy(secure, cfg, out, *dp, when_saved=kill_the_superlink)
+    assert secure["saved"].exists() and not (out / "summary.json").exists(), log[-3000:]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["round-000001.pt"], log[-3000:]
+    secure["procs"][0] = secure["start_superlink"]()
+    code, log = deploy(secure, cfg, out, *dp)
+    assert code == 0, log[-3000:]
+    assert "resuming from round 1" in log
     assert "https://127.0.0.1" in (secure["logs"] / "superlink.log").read_text()  # the SuperLink served TLS
+    got = results.load_run(out)  # a valid run folder: its checksums agree
+    assert got.config.key() == cfg.key()  # the flags above say what `cfg` says
+    assert got.summary["runtime"] == "flower-deployment" and got.summary["flower_nodes"] == 2
+    ref = results.run(cfg, tmp_path / "in-process", progress=False)
+    columns = ["upload_bytes", "sampled_clients", "dropped_clients", "epsilon"]
+    assert got.metrics[columns].equals(ref.metrics[columns]), (got.metrics[columns], ref.metrics[columns])
+    assert got.metrics.sampled_clients.tolist() == [2, 2] and got.summary["epsilon"] == ref.summary["epsilon"] > 0
+    assert (got.metrics["test_acc"] - ref.metrics["test_acc"]).abs().max() <= 0.005
+
+
+@pytest.fixture(scope="module")
+def refused(secure, tmp_path_factory) -> dict:
+    """{case: (exit status, output)} of three commands the secure SuperLink must refuse, run side by side."""
+    logs, paths, port = tmp_path_factory.mktemp("refused"), secure["paths"], secure["port"]
+    cases = {
+        "unregistered key": supernode_cmd(port, paths["node-2"], 0, "--root-certificates", str(paths["ca.crt"])),
+        "another CA": supernode_cmd(port, paths["node-0"], 0, "--root-certificates", str(secure["other"]["ca.crt"])),
+        "flwr without the CA": [BIN / "flwr", "supernode", "register", paths["node-2.pub"], "untrusted"],
+    }
+    with ThreadPoolExecutor(len(cases)) as pool:
+        done = {case: pool.submit(ended, cmd, secure["env"], logs / f"{case}.log") for case, cmd in cases.items()}
+        return {case: future.result() for case, future in done.items()}
 
 
 @pytest.mark.slow
-def test_a_supernode_with_an_unregistered_key_is_refused(secure, tmp_path):
-    status, out = ended(supernode_cmd(secure["port"], secure["paths"]["node-2"], 0, "--root-certificates",
-                                      str(secure["paths"]["ca.crt"])), secure["env"], tmp_path / "node.log")
+def test_a_supernode_with_an_unregistered_key_is_refused(refused):
+    status, out = refused["unregistered key"]
     assert status != 0 and "Exit Code: 305" in out
     assert "Failed to initialize the connection to the SuperLink.\n[code: 2004] Failed to activate SuperNode." in out
 
 
 @pytest.mark.slow
-def test_a_supernode_that_trusts_another_ca_is_refused(secure, tmp_path):
-    status, out = ended(supernode_cmd(secure["port"], secure["paths"]["node-0"], 0, "--root-certificates",
-                                      str(secure["other"]["ca.crt"])), secure["env"], tmp_path / "node.log")
+def test_a_supernode_that_trusts_another_ca_is_refused(refused):
+    status, out = refused["another CA"]
     assert status != 0 and "Exit Code: 305" in out
     assert "SSL/TLS handshake error detected." in out
     assert ("Failed to initialize the connection to the SuperLink.\n[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
@@ -251,10 +328,9 @@ def test_a_supernode_that_trusts_another_ca_is_refused(secure, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_flwr_cli_that_does_not_trust_the_ca_is_refused(secure, tmp_path):
+def test_a_flwr_cli_that_does_not_trust_the_ca_is_refused(refused, secure, tmp_path):
     """Without `root-certificates`, `flwr` trusts only the system's CAs: it cannot register a node (or run)."""
-    status, out = ended([BIN / "flwr", "supernode", "register", secure["paths"]["node-2.pub"], "untrusted"],
-                        secure["env"], tmp_path / "register.log")
+    status, out = refused["flwr without the CA"]
     assert status != 0
     assert ("Connection to the SuperLink is unavailable. Please check your network connection and 'address' in "
             "the SuperLink connection configuration.") in plain(out)

@@ -8,6 +8,8 @@ depends only on the config and the global model it starts from.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -66,7 +68,13 @@ class Trainer:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=fmt)
         self.params = list(self.model.parameters())
-        self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    @functools.cached_property
+    def opt(self) -> torch.optim.SGD:
+        """The clients' SGD optimizer, made on first use. The first optimizer a process makes imports
+        torch._dynamo (about 2 s here), which a process that never trains (a Flower ServerApp) need not pay."""
+        cfg = self.cfg
+        return torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def generator(self, t: int, k: int, stream: Stream, *extra: int) -> torch.Generator:
         """Client k's generator for `stream` in round t (see rng.py)."""

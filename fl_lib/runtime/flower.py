@@ -32,7 +32,6 @@ README "Beyond one machine" and `flower_app/pyproject.toml`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import warnings
@@ -50,6 +49,7 @@ from ..core.errors import ConfigError, FLError
 from ..core.stages import Job, Upload
 from ..simulator.federation import Federation
 from . import flower_secagg, flower_supernode
+from .flower_faults import SERVER, hold_if_asked
 from .flower_model import pack_global, unpack_global
 from .results import keep_last_checkpoint, record_round, resume, save_round, write_run
 
@@ -105,20 +105,6 @@ def identify(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"node": ConfigRecord({"partition-id": _partition_id(context)})}), reply_to=msg)
 
 
-HOLD = "FL_LIB_TEST_HOLD_AT_TRAIN"  # test-only fault injection, unset in any real run: see _hold_if_asked
-
-
-def _hold_if_asked(t: int) -> None:
-    """Test-only: a ClientApp started with HOLD="ROUND:PATH" (tests/test_flower.py) writes its PID to PATH at
-    fl_lib round ROUND and waits there to be killed: a node that dies mid-round, at the round the test picks,
-    not by timing luck (a round's message can be answered before a test has read that the round began)."""
-    at, _, path = os.environ.get(HOLD, "").partition(":")
-    if at.isdigit() and int(at) == t and path:
-        Path(path).write_text(str(os.getpid()))
-        while True:
-            time.sleep(1)
-
-
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     """Client k's round: load the global model, train with fl_lib's seeded streams, send the codec's bytes."""
@@ -127,7 +113,7 @@ def train(msg: Message, context: Context) -> Message:
     k, t, bits = int(job["client"]), int(job["round"]), int(job["bits"])
     if k != _partition_id(context):
         raise FLError(f"asked to train client {k} on the node holding partition {_partition_id(context)}")
-    _hold_if_asked(t)
+    hold_if_asked("train", k, t)  # test-only (flower_faults.py): unset in any real run
     up = fed.client_side.upload(Job(k, t, bits), unpack_global(msg.content["global"], fed.global_state))
     upload = ConfigRecord({"client": k, "bits": bits, "blob": up.blob or b"", "diverged": up.blob is None,
                            "error": up.error if up.error is not None else 0.0})
@@ -251,6 +237,7 @@ class FLStrategy(Strategy):
         if self.out is not None:  # a SuperLink that dies after this line costs no finished round
             save_round(fed, self.out / "checkpoints", self.key, r["t"], self.rows, self.timings,
                        flower_bytes_down=self.bytes_down, flower_bytes_up=self.bytes_up, flower_nodes=len(self.nodes))
+            hold_if_asked("saved", SERVER, r["t"])  # test-only (flower_faults.py): a SuperLink killed between rounds
         if self.progress is not None:
             self.progress.update(1)
         global_model = ArrayRecord({n: v.detach().cpu() for n, v in fed.global_state.items()})

@@ -197,6 +197,7 @@ def main(argv=None) -> int:
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
     import fl_lib.runtime.flower  # noqa: F401  torch, fl_lib and the ClientApp, loaded once before the first task
+    import torch._dynamo  # noqa: F401  what the first optimizer imports (~2 s): now, not in round 1's step
     log(INFO, "long-lived ClientApps (pid %d) for the SuperNode's Runtime API at %s", os.getpid(),
         args.runtime_api_address)
     serve(args.runtime_api_address, validate_and_resolve_root_certificates(args.root_certificates, args.insecure),

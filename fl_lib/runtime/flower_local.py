@@ -177,7 +177,8 @@ class LocalFederation:
         link = self._start("superlink", [_command("flower-superlink"), "--insecure", "--host", "127.0.0.1",
                                          "--port", str(self.port), "--database", str(db),
                                          "--disable-runtime-dependency-installation"])
-        self._wait(link, "superlink", self.port)
+        if self.supernode == STOCK:  # Flower's SuperNode tries a SuperLink that is not up yet again after up to
+            self._wait(link, "superlink", self.port)  # 20 s; short-waits ones within 1 s, so they start alongside
         nodes = []
         isolation = ["--isolation", "process"] if self.clientapps == LONG_LIVED else []
         for k in range(num_nodes):
@@ -187,6 +188,7 @@ class LocalFederation:
                 "--host", "127.0.0.1", "--port", str(port), *isolation,
                 "--node-config", f"partition-id={k} num-partitions={num_nodes}"], (node_env or {}).get(k))
             nodes.append((k, proc, port))
+        self._wait(link, "superlink", self.port)
         for k, proc, port in nodes:
             self._wait(proc, f"supernode{k}", port)
         if self.clientapps == LONG_LIVED:  # one process per SuperNode runs all its ClientApps (flower_clientapps.py)
@@ -217,23 +219,6 @@ class LocalFederation:
             time.sleep(0.2)
         raise FLError(f"the {name} did not listen on 127.0.0.1:{port} within {seconds:.0f} s: "
                       f"see {self.logs / name}.log")
-
-    def kill_node(self, k: int) -> list[int]:
-        """SIGKILL SuperNode k and its ClientApps (long-lived or started by it), as a machine that dies would;
-        returns the PIDs."""
-        started = dict(self.procs)
-        procs = [started[name] for name in (f"supernode{k}", f"clientapps{k}") if name in started]
-        for proc in procs:
-            if proc.poll() is not None:  # reaped: its PID may be another process's by now
-                raise FLError(f"node {k} is not running (exit status {proc.returncode}): see {self.logs}")
-        roots = [proc.pid for proc in procs]
-        below = _descendants(roots)
-        _signal_all(roots, below, signal.SIGKILL)
-        for proc in procs:
-            proc.wait()
-        with open(self.logs / "pids", "a") as f:
-            f.writelines(f"child {pid}\n" for pid, _ in below)
-        return roots + [pid for pid, _ in below]
 
     def stop(self) -> None:
         """SIGTERM every process started and all they started (Flower detaches its executors into sessions of

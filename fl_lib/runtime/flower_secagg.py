@@ -25,10 +25,7 @@ A client keeps its round's secrets and the shares it holds in Flower's `context.
 """
 from __future__ import annotations
 
-import os
-import time
 import warnings
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -41,11 +38,11 @@ from ..privacy.secagg import (Party, SecAggError, _integer_weights, channel_boun
                               open_shares, pack_residues, seal_shares, shared_layout, shared_scale_mean,
                               threshold_for, to_residues, to_signed, unmask_total, unpack_residues, weighted_codes)
 from ..privacy.stages import SECAGG_MARGIN, secure_upload_bytes
+from .flower_faults import hold_if_asked
 from .flower_model import unpack_global
 
 ADVERTISE, SHARE, MASKED, UNMASK = "secagg_advertise", "secagg_share", "secagg", "secagg_unmask"
 STATE = "secagg"  # the context.state entry holding a client's secrets for the current round
-HOLD = "FL_LIB_TEST_HOLD_AT_MASKED_INPUT"  # test-only fault injection, unset in any real run: see masked_input
 
 
 # -- client side ----------------------------------------------------------------------
@@ -108,14 +105,9 @@ def _hold_shares(state: ConfigRecord, ask: ConfigRecord, t: int) -> list[int]:
 
 def masked_input(fed, msg: Message, context: Context, partition: int) -> Message:
     """Step 3: train as fl_lib does, put the weights on the shared grid, mask them against the cohort, send y_u."""
-    # Test-only: a SuperNode started with HOLD=PATH (tests/test_flower_dropout.py) writes its ClientApp's PID to
-    # PATH and waits here to be killed: a dropout after steps 1 and 2, at a step the test picks, not by timing luck.
-    if os.environ.get(HOLD):
-        Path(os.environ[HOLD]).write_text(str(os.getpid()))
-        while True:
-            time.sleep(1)
     job = msg.content["job"]
     k, t, bits = int(job["client"]), int(job["round"]), int(job["bits"])
+    hold_if_asked("masked-input", k, t)  # test-only (flower_faults.py): a dropout after steps 1 and 2
     if k != partition:
         raise FLError(f"asked to train client {k} on the node holding partition {partition}")
     state = _state(context, t)
