@@ -32,6 +32,16 @@ def tiny(**kw):
     return preset("smoke", **base)
 
 
+def flower_cmd(command: str, cfg, out, *flags) -> list:
+    """`python -m fl_lib flower COMMAND` (deploy, local) running `cfg` into `out`: the smoke preset and a flag for
+    every field `cfg` changes in it."""
+    smoke = preset("smoke").to_dict()
+    fields = [arg for name, value in cfg.to_dict().items() if value != smoke[name]
+              for arg in (f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value))]
+    return [sys.executable, "-m", "fl_lib", "flower", command, "--preset", "smoke", *fields, "--out", str(out),
+            "--connect-timeout", "60", *flags]
+
+
 def same_run(flower_dir, cfg, tmp_path):
     """The Flower run folder against results.run of the same config: the issue's equivalence."""
     got = results.load_run(flower_dir)

@@ -16,7 +16,7 @@ pytest.importorskip("flwr", reason="Flower is not installed (pip install 'flwr[s
 from fl_lib import cli  # noqa: E402
 from fl_lib.runtime import checkpoint, flower_faults, flower_local, results  # noqa: E402
 from fl_lib.simulator.federation import Federation  # noqa: E402
-from tests.test_flower import tiny  # noqa: E402
+from tests.test_flower import flower_cmd, tiny  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -25,10 +25,7 @@ needs_proc = pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Flower
 
 
 def local_cmd(cfg, out, *flags):
-    return [sys.executable, "-m", "fl_lib", "flower", "local", "--preset", "smoke", "--dataset", cfg.dataset,
-            "--model", cfg.model, "--augment", "false", "--device", "cpu", "--num-clients", str(cfg.num_clients),
-            "--num-rounds", str(cfg.num_rounds), "--bits", str(cfg.bits), "--out", str(out),
-            "--connect-timeout", "60", "--round-timeout", "60", *flags]
+    return flower_cmd("local", cfg, out, "--round-timeout", "60", *flags)
 
 
 def alive(pid: int) -> bool:
@@ -145,8 +142,7 @@ def test_one_command_runs_a_secure_federation_through_a_killed_supernode(tmp_pat
     home.mkdir()
     env = {**ENV, "HOME": str(home), flower_faults.HOLD: flower_faults.hold_value("masked-input", DOOMED, 1, marker)}
     del env["PYTHONWARNINGS"]  # the ServerApp warns of the dropout, and `flwr run` streams its log here
-    proc = subprocess.Popen(local_cmd(cfg, out, "--secure-aggregation", "true", "--keep-db", str(db),
-                                      "--round-timeout", str(ROUND_TIMEOUT)),
+    proc = subprocess.Popen(local_cmd(cfg, out, "--keep-db", str(db), "--round-timeout", str(ROUND_TIMEOUT)),
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed, done = [], threading.Event()
 

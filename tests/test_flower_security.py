@@ -15,7 +15,6 @@ import re
 import signal
 import ssl
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,16 +30,9 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key  #
 from fl_lib.core.errors import ConfigError  # noqa: E402
 from fl_lib.runtime import certs, flower, flower_faults, flower_local, results  # noqa: E402
 from tests.servers import free_port  # noqa: E402
-from tests.test_flower import BIN, ROOT, tiny  # noqa: E402
+from tests.test_flower import BIN, ROOT, flower_cmd, tiny  # noqa: E402
 
 TOOLS = ("flower-superlink", "flower-supernode", "flwr")
-
-
-def deploy_cmd(cfg, out, *flags):
-    return [sys.executable, "-m", "fl_lib", "flower", "deploy", "--preset", "smoke", "--dataset", cfg.dataset,
-            "--model", cfg.model, "--augment", "false", "--device", "cpu", "--num-clients", str(cfg.num_clients),
-            "--num-rounds", str(cfg.num_rounds), "--bits", str(cfg.bits), "--out", str(out),
-            "--connect-timeout", "60", *flags]
 
 
 def plain(text: str) -> str:
@@ -242,11 +234,11 @@ def secure(tmp_path_factory):
             flower.stop_tree(proc)
 
 
-def deploy(secure, cfg, out, *flags, when_saved=None) -> tuple[int, str]:
+def deploy(secure, cfg, out, when_saved=None) -> tuple[int, str]:
     """`fl_lib flower deploy` to the fixture's SuperLink through the trusted connection: (exit status, its log).
     `when_saved(proc)` runs once the ServerApp holds after saving round 1 (the fixture's flower_faults.HOLD)."""
     with open(out.with_name(out.name + ".log"), "w") as log:  # a file: a pipe would wait for the stream's end
-        proc = subprocess.Popen(deploy_cmd(cfg, out, *flags, "--round-timeout", "60", "--superlink", "secure"),
+        proc = subprocess.Popen(flower_cmd("deploy", cfg, out, "--round-timeout", "60", "--superlink", "secure"),
                                 cwd=ROOT, env=secure["env"], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
@@ -272,23 +264,21 @@ def test_dp_over_tls_equals_in_process_and_survives_a_superlink_restart(secure, 
     cfg = tiny(num_clients=2, num_rounds=2, checkpoint_every=1, client_fraction=1.0, upload="delta", dp_clip=1.0,
                dp_noise=0.5)
     out = tmp_path / "deployed"
-    dp = ["--checkpoint-every", "1", "--client-fraction", "1.0", "--upload", "delta", "--dp-clip", "1.0",
-          "--dp-noise", "0.5"]
 
     def kill_the_superlink(proc):  # between rounds 1 and 2: no message of the run is on its way
         flower.stop_tree(secure["procs"][0])
         flower.stop_tree(proc)
 
-    code, log = deploy(secure, cfg, out, *dp, when_saved=kill_the_superlink)
+    code, log = deploy(secure, cfg, out, when_saved=kill_the_superlink)
     assert secure["saved"].exists() and not (out / "summary.json").exists(), log[-3000:]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["round-000001.pt"], log[-3000:]
     secure["procs"][0] = secure["start_superlink"]()
-    code, log = deploy(secure, cfg, out, *dp)
+    code, log = deploy(secure, cfg, out)
     assert code == 0, log[-3000:]
     assert "resuming from round 1" in log
     assert "https://127.0.0.1" in (secure["logs"] / "superlink.log").read_text()  # the SuperLink served TLS
     got = results.load_run(out)  # a valid run folder: its checksums agree
-    assert got.config.key() == cfg.key()  # the flags above say what `cfg` says
+    assert got.config.key() == cfg.key()  # the command's flags say what `cfg` says
     assert got.summary["runtime"] == "flower-deployment" and got.summary["flower_nodes"] == 2
     ref = results.run(cfg, tmp_path / "in-process", progress=False)
     columns = ["upload_bytes", "sampled_clients", "dropped_clients", "epsilon"]

@@ -177,8 +177,11 @@ class LocalFederation:
         link = self._start("superlink", [_command("flower-superlink"), "--insecure", "--host", "127.0.0.1",
                                          "--port", str(self.port), "--database", str(db),
                                          "--disable-runtime-dependency-installation"])
-        if self.supernode == STOCK:  # Flower's SuperNode tries a SuperLink that is not up yet again after up to
-            self._wait(link, "superlink", self.port)  # 20 s; short-waits ones within 1 s, so they start alongside
+        # Flower's SuperNode tries a SuperLink that is not up yet again after up to 20 s: it starts once the
+        # SuperLink listens; short-waits ones try again within 1 s, so they start alongside it
+        link_first = self.supernode == STOCK
+        if link_first:
+            self._wait(link, "superlink", self.port)
         nodes = []
         isolation = ["--isolation", "process"] if self.clientapps == LONG_LIVED else []
         for k in range(num_nodes):
@@ -188,7 +191,8 @@ class LocalFederation:
                 "--host", "127.0.0.1", "--port", str(port), *isolation,
                 "--node-config", f"partition-id={k} num-partitions={num_nodes}"], (node_env or {}).get(k))
             nodes.append((k, proc, port))
-        self._wait(link, "superlink", self.port)
+        if not link_first:
+            self._wait(link, "superlink", self.port)
         for k, proc, port in nodes:
             self._wait(proc, f"supernode{k}", port)
         if self.clientapps == LONG_LIVED:  # one process per SuperNode runs all its ClientApps (flower_clientapps.py)

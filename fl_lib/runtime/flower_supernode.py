@@ -70,12 +70,19 @@ class ShortWaits:
         return getattr(time, name)
 
 
+def _source(module) -> tuple[str, str | None]:
+    """(`module`'s source, None), or ("", why it cannot be read)."""
+    try:
+        return inspect.getsource(module), None
+    except (OSError, TypeError) as err:
+        return "", f"its source cannot be read ({err})"
+
+
 def check_waits(module) -> str | None:
     """None if `module` (Flower's SuperNode loop) has the waits this replaces, else why it cannot be changed."""
-    try:
-        source = inspect.getsource(module)
-    except (OSError, TypeError) as err:
-        return f"its source cannot be read ({err})"
+    source, unreadable = _source(module)
+    if unreadable:
+        return unreadable
     missing = [w for w in WAITS if w not in source]
     if getattr(module, "time", None) is not time:
         missing.append("the time module")
@@ -86,10 +93,9 @@ def check_waits(module) -> str | None:
 
 def check_reconnect(module) -> str | None:
     """None if `module` (Flower's HTTP retry) caps its waits with its global MAX_RETRY_DELAY, else why not."""
-    try:
-        source = inspect.getsource(module)
-    except (OSError, TypeError) as err:
-        return f"its source cannot be read ({err})"
+    source, unreadable = _source(module)
+    if unreadable:
+        return unreadable
     if FLOWER_RECONNECT not in source or not isinstance(getattr(module, "MAX_RETRY_DELAY", None), (int, float)):
         return f"{module.__name__} no longer has {FLOWER_RECONNECT}"
     return None
